@@ -1,0 +1,160 @@
+// powergrad math layer: the PGT cross-entropy contract (DESIGN.md §2.1-2.3) as scalar functions
+// shared by the host backend and the device kernels.
+//
+// PowerGrad Transform (Das, Mondal, Lall, Joshi, Dutta Roy, "Altering Backward Pass Gradients
+// improves Convergence", arXiv 2111.12495): the backward pass of softmax cross-entropy uses
+// p' = p^alpha / sum p^alpha = softmax(alpha*z) instead of p; the forward loss is unchanged.
+//
+// Row statistics are kept in the mergeable form of the online softmax (Milakov & Gimelshein,
+// "Online normalizer calculation for softmax", 2018), extended with a second running sum for alpha:
+//   m  = max_j z_j
+//   s  = sum_j exp(z_j - m)               -> lse   = m + log s
+//   sa = sum_j exp(alpha (z_j - m))       -> lse_a = alpha m + log sa   (max(alpha z) = alpha max z)
+//   t  = sum_j q_j z_j  (this shard's part of the target dot product)
+// Sums are kept in base 2 internally (exp2 with a pre-scaled log2(e)), which is what the special
+// function unit computes.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "powergrad/config.hpp"
+
+POWERGRAD_NS_BEGIN
+
+// Partial statistics of one row (or one column shard of a row). Plain struct: 16 bytes.
+struct RowStats {
+  float m;   // running max of z (-inf when every column seen so far is masked)
+  float s;   // sum exp(z - m)
+  float sa;  // sum exp(alpha (z - m))
+  float t;   // sum q z over the columns seen
+};
+
+namespace math {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+PG_HD float neg_inf() { return -std::numeric_limits<float>::infinity(); }
+
+PG_HD float fast_exp2(float x) {
+#if defined(__CUDA_ARCH__)
+  return exp2f(x);
+#else
+  return std::exp2(x);
+#endif
+}
+PG_HD float fast_log2(float x) {
+#if defined(__CUDA_ARCH__)
+  return log2f(x);
+#else
+  return std::log2(x);
+#endif
+}
+
+PG_HD RowStats empty_stats() { return RowStats{neg_inf(), 0.f, 0.f, 0.f}; }
+
+// Per-op constants, computed once on the host.
+struct XentScalars {
+  float alpha;        // PGT exponent, finite and >= 0
+  float alpha_log2e;  // alpha * log2(e)
+  float smooth_on;    // 1 - eps: weight of the one-hot (or dense) target
+  float smooth_off;   // eps / C_total: uniform part of q
+};
+
+inline XentScalars make_scalars(float alpha, float label_smoothing, int64_t total_cols) {
+  XentScalars k;
+  k.alpha = alpha;
+  k.alpha_log2e = alpha * kLog2e;
+  k.smooth_on = 1.f - label_smoothing;
+  k.smooth_off = label_smoothing / static_cast<float>(total_cols);
+  return k;
+}
+
+// The reference point used when scaling by a max: -inf (nothing seen yet) becomes 0, so that
+// exp(z - ref) is 0 for masked z instead of exp(-inf + inf) = NaN.
+PG_HD float safe_ref(float m) { return m == neg_inf() ? 0.f : m; }
+
+// exp2(alpha_log2e * d) with d = z - ref, where a masked z (-inf) gives 0 for every alpha,
+// including alpha = 0 (0 * -inf would be NaN).
+PG_HD float masked_pow_term(float alpha_log2e, float z, float ref) {
+  return z == neg_inf() ? 0.f : fast_exp2(alpha_log2e * (z - ref));
+}
+
+// Folds a batch of values that the caller has already reduced to their max `bm` into `st`:
+// rescales st to the new max once and returns the reference to use for each element.
+PG_HD float rescale_to(RowStats& st, float bm, const XentScalars& k) {
+  const float nm = bm > st.m ? bm : st.m;  // keeps the running max when bm is NaN
+  if (nm != st.m) {
+    const float d = safe_ref(st.m) - safe_ref(nm);  // <= 0; -inf never reaches the exp
+    // When st.m is -inf the sums are 0, so the scale is irrelevant; avoid 0*(-inf) regardless.
+    st.s *= st.m == neg_inf() ? 0.f : fast_exp2(d * kLog2e);
+    st.sa *= st.m == neg_inf() ? 0.f : fast_exp2(d * k.alpha_log2e);
+    st.m = nm;
+  }
+  return safe_ref(nm);
+}
+
+// Adds one element (already rescaled to reference `ref`) to the sums. NaN and +inf propagate:
+// z = NaN gives NaN terms; z = +inf makes m = +inf and z - m = NaN.
+PG_HD void accumulate(RowStats& st, float z, float ref, const XentScalars& k) {
+  st.s += fast_exp2((z - ref) * kLog2e);
+  st.sa += masked_pow_term(k.alpha_log2e, z, ref);
+}
+
+// Merge of two partial statistics: the combine operator of the split form (DESIGN.md §2.3).
+// Associative and commutative up to rounding; callers merge in a fixed order for determinism.
+PG_HD RowStats merge(const RowStats& a, const RowStats& b, float alpha_log2e) {
+  const float M = b.m > a.m ? b.m : a.m;  // maxima are never NaN (NaN lives in the sums)
+  const float ref = safe_ref(M);
+  const float fa = a.m == neg_inf() ? 0.f : fast_exp2((a.m - ref) * kLog2e);
+  const float fb = b.m == neg_inf() ? 0.f : fast_exp2((b.m - ref) * kLog2e);
+  const float fa2 = a.m == neg_inf() ? 0.f : fast_exp2((a.m - ref) * alpha_log2e);
+  const float fb2 = b.m == neg_inf() ? 0.f : fast_exp2((b.m - ref) * alpha_log2e);
+  RowStats r;
+  r.m = M;
+  r.s = a.s * fa + b.s * fb;
+  r.sa = a.sa * fa2 + b.sa * fb2;
+  r.t = a.t + b.t;
+  return r;
+}
+
+// Functor form of merge for CUB reductions.
+struct MergeOp {
+  float alpha_log2e;
+  PG_HD RowStats operator()(const RowStats& a, const RowStats& b) const { return merge(a, b, alpha_log2e); }
+};
+
+// lse = m + log s (natural log).
+PG_HD float lse_of(const RowStats& st) { return st.m + fast_log2(st.s) * kLn2; }
+// lse_alpha = alpha m + log sa. With alpha = 0, the alpha*m term is dropped (m may be +-inf).
+PG_HD float lse_alpha_of(const RowStats& st, float alpha) {
+  const float am = alpha == 0.f ? 0.f : alpha * st.m;
+  // A row whose max is +inf or NaN has sa = NaN already; keep the result NaN.
+  return am + fast_log2(st.sa) * kLn2;
+}
+
+// p'_j = exp(alpha (z_j - ref)) / exp(c ln 2), 0 for a masked logit, in base 2:
+//   with full statistics:   ref = safe_ref(m), c = log2(sa)   (z - m is exact near the max)
+//   with a saved lse_alpha: ref = 0,           c = lse_alpha * log2(e)
+// alpha = 0: 0 * (z - ref) is 0 for finite z; a NaN or +inf z gives NaN, as it must.
+PG_HD float pgt_prob(float z, float alpha_log2e, float ref, float c) {
+  return z == neg_inf() ? 0.f : fast_exp2(alpha_log2e * (z - ref) - c);
+}
+
+// Target probability of column j (global index) for a hard target y (already known valid).
+PG_HD float hard_q(int64_t j, int64_t y, const XentScalars& k) {
+  return (j == y ? k.smooth_on : 0.f) + k.smooth_off;
+}
+// Target probability for a dense target value qv.
+PG_HD float dense_q(float qv, const XentScalars& k) { return k.smooth_on * qv + k.smooth_off; }
+
+// q*z with the convention 0 * z = 0 (so a masked logit with zero target mass adds nothing).
+PG_HD float q_times_z(float q, float z) { return q == 0.f ? 0.f : q * z; }
+
+// Gradient element: g * (p' - q), formed in fp32 before the single final rounding.
+PG_HD float grad_elem(float g, float p, float q) { return g * (p - q); }
+
+}  // namespace math
+POWERGRAD_NS_END
