@@ -36,7 +36,7 @@ namespace math {
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
-PG_HD float neg_inf() { return -std::numeric_limits<float>::infinity(); }
+PG_HD float neg_inf() { return -HUGE_VALF; }
 
 PG_HD float fast_exp2(float x) {
 #if defined(__CUDA_ARCH__)
@@ -103,6 +103,18 @@ PG_HD void accumulate(RowStats& st, float z, float ref, const XentScalars& k) {
   st.sa += masked_pow_term(k.alpha_log2e, z, ref);
 }
 
+// a*b + c*d with each product rounded on its own, so that the result does not depend on the
+// order of the two terms (an FMA contraction would round only one product): butterfly reductions
+// rely on merge(a, b) and merge(b, a) giving the same bits.
+PG_HD float sum_of_products(float a, float b, float c, float d) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(__fmul_rn(a, b), __fmul_rn(c, d));
+#else
+  volatile float p = a * b, q = c * d;  // volatile: no contraction by the host compiler either
+  return p + q;
+#endif
+}
+
 // Merge of two partial statistics: the combine operator of the split form (DESIGN.md §2.3).
 // Associative and commutative up to rounding; callers merge in a fixed order for determinism.
 PG_HD RowStats merge(const RowStats& a, const RowStats& b, float alpha_log2e) {
@@ -114,8 +126,8 @@ PG_HD RowStats merge(const RowStats& a, const RowStats& b, float alpha_log2e) {
   const float fb2 = b.m == neg_inf() ? 0.f : fast_exp2((b.m - ref) * alpha_log2e);
   RowStats r;
   r.m = M;
-  r.s = a.s * fa + b.s * fb;
-  r.sa = a.sa * fa2 + b.sa * fb2;
+  r.s = sum_of_products(a.s, fa, b.s, fb);
+  r.sa = sum_of_products(a.sa, fa2, b.sa, fb2);
   r.t = a.t + b.t;
   return r;
 }

@@ -1,0 +1,514 @@
+// powergrad device kernels: PGT softmax cross-entropy (DESIGN.md §2.1-2.3, §6).
+//
+// One kernel template covers the four modes of detail::XentJob (fused forward+backward, shard
+// statistics, apply with given statistics, hook form). A *group* of G threads owns one row at a
+// time: a warp per row (G = 32, 8 rows per block) for short rows, a whole block per row for long
+// ones. Each row is swept at most twice:
+//   pass 1  online statistics (one running max, two running sums: DESIGN.md §6) over 16-byte
+//           vectors; the first CACHE vectors of each thread stay in registers,
+//   merge   butterfly over the warp (and the block's warps) with math::merge, fixed order,
+//   pass 2  p' - q, scaled, written once; cached vectors come from registers, the rest of the row
+//           is re-read while it is still in L2 (a block of 1024 threads per row keeps about one
+//           row per SM in flight, ~25 MB for 128k bf16 columns, well inside an H100's 50 MB L2).
+// Rows whose start is not 16-byte aligned (odd ld, offset pointers) run a scalar head and tail
+// around the vector body; an output whose alignment differs from the input's is stored scalar.
+// Reduced losses go through caller workspace and two tiny single-block kernels (n_valid count
+// before, fixed-order sum after): deterministic, no atomics on floats, no host synchronisation.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cub/block/block_reduce.cuh>
+#include <cstdint>
+
+#include "powergrad/config.hpp"
+#include "powergrad/detail/xent_job.hpp"
+#include "powergrad/kernels/vec.cuh"
+#include "powergrad/math/dtype.hpp"
+#include "powergrad/math/xent_math.hpp"
+#include "powergrad/status.hpp"
+
+POWERGRAD_NS_BEGIN
+namespace cuda {
+
+using powergrad::detail::XentJob;
+using powergrad::detail::XentMode;
+
+constexpr unsigned kFullMask = 0xFFFFFFFFu;
+constexpr int kWarpRowsPerBlock = 8;  // G = 32: 8 warps (rows) per block of 256 threads
+
+// ---------------------------------------------------------------------------------------------
+// Group-wide merge of RowStats. Every thread of the group ends with the same statistics.
+PG_DEVICE RowStats warp_merge(RowStats s, float a2) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    RowStats other;
+    other.m = __shfl_xor_sync(kFullMask, s.m, o);
+    other.s = __shfl_xor_sync(kFullMask, s.s, o);
+    other.sa = __shfl_xor_sync(kFullMask, s.sa, o);
+    other.t = __shfl_xor_sync(kFullMask, s.t, o);
+    s = math::merge(s, other, a2);
+  }
+  return s;
+}
+
+template <int G>
+PG_DEVICE RowStats group_merge(RowStats s, float a2, RowStats* smem) {
+  s = warp_merge(s, a2);
+  if constexpr (G > 32) {
+    constexpr int kWarps = G / 32;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) smem[warp] = s;
+    __syncthreads();
+    s = lane < kWarps ? smem[lane] : math::empty_stats();
+    s = warp_merge(s, a2);
+    __syncthreads();  // smem is reused by the next row
+  }
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-row view of the targets.
+template <class Tg>
+struct DevRowTarget;
+
+template <class Index>
+struct DevRowTarget<ClassTargets<Index>> {
+  int64_t yl;    // target column relative to this shard's first column
+  bool ignored;  // target == ignore_index
+  bool bad;      // neither ignored nor in [0, total_cols)
+  template <class T>
+  PG_DEVICE DevRowTarget(const XentJob<T, ClassTargets<Index>>& j, int64_t r) {
+    const int64_t y = static_cast<int64_t>(j.p.targets.index[r]);
+    ignored = (y == j.p.targets.ignore_index);
+    bad = !ignored && (y < 0 || y >= j.p.total_cols);
+    yl = y - j.p.col_offset;
+  }
+  // q of local column c.
+  template <class T>
+  PG_DEVICE float q(const XentJob<T, ClassTargets<Index>>& j, int64_t c) const {
+    return (c == yl ? j.k.smooth_on : 0.f) + j.k.smooth_off;
+  }
+  template <class T, int V>
+  PG_DEVICE void qvec(const XentJob<T, ClassTargets<Index>>& j, int64_t c0, float (&q)[V]) const {
+    const int64_t rel = yl - c0;
+#pragma unroll
+    for (int e = 0; e < V; ++e) q[e] = (e == rel ? j.k.smooth_on : 0.f) + j.k.smooth_off;
+  }
+};
+
+template <class TT>
+struct DevRowTarget<DenseTargets<TT>> {
+  const TT* row;
+  bool ignored = false;
+  bool bad = false;
+  template <class T>
+  PG_DEVICE DevRowTarget(const XentJob<T, DenseTargets<TT>>& j, int64_t r) : row(j.p.targets.prob + r * j.p.targets.ld) {}
+  template <class T>
+  PG_DEVICE float q(const XentJob<T, DenseTargets<TT>>& j, int64_t c) const {
+    return math::dense_q(to_float(row[c]), j.k);
+  }
+  template <class T, int V>
+  PG_DEVICE void qvec(const XentJob<T, DenseTargets<TT>>& j, int64_t c0, float (&q)[V]) const {
+    const TT* p = row + c0;
+    if (is_aligned16(p)) {
+      unpack(load16(p), q, TT{});
+#pragma unroll
+      for (int e = 0; e < V; ++e) q[e] = math::dense_q(q[e], j.k);
+    } else {
+#pragma unroll
+      for (int e = 0; e < V; ++e) q[e] = math::dense_q(to_float(p[e]), j.k);
+    }
+  }
+};
+
+template <class Tg>
+constexpr bool kHardTargets = powergrad::detail::target_traits<Tg>::hard;
+
+// ---------------------------------------------------------------------------------------------
+// The row worker: everything one group does for one row.
+template <class T, class Tg, int G, int CACHE, XentMode MODE>
+struct RowWorker {
+  static constexpr int V = Vec<T>::kSize;
+  static constexpr bool kNeedQInPass1 = (MODE == XentMode::kHook) || !kHardTargets<Tg>;
+
+  const XentJob<T, Tg>& j;
+  const int tid;  // thread index within the group
+  int64_t r;
+  const T* x;           // input row (logits, or the incoming gradient for the hook form)
+  T* out;               // output row (may equal x)
+  int head;             // scalar columns before the vector body
+  int64_t nvec;         // 16-byte vectors in the body
+  int64_t tail0;        // first column of the scalar tail
+  bool out_vec;         // output shares the input's alignment
+  float s_r;            // hook form: the incoming gradient's scale
+  uint4 cache[CACHE > 0 ? CACHE : 1];
+
+  PG_DEVICE RowWorker(const XentJob<T, Tg>& job, int t) : j(job), tid(t) {}
+
+  PG_DEVICE void setup(int64_t row) {
+    r = row;
+    x = j.p.logits + r * j.p.ld;
+    out = j.out.dlogits ? j.out.dlogits + r * j.out.ld_dlogits : nullptr;
+    const int64_t C = j.p.cols;
+    head = misalignment_elems(x);
+    if (head > C) head = static_cast<int>(C);
+    nvec = (C - head) / V;
+    tail0 = head + nvec * V;
+    out_vec = out != nullptr && is_aligned16(out + head);
+  }
+
+  // Number of scalar (head + tail) columns, and the column of scalar item i.
+  PG_DEVICE int64_t n_scalar() const { return head + (j.p.cols - tail0); }
+  PG_DEVICE int64_t scalar_col(int64_t i) const { return i < head ? i : tail0 + (i - head); }
+
+  // Value the statistics run over.
+  PG_DEVICE float zval(float v, float q) const {
+    if constexpr (MODE == XentMode::kHook) {
+      float p = v / s_r + q;
+      p = p < 0.f ? 0.f : (p > 1.f ? 1.f : p);
+      return logf(p);  // logf(0) = -inf: a masked class
+    } else {
+      (void)q;
+      return v;
+    }
+  }
+
+  // Pass 1 on V values already converted to fp32.
+  PG_DEVICE void stats_vec(RowStats& st, const float (&v)[V], int64_t c0, const DevRowTarget<Tg>& tg) const {
+    float q[V];
+    if constexpr (kNeedQInPass1) tg.template qvec<T, V>(j, c0, q);
+    float z[V];
+    float bm = math::neg_inf();
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      z[e] = zval(v[e], kNeedQInPass1 ? q[e] : 0.f);
+      bm = fmaxf(bm, z[e]);
+    }
+    const float ref = math::rescale_to(st, bm, j.k);
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      math::accumulate(st, z[e], ref, j.k);
+      if constexpr (MODE != XentMode::kHook) {
+        st.t += math::q_times_z(kNeedQInPass1 ? q[e] : j.k.smooth_off, z[e]);
+      }
+    }
+  }
+
+  PG_DEVICE void stats_scalar(RowStats& st, int64_t c, const DevRowTarget<Tg>& tg) const {
+    const float q = kNeedQInPass1 ? tg.q(j, c) : 0.f;
+    const float z = zval(to_float(x[c]), q);
+    const float ref = math::rescale_to(st, z, j.k);
+    math::accumulate(st, z, ref, j.k);
+    if constexpr (MODE != XentMode::kHook) st.t += math::q_times_z(kNeedQInPass1 ? q : j.k.smooth_off, z);
+  }
+
+  // Pass 1 over the whole row; leaves this thread's first CACHE vectors in registers.
+  PG_DEVICE RowStats pass1(const DevRowTarget<Tg>& tg) {
+    RowStats st = math::empty_stats();
+    float v[V];
+#pragma unroll
+    for (int i = 0; i < CACHE; ++i) {
+      const int64_t k = tid + static_cast<int64_t>(i) * G;
+      if (k < nvec) cache[i] = load16(x + head + k * V);
+    }
+#pragma unroll
+    for (int i = 0; i < CACHE; ++i) {
+      const int64_t k = tid + static_cast<int64_t>(i) * G;
+      if (k < nvec) {
+        unpack(cache[i], v, T{});
+        stats_vec(st, v, head + k * V, tg);
+      }
+    }
+    // Streamed part: batches of 4 independent 16-byte loads in flight per thread.
+    for (int64_t k0 = tid + static_cast<int64_t>(CACHE) * G; k0 < nvec; k0 += 4 * G) {
+      uint4 buf[4];
+#pragma unroll
+      for (int b = 0; b < 4; ++b) {
+        const int64_t k = k0 + b * G;
+        if (k < nvec) buf[b] = load16(x + head + k * V);
+      }
+#pragma unroll
+      for (int b = 0; b < 4; ++b) {
+        const int64_t k = k0 + b * G;
+        if (k < nvec) {
+          unpack(buf[b], v, T{});
+          stats_vec(st, v, head + k * V, tg);
+        }
+      }
+    }
+    for (int64_t i = tid; i < n_scalar(); i += G) stats_scalar(st, scalar_col(i), tg);
+    // The target column's (1 - eps) z_y, read here, before the group's barrier: an in-place pass 2
+    // of another thread may overwrite it right after.
+    if constexpr (kHardTargets<Tg> && MODE != XentMode::kHook) {
+      if (tid == 0 && !tg.ignored && !tg.bad && tg.yl >= 0 && tg.yl < j.p.cols)
+        st.t += math::q_times_z(j.k.smooth_on, to_float(x[tg.yl]));
+    }
+    return st;
+  }
+
+  // Pass 2 element: the output value for input value v at column c with target mass q.
+  // p' = exp2(alpha_log2e (z - ref) - c2); out = g (p' - q).
+  PG_DEVICE float out_elem(float v, float q, float g, float ref, float c2) const {
+    const float z = zval(v, q);
+    return math::grad_elem(g, math::pgt_prob(z, j.k.alpha_log2e, ref, c2), q);
+  }
+
+  PG_DEVICE void write_vec(const uint4& raw, int64_t k, float g, float ref, float c2, const DevRowTarget<Tg>& tg) {
+    float v[V], q[V];
+    unpack(raw, v, T{});
+    const int64_t c0 = head + k * V;
+    tg.template qvec<T, V>(j, c0, q);
+#pragma unroll
+    for (int e = 0; e < V; ++e) v[e] = out_elem(v[e], q[e], g, ref, c2);
+    if (out_vec) {
+      store16_stream(out + c0, pack(v, T{}));
+    } else {
+#pragma unroll
+      for (int e = 0; e < V; ++e) out[c0 + e] = from_float<T>(v[e]);
+    }
+  }
+
+  // Pass 2: writes every column of the output row. `cached` says whether pass 1 ran (so the first
+  // CACHE vectors are in registers).
+  PG_DEVICE void pass2(bool cached, float g, float ref, float c2, const DevRowTarget<Tg>& tg) {
+#pragma unroll
+    for (int i = 0; i < CACHE; ++i) {
+      const int64_t k = tid + static_cast<int64_t>(i) * G;
+      if (k < nvec) {
+        if (!cached) cache[i] = load16_last(x + head + k * V);
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < CACHE; ++i) {
+      const int64_t k = tid + static_cast<int64_t>(i) * G;
+      if (k < nvec) write_vec(cache[i], k, g, ref, c2, tg);
+    }
+    for (int64_t k0 = tid + static_cast<int64_t>(CACHE) * G; k0 < nvec; k0 += 4 * G) {
+      uint4 buf[4];
+#pragma unroll
+      for (int b = 0; b < 4; ++b) {
+        const int64_t k = k0 + b * G;
+        if (k < nvec) buf[b] = load16_last(x + head + k * V);
+      }
+#pragma unroll
+      for (int b = 0; b < 4; ++b) {
+        const int64_t k = k0 + b * G;
+        if (k < nvec) write_vec(buf[b], k, g, ref, c2, tg);
+      }
+    }
+    for (int64_t i = tid; i < n_scalar(); i += G) {
+      const int64_t c = scalar_col(i);
+      const float q = tg.q(j, c);
+      out[c] = from_float<T>(out_elem(to_float(x[c]), q, g, ref, c2));
+    }
+  }
+
+  // Writes `value` to every column of the output row (ignored rows: 0; invalid rows: NaN).
+  PG_DEVICE void fill(float value) {
+    const T vt = from_float<T>(value);
+    for (int64_t c = tid; c < j.p.cols; c += G) out[c] = vt;
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+template <class T, class Tg, int G, int CACHE, int MIN_BLOCKS, XentMode MODE>
+__global__ void __launch_bounds__(G == 32 ? 32 * kWarpRowsPerBlock : G, MIN_BLOCKS)
+    PG_KERNEL_VISIBILITY xent_rows_kernel(const XentJob<T, Tg> j, float* __restrict__ ws) {
+  constexpr int kRowsPerBlock = G == 32 ? kWarpRowsPerBlock : 1;
+  __shared__ RowStats smem[G > 32 ? G / 32 : 1];
+  const int tid = G == 32 ? (threadIdx.x & 31) : threadIdx.x;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + (G == 32 ? (threadIdx.x >> 5) : 0);
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kRowsPerBlock;
+  const float a2 = j.k.alpha_log2e;
+  const bool reduced = j.p.reduction != Reduction::kNone;
+  // Per-row losses: the output itself (kNone) or the workspace [n_valid, pad x3][rows] (reduced).
+  float* row_loss = reduced ? (j.out.loss ? ws + 4 : nullptr) : j.out.loss;
+
+  RowWorker<T, Tg, G, CACHE, MODE> w(j, tid);
+  for (int64_t r = first; r < j.p.rows; r += stride) {
+    w.setup(r);
+    const DevRowTarget<Tg> tg(j, r);
+    if (tg.bad && tid == 0 && j.p.bad_target_count) atomicAdd(j.p.bad_target_count, 1);
+    const float nan = __int_as_float(0x7fffffff);
+
+    if constexpr (MODE == XentMode::kHook) {
+      w.s_r = j.hook_scale.scale * (j.hook_scale.row_scale ? j.hook_scale.row_scale[r] : 1.f);
+      if (tg.ignored || w.s_r == 0.f) {
+        w.fill(0.f);
+        continue;
+      }
+      if (tg.bad || !(w.s_r > 0.f) || isinf(w.s_r)) {
+        w.fill(nan);
+        continue;
+      }
+      const RowStats st = group_merge<G>(w.pass1(tg), a2, smem);
+      w.pass2(true, w.s_r, math::safe_ref(st.m), math::fast_log2(st.sa), tg);
+      continue;
+    } else {
+      float ref = 0.f, c2 = 0.f;
+      bool cached = false;
+      if (MODE == XentMode::kApply && j.lse_alpha_in) {
+        c2 = j.lse_alpha_in[r] * math::kLog2e;
+      } else {
+        RowStats st;
+        if constexpr (MODE == XentMode::kApply) {
+          st = j.stats_in[r];
+        } else {
+          st = group_merge<G>(w.pass1(tg), a2, smem);
+          cached = true;
+        }
+        if constexpr (MODE == XentMode::kStats) {
+          if (tid == 0) j.stats_out[r] = st;
+          continue;
+        }
+        ref = math::safe_ref(st.m);
+        c2 = math::fast_log2(st.sa);
+        if (tid == 0) {
+          const float lse = math::lse_of(st);
+          if (j.out.lse) j.out.lse[r] = lse;
+          if (j.out.lse_alpha) j.out.lse_alpha[r] = math::lse_alpha_of(st, j.k.alpha);
+          if (row_loss) row_loss[r] = tg.ignored ? 0.f : (tg.bad ? nan : lse - st.t);
+        }
+      }
+      if (!w.out) continue;
+      if (tg.ignored || tg.bad) {
+        w.fill(tg.ignored ? 0.f : nan);
+        continue;
+      }
+      float g = j.up.scale * (j.up.values ? j.up.values[reduced ? 0 : r] : 1.f);
+      if (j.p.reduction == Reduction::kMean) {
+        const float n_valid = ws[0];
+        g = n_valid > 0.f ? g / n_valid : 0.f;
+      }
+      w.pass2(cached, g, ref, c2, tg);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// n_valid (rows whose target is not ignore_index) into ws[0], in one block: deterministic.
+template <class Tg>
+__global__ void __launch_bounds__(1024) PG_KERNEL_VISIBILITY xent_count_valid_kernel(Tg targets, int64_t rows,
+                                                                                      float* ws) {
+  int64_t n = 0;
+  if constexpr (kHardTargets<Tg>) {
+    for (int64_t r = threadIdx.x; r < rows; r += blockDim.x)
+      n += static_cast<int64_t>(targets.index[r]) != targets.ignore_index;
+  } else {
+    n = threadIdx.x == 0 ? rows : 0;
+  }
+  using Reduce = cub::BlockReduce<long long, 1024>;
+  __shared__ typename Reduce::TempStorage tmp;
+  const long long total = Reduce(tmp).Sum(static_cast<long long>(n));
+  if (threadIdx.x == 0) ws[0] = static_cast<float>(total);
+}
+
+// Sum of the row losses in ws[4..4+rows) in a fixed order; loss = sum (kSum) or sum / n_valid.
+__global__ void __launch_bounds__(1024) PG_KERNEL_VISIBILITY xent_reduce_loss_kernel(const float* ws, int64_t rows,
+                                                                                      bool mean, float* loss) {
+  float acc = 0.f;
+  for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) acc += ws[4 + r];
+  using Reduce = cub::BlockReduce<float, 1024>;
+  __shared__ typename Reduce::TempStorage tmp;
+  const float total = Reduce(tmp).Sum(acc);
+  if (threadIdx.x == 0) {
+    float l = total;
+    if (mean) l = ws[0] > 0.f ? total / ws[0] : 0.f;
+    loss[0] = l;
+  }
+}
+
+// Merges [shards][rows] statistics in shard order, a thread per row.
+__global__ void PG_KERNEL_VISIBILITY xent_merge_stats_kernel(const RowStats* __restrict__ parts, int64_t shards,
+                                                             int64_t rows, float a2, RowStats* __restrict__ merged) {
+  for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; r < rows;
+       r += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    RowStats acc = parts[r];
+    for (int64_t k = 1; k < shards; ++k) acc = math::merge(acc, parts[k * rows + r], a2);
+    merged[r] = acc;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Launchers.
+
+inline Status check_launch(const char* what) {
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess)
+    return powergrad::detail::fail(Status::kCudaError, "%s: %s", what, cudaGetErrorString(e));
+  return Status::kSuccess;
+}
+
+inline Status zero_floats(float* p, int64_t n, stream_t stream) {
+  const cudaError_t e = cudaMemsetAsync(p, 0, static_cast<size_t>(n) * sizeof(float), stream);
+  if (e != cudaSuccess) return powergrad::detail::fail(Status::kCudaError, "cudaMemsetAsync: %s", cudaGetErrorString(e));
+  return Status::kSuccess;
+}
+
+constexpr int64_t kMaxGrid = int64_t(1) << 20;  // rows beyond this are walked by a grid-stride loop
+
+// Strategy by row length (in 16-byte vectors): a warp per row keeps up to 8 vectors per thread in
+// registers (rows up to 2048 bf16 / 1024 fp32 are read once); a block of 512 keeps up to 8
+// (32768 bf16 / 16384 fp32, e.g. a 32000 vocabulary in registers); beyond that a block of 1024
+// caches 4 vectors per thread and re-reads the rest from L2.
+// One launch of the row kernel with an explicit configuration (G threads per row, CACHE vectors
+// per thread kept in registers, MIN_BLOCKS resident blocks per SM asked of the compiler). The
+// tuning sandbox (bench/dev) calls this directly to compare configurations.
+template <class T, class Tg, XentMode MODE, int G, int CACHE, int MIN_BLOCKS>
+Status launch_rows_config(const XentJob<T, Tg>& j, float* ws, stream_t stream) {
+  const int64_t rows_per_block = G == 32 ? kWarpRowsPerBlock : 1;
+  const int64_t blocks = (j.p.rows + rows_per_block - 1) / rows_per_block;
+  const unsigned grid = static_cast<unsigned>(blocks < kMaxGrid ? blocks : kMaxGrid);
+  xent_rows_kernel<T, Tg, G, CACHE, MIN_BLOCKS, MODE>
+      <<<grid, G == 32 ? 32 * kWarpRowsPerBlock : G, 0, stream>>>(j, ws);
+  return check_launch("xent_rows_kernel");
+}
+
+template <class T, class Tg, XentMode MODE>
+Status launch_rows(const XentJob<T, Tg>& j, float* ws, stream_t stream) {
+  constexpr int V = Vec<T>::kSize;
+  const int64_t nvec = j.p.cols / V + 1;
+  if (nvec <= 32 * 8) return launch_rows_config<T, Tg, MODE, 32, 8, 1>(j, ws, stream);
+  if (nvec <= 512 * 8) return launch_rows_config<T, Tg, MODE, 512, 8, 1>(j, ws, stream);
+  return launch_rows_config<T, Tg, MODE, 1024, 4, 1>(j, ws, stream);
+}
+
+// Runs one validated job on device memory (asynchronous on `stream`).
+template <class T, class Tg>
+Status xent_run(const XentJob<T, Tg>& j, void* workspace, size_t, stream_t stream) {
+  float* ws = static_cast<float*>(workspace);
+  const bool use_ws = powergrad::detail::xent_job_needs_workspace(j);
+  const bool mean = j.p.reduction == Reduction::kMean;
+  if (use_ws && mean) {
+    xent_count_valid_kernel<Tg><<<1, 1024, 0, stream>>>(j.p.targets, j.p.rows, ws);
+    const Status s = check_launch("xent_count_valid_kernel");
+    if (s != Status::kSuccess) return s;
+  }
+  Status s = Status::kSuccess;
+  switch (j.mode) {
+    case XentMode::kFused: s = launch_rows<T, Tg, XentMode::kFused>(j, ws, stream); break;
+    case XentMode::kStats: s = launch_rows<T, Tg, XentMode::kStats>(j, ws, stream); break;
+    case XentMode::kApply: s = launch_rows<T, Tg, XentMode::kApply>(j, ws, stream); break;
+    case XentMode::kHook: s = launch_rows<T, Tg, XentMode::kHook>(j, ws, stream); break;
+  }
+  if (s != Status::kSuccess) return s;
+  const bool reduced_loss = j.out.loss && j.p.reduction != Reduction::kNone &&
+                            (j.mode == XentMode::kFused || (j.mode == XentMode::kApply && j.stats_in));
+  if (reduced_loss) {
+    xent_reduce_loss_kernel<<<1, 1024, 0, stream>>>(ws, j.p.rows, mean, j.out.loss);
+    return check_launch("xent_reduce_loss_kernel");
+  }
+  return Status::kSuccess;
+}
+
+inline Status merge_stats_run(const RowStats* parts, int64_t shards, int64_t rows, float alpha, RowStats* merged,
+                              stream_t stream) {
+  const int64_t blocks = (rows + 255) / 256;
+  xent_merge_stats_kernel<<<static_cast<unsigned>(blocks < kMaxGrid ? blocks : kMaxGrid), 256, 0, stream>>>(
+      parts, shards, rows, alpha * math::kLog2e, merged);
+  return check_launch("xent_merge_stats_kernel");
+}
+
+}  // namespace cuda
+POWERGRAD_NS_END
