@@ -138,7 +138,7 @@ template <class T, class Tg>
 Status dispatch(Backend b, const XentJob<T, Tg>& j, void* ws, size_t ws_bytes, stream_t stream) {
   if (b == Backend::kHost) return host::xent_run(j);
 #if defined(__CUDACC__)
-  return cuda::xent_run(j, ws, ws_bytes, stream);
+  return device::xent_run(j, ws, ws_bytes, stream);
 #else
   (void)ws;
   (void)ws_bytes;
@@ -156,7 +156,7 @@ Status empty_batch(Backend b, const XentJob<T, Tg>& j, stream_t stream) {
     return Status::kSuccess;
   }
 #if defined(__CUDACC__)
-  return cuda::zero_floats(j.out.loss, 1, stream);
+  return device::zero_floats(j.out.loss, 1, stream);
 #else
   (void)stream;
   return Status::kNoCudaSupport;
@@ -279,7 +279,7 @@ template <class T, class Tg>
            Status::kInvalidLayout, "merged overlaps parts");
   if (backend == Backend::kHost) return host::merge_stats_run(parts, shards, rows, alpha, merged);
 #if defined(__CUDACC__)
-  return cuda::merge_stats_run(parts, shards, rows, alpha, merged, stream);
+  return device::merge_stats_run(parts, shards, rows, alpha, merged, stream);
 #else
   (void)stream;
   return Status::kNoCudaSupport;

@@ -10,7 +10,7 @@
 #include "powergrad/math/dtype.hpp"
 
 POWERGRAD_NS_BEGIN
-namespace cuda {
+namespace device {
 
 // Elements of T in one 16-byte access.
 template <class T>
@@ -75,5 +75,5 @@ PG_DEVICE uint4 load16_last(const void* p) { return __ldcs(reinterpret_cast<cons
 // Stores of results nobody reads in this kernel: streaming, so they do not push rows out of L2.
 PG_DEVICE void store16_stream(void* p, const uint4& v) { __stcs(reinterpret_cast<uint4*>(p), v); }
 
-}  // namespace cuda
+}  // namespace device
 POWERGRAD_NS_END

@@ -29,7 +29,7 @@
 #include "powergrad/status.hpp"
 
 POWERGRAD_NS_BEGIN
-namespace cuda {
+namespace device {
 
 using powergrad::detail::XentJob;
 using powergrad::detail::XentMode;
@@ -510,5 +510,5 @@ inline Status merge_stats_run(const RowStats* parts, int64_t shards, int64_t row
   return check_launch("xent_merge_stats_kernel");
 }
 
-}  // namespace cuda
+}  // namespace device
 POWERGRAD_NS_END
