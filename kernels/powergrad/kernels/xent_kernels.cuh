@@ -314,7 +314,7 @@ struct RowWorker {
 // ---------------------------------------------------------------------------------------------
 template <class T, class Tg, int G, int CACHE, int MIN_BLOCKS, XentMode MODE>
 __global__ void __launch_bounds__(G == 32 ? 32 * kWarpRowsPerBlock : G, MIN_BLOCKS)
-    PG_KERNEL_VISIBILITY xent_rows_kernel(const XentJob<T, Tg> j, float* __restrict__ ws) {
+    PG_KERNEL_VISIBILITY xent_rows_kernel(const __grid_constant__ XentJob<T, Tg> j, float* __restrict__ ws) {
   constexpr int kRowsPerBlock = G == 32 ? kWarpRowsPerBlock : 1;
   __shared__ RowStats smem[G > 32 ? G / 32 : 1];
   const int tid = G == 32 ? (threadIdx.x & 31) : threadIdx.x;
