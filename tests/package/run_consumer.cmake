@@ -1,10 +1,11 @@
-# cmake -DMODE=install|fetchcontent|subdirectory -DSOURCE_DIR=<powergrad source> -DWORK_DIR=<scratch>
+# cmake -DMODE=install|buildtree|fetchcontent|subdirectory -DSOURCE_DIR=<powergrad source> -DWORK_DIR=<scratch>
 #       [-DGENERATOR=<generator>] [-DCXX_COMPILER=<c++>] -P run_consumer.cmake
 #
 # Configures, builds and runs tests/package/consumer against powergrad:
 #   install       configure powergrad alone, cmake --install it to WORK_DIR/prefix, check the installed
 #                 tree, then build the consumer with find_package(powergrad CONFIG REQUIRED)
 #                 (and check that asking for an incompatible major version fails);
+#   buildtree     configure powergrad alone and find_package it from its build tree (export());
 #   fetchcontent  the consumer pulls powergrad in with FetchContent (SOURCE_DIR);
 #   subdirectory  the consumer pulls powergrad in with add_subdirectory.
 cmake_minimum_required(VERSION 3.25)
@@ -76,11 +77,17 @@ if(MODE STREQUAL "install")
   if(_rc EQUAL 0)
     message(FATAL_ERROR "[package.install] find_package(powergrad 1.0) accepted version 0.x")
   endif()
+elseif(MODE STREQUAL "buildtree")
+  run_step("configure powergrad"
+    ${CMAKE_COMMAND} -S "${SOURCE_DIR}" -B "${WORK_DIR}/powergrad-build" ${_common_args}
+    -DPOWERGRAD_BUILD_TESTS=OFF -DPOWERGRAD_BUILD_BENCH=OFF -DPOWERGRAD_BUILD_EXAMPLES=OFF)
+  list(APPEND _consumer_args "-Dpowergrad_DIR=${WORK_DIR}/powergrad-build"
+       "-DPOWERGRAD_EXPECT_PREFIX=${WORK_DIR}/powergrad-build")
 elseif(NOT MODE STREQUAL "fetchcontent" AND NOT MODE STREQUAL "subdirectory")
   message(FATAL_ERROR "run_consumer.cmake: unknown MODE '${MODE}'")
 endif()
 
-if(MODE STREQUAL "install")
+if(MODE STREQUAL "install" OR MODE STREQUAL "buildtree")
   set(_consume find_package)
 else()
   set(_consume ${MODE})
