@@ -6,7 +6,7 @@
 Prints the goals first (benchmarks that carry a `goal` counter: ratio_to_copy >= goal), then one
 table row per benchmark: op, dtype, shape, time per launch, GB/s of the minimal bytes, and
 ratio_to_copy (same-run copy time / op time). A JSON file cut short by a timeout is repaired up to
-its last complete benchmark. With --tests, a gtest JSON report adds a pass/fail line.
+its last complete benchmark. With --benchmark_repetitions, the median aggregate is shown. With --tests, a gtest JSON report adds a pass/fail line.
 Python 3 standard library only; used by tools/gpu-check.sh run and for docs/performance.md.
 """
 import argparse
@@ -58,14 +58,29 @@ def split_name(name):
 
 
 def summarize(docs, out):
+    # One row per benchmark: its median aggregate when it ran with --benchmark_repetitions, else
+    # its (last) iteration row.
     rows = []
     context = {}
+    by_name = {}
+    medians = {}
     for d in docs:
         context.update(d.get("context", {}))
         for b in d.get("benchmarks", []):
+            key = b.get("run_name", b.get("name"))
             if b.get("run_type") == "aggregate":
+                if b.get("aggregate_name") == "median":
+                    medians[key] = b
                 continue
-            rows.append(b)
+            if key not in by_name:
+                rows.append(key)
+            by_name[key] = b
+    for key, m in medians.items():
+        m = dict(m)
+        m["name"] = key
+        m["_median_of"] = m.get("repetitions")
+        by_name[key] = m
+    rows = [by_name[k] for k in rows]
 
     gpu = context.get("gpu")
     where = f"GPU: {gpu}" if gpu else f"host: {context.get('host_name', '?')}, {context.get('num_cpus', '?')} CPUs"
@@ -109,6 +124,8 @@ def summarize(docs, out):
                 note.append(f"fused out-of-place {b['real_time'] / fused:.2f}x faster")
             if "check_rel_diff_vs_fused" in b:
                 note.append(f"max rel diff vs fused {b['check_rel_diff_vs_fused']:.2g}")
+        if b.get("_median_of"):
+            note.append(f"median of {b['_median_of']}")
         if b.get("graph") == 0 and "graph" in b:
             note.append("no CUDA graph")
         print(f"| {op} | {dt} | {shape} | {fmt_time(b)} | {gbs} | {rs} | {'; '.join(note)} |", file=out)
@@ -131,7 +148,7 @@ def summarize_tests(path, out):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("json", nargs="+")
+    ap.add_argument("json", nargs="*")
     ap.add_argument("--tests")
     a = ap.parse_args()
     docs = []
