@@ -1013,6 +1013,7 @@ inline std::vector<Case> cross_cases() {
             c.offset = static_cast<int>(i % 3 == 1);
             c.up = static_cast<UpMode>(i % 3);
             c.up_scale = (i % 7 == 3) ? 128.f : 1.f;
+            c.ignore_frac = (i % 6 == 4) ? 0.3 : 0.0;  // with ld padding / offsets: ignored rows stay in bounds
             c.seed = 1000 + i;
             v.push_back(c);
             ++i;
@@ -1043,6 +1044,8 @@ inline std::vector<Case> shape_cases() {
       c.offset = (k == 2 || k == 3) ? 1 : 0;
       c.up = static_cast<UpMode>((i + k) % 3);
       c.logit_scale = (k == 3) ? 12.0 : 4.0;
+      c.ignore_frac = (k == 2) ? 0.4 : 0.0;
+      c.mask_frac = (k == 1) ? 0.01 : 0.0;
       c.seed = 2000 + i;
       v.push_back(c);
     }
