@@ -9,8 +9,11 @@
 # target it can (device tests, benchmarks, the dev/ sandbox), and keeps what must travel in
 # build-gpu/carry/ (executables with device code, the host benchmark, the non-system shared
 # libraries they need in carry/lib/, MANIFEST.txt, the offline SASS/ptxas report). It also writes
-# build-gpu/sass_report.md (raw dumps in build-gpu/sass/): 128-bit global loads/stores (LDG.E.128 / STG.E.128), registers, stack,
-# spills and local memory of every kernel, read with cuobjdump and from `-Xptxas -v` (no GPU time).
+# build-gpu/sass_report.md (raw dumps in build-gpu/sass/): 128-bit global loads/stores (LDG.E.128 /
+# STG.E.128), registers, stack, spills and local memory of every kernel, read with cuobjdump and
+# from `-Xptxas -v` (no GPU time). cuobjdump/nvdisasm come from PyPI when the toolkit lacks them.
+# build-gpu/ is git-ignored: run `build` again right before the device call, on the tree you test
+# (MANIFEST.txt records the commit and whether the tree had uncommitted changes).
 #
 # The device call the lead engineer makes after `build` (one call, nothing else on the machine):
 #   command:   tools/gpu-check.sh run
