@@ -130,6 +130,9 @@ constexpr bool kHardTargets = powergrad::detail::target_traits<Tg>::hard;
 template <class T, class Tg, int G, int CACHE, XentMode MODE>
 struct RowWorker {
   static constexpr int V = Vec<T>::kSize;
+  // Independent 16-byte loads in flight per thread in the streamed part of a row (a block of 1024
+  // threads has only 64 registers per thread: 2 keeps it from spilling).
+  static constexpr int kBatch = G >= 1024 ? 2 : 4;
   static constexpr bool kNeedQInPass1 = (MODE == XentMode::kHook) || !kHardTargets<Tg>;
 
   const XentJob<T, Tg>& j;
@@ -189,9 +192,19 @@ struct RowWorker {
 #pragma unroll
     for (int e = 0; e < V; ++e) {
       math::accumulate(st, z[e], ref, j.k);
-      if constexpr (MODE != XentMode::kHook) {
-        st.t += math::q_times_z(kNeedQInPass1 ? q[e] : j.k.smooth_off, z[e]);
-      }
+      add_t(st, z[e], kNeedQInPass1 ? q[e] : 0.f);
+    }
+  }
+
+  // Target dot product: dense targets add q z; hard targets add plain z here (the uniform eps/C
+  // part is applied once per thread in pass1, which saves a multiply and a select per element).
+  PG_DEVICE static void add_t(RowStats& st, float z, float q) {
+    if constexpr (MODE == XentMode::kHook) {
+      return;
+    } else if constexpr (kHardTargets<Tg>) {
+      st.t += z;
+    } else {
+      st.t += math::q_times_z(q, z);
     }
   }
 
@@ -200,7 +213,7 @@ struct RowWorker {
     const float z = zval(to_float(x[c]), q);
     const float ref = math::rescale_to(st, z, j.k);
     math::accumulate(st, z, ref, j.k);
-    if constexpr (MODE != XentMode::kHook) st.t += math::q_times_z(kNeedQInPass1 ? q : j.k.smooth_off, z);
+    add_t(st, z, q);
   }
 
   // Pass 1 over the whole row; leaves this thread's first CACHE vectors in registers.
@@ -220,16 +233,16 @@ struct RowWorker {
         stats_vec(st, v, head + k * V, tg);
       }
     }
-    // Streamed part: batches of 4 independent 16-byte loads in flight per thread.
-    for (int64_t k0 = tid + static_cast<int64_t>(CACHE) * G; k0 < nvec; k0 += 4 * G) {
-      uint4 buf[4];
+    // Streamed part: batches of kBatch independent 16-byte loads in flight per thread.
+    for (int64_t k0 = tid + static_cast<int64_t>(CACHE) * G; k0 < nvec; k0 += kBatch * G) {
+      uint4 buf[kBatch];
 #pragma unroll
-      for (int b = 0; b < 4; ++b) {
+      for (int b = 0; b < kBatch; ++b) {
         const int64_t k = k0 + b * G;
         if (k < nvec) buf[b] = load16(x + head + k * V);
       }
 #pragma unroll
-      for (int b = 0; b < 4; ++b) {
+      for (int b = 0; b < kBatch; ++b) {
         const int64_t k = k0 + b * G;
         if (k < nvec) {
           unpack(buf[b], v, T{});
@@ -241,6 +254,7 @@ struct RowWorker {
     // The target column's (1 - eps) z_y, read here, before the group's barrier: an in-place pass 2
     // of another thread may overwrite it right after.
     if constexpr (kHardTargets<Tg> && MODE != XentMode::kHook) {
+      st.t = math::q_times_z(j.k.smooth_off, st.t);  // eps/C * sum z (0 when eps = 0, even if -inf)
       if (tid == 0 && !tg.ignored && !tg.bad && tg.yl >= 0 && tg.yl < j.p.cols)
         st.t += math::q_times_z(j.k.smooth_on, to_float(x[tg.yl]));
     }
@@ -248,19 +262,40 @@ struct RowWorker {
   }
 
   // Pass 2 element: the output value for input value v at column c with target mass q.
-  // p' = exp2(alpha_log2e (z - ref) - c2); out = g (p' - q).
+  // p' = exp2((z - ref) alpha_log2e - c2); out = g (p' - q).
   PG_DEVICE float out_elem(float v, float q, float g, float ref, float c2) const {
     const float z = zval(v, q);
     return math::grad_elem(g, math::pgt_prob(z, j.k.alpha_log2e, ref, c2), q);
   }
 
   PG_DEVICE void write_vec(const uint4& raw, int64_t k, float g, float ref, float c2, const DevRowTarget<Tg>& tg) {
-    float v[V], q[V];
+    float v[V];
     unpack(raw, v, T{});
     const int64_t c0 = head + k * V;
-    tg.template qvec<T, V>(j, c0, q);
+    if constexpr (kHardTargets<Tg> && MODE != XentMode::kHook) {
+      // Hard targets: q = eps/C everywhere but the target column. One FFMA per element; the target
+      // column (in at most one vector of the row) is formed as g (p' - q_y) in fp32, so that
+      // p'_y - q_y does not cancel after rounding as p'_y -> 1.
+      const float g_off = g * j.k.smooth_off;
+      const int64_t rel = tg.yl - c0;
+      float p[V];
 #pragma unroll
-    for (int e = 0; e < V; ++e) v[e] = out_elem(v[e], q[e], g, ref, c2);
+      for (int e = 0; e < V; ++e) {
+        p[e] = math::pgt_prob(v[e], j.k.alpha_log2e, ref, c2);
+        v[e] = fmaf(g, p[e], -g_off);
+      }
+      if (rel >= 0 && rel < V) {
+        const float q_y = j.k.smooth_on + j.k.smooth_off;
+#pragma unroll
+        for (int e = 0; e < V; ++e)
+          if (e == rel) v[e] = math::grad_elem(g, p[e], q_y);
+      }
+    } else {
+      float q[V];
+      tg.template qvec<T, V>(j, c0, q);
+#pragma unroll
+      for (int e = 0; e < V; ++e) v[e] = out_elem(v[e], q[e], g, ref, c2);
+    }
     if (out_vec) {
       store16_stream(out + c0, pack(v, T{}));
     } else {
@@ -284,15 +319,15 @@ struct RowWorker {
       const int64_t k = tid + static_cast<int64_t>(i) * G;
       if (k < nvec) write_vec(cache[i], k, g, ref, c2, tg);
     }
-    for (int64_t k0 = tid + static_cast<int64_t>(CACHE) * G; k0 < nvec; k0 += 4 * G) {
-      uint4 buf[4];
+    for (int64_t k0 = tid + static_cast<int64_t>(CACHE) * G; k0 < nvec; k0 += kBatch * G) {
+      uint4 buf[kBatch];
 #pragma unroll
-      for (int b = 0; b < 4; ++b) {
+      for (int b = 0; b < kBatch; ++b) {
         const int64_t k = k0 + b * G;
         if (k < nvec) buf[b] = load16_last(x + head + k * V);
       }
 #pragma unroll
-      for (int b = 0; b < 4; ++b) {
+      for (int b = 0; b < kBatch; ++b) {
         const int64_t k = k0 + b * G;
         if (k < nvec) write_vec(buf[b], k, g, ref, c2, tg);
       }
