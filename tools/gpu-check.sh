@@ -49,12 +49,20 @@ find_cuobjdump() {
   return 1
 }
 
-# Executables under a folder that carry device code (a .nv_fatbin section).
+# Whether a binary carries device code (a .nv_fatbin section). No `grep -q` here: with pipefail,
+# grep leaving early makes readelf die of SIGPIPE and the pipeline report failure.
+has_device_code() {
+  local n
+  n=$(readelf -S "$1" 2>/dev/null | grep -c '\.nv_fatbin')
+  [ "${n:-0}" -gt 0 ]
+}
+
+# Executables among the arguments that carry device code.
 device_executables() {
   local f
   for f in "$@"; do
     [ -f "$f" ] && [ -x "$f" ] || continue
-    if readelf -S "$f" 2>/dev/null | grep -q '\.nv_fatbin'; then echo "$f"; fi
+    if has_device_code "$f"; then echo "$f"; fi
   done
 }
 
@@ -130,7 +138,7 @@ do_build() {
     local name
     name=$(basename "$exe")
     # Everything with device code, plus the host benchmark (the dry run and a host ratio there).
-    if readelf -S "$exe" 2>/dev/null | grep -q '\.nv_fatbin' || [ "$name" = powergrad_bench_host ]; then
+    if has_device_code "$exe" || [ "$name" = powergrad_bench_host ]; then
       cp "$exe" "$C/" && copied+=("$name")
     fi
   done < <(find "$B" -maxdepth 3 -type f -executable \( -name 'powergrad_*' -o -name 'xent_variants' \) 2>/dev/null | sort)
