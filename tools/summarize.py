@@ -68,19 +68,19 @@ def summarize(docs, out):
         context.update(d.get("context", {}))
         for b in d.get("benchmarks", []):
             key = b.get("run_name", b.get("name"))
+            if key not in rows:
+                rows.append(key)  # first appearance fixes the order (aggregates-only output too)
             if b.get("run_type") == "aggregate":
                 if b.get("aggregate_name") == "median":
                     medians[key] = b
                 continue
-            if key not in by_name:
-                rows.append(key)
             by_name[key] = b
     for key, m in medians.items():
         m = dict(m)
         m["name"] = key
         m["_median_of"] = m.get("repetitions")
         by_name[key] = m
-    rows = [by_name[k] for k in rows]
+    rows = [by_name[k] for k in rows if k in by_name]
 
     gpu = context.get("gpu")
     where = f"GPU: {gpu}" if gpu else f"host: {context.get('host_name', '?')}, {context.get('num_cpus', '?')} CPUs"
