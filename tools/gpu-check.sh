@@ -349,7 +349,7 @@ do_run() {
 
   if [ "${PG_VARIANTS:-0}" = 1 ] && [ -x "$C/xent_variants" ]; then
     say "dev/ variants"
-    bounded 60 "$C/xent_variants" 2>&1 | tail -40
+    { echo "--- dev/xent_variants"; bounded 60 "$C/xent_variants" 2>&1; } | tee -a "$out/bench_device.log" | tail -40
   fi
 
   say "summary"
