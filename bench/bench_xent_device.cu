@@ -46,6 +46,10 @@ constexpr uint64_t kRotateBelow = 256ull << 20;    // rotate buffer sets while a
 constexpr uint64_t kGraphMinBytes = 512ull << 20;  // a graph replay moves at least this much
 constexpr int kMaxSets = 1024;
 constexpr int kMaxLaunchesPerGraph = 1024;
+// Timed replays per benchmark. Fixed, because manual time is per launch: with --benchmark_min_time
+// a 2 us launch would need tens of thousands of replays of up to a thousand launches each. Every
+// replay moves >= kGraphMinBytes, so 20 replays are >= 10 GB of traffic: a stable median-free mean.
+constexpr int kReplaysPerBenchmark = 20;
 
 float g_alpha = 0.7f;
 cudaStream_t g_stream = nullptr;
@@ -366,6 +370,7 @@ void add(Shape s, Op op, double goal = 0, const char* goal_name = nullptr) {
       std::string("dev/") + op_name(op) + "/" + pgbench::dtype_name<T>() + "/" + pgbench::shape_name(s);
   benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& st) { bm_device<T>(st, s, op, goal, goal_name); })
       ->UseManualTime()
+      ->Iterations(kReplaysPerBenchmark)
       ->Unit(benchmark::kMicrosecond);
 }
 

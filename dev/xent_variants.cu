@@ -67,10 +67,10 @@ struct Variant {
   Launch apply;
 };
 
-template <int G, int CACHE, int MINB>
+template <int G, int CACHE, int MINB, int SMEM = 0, int BATCH = ((G == 32 ? 256 : G) * MINB >= 1024 ? 2 : 4)>
 Variant make(const char* name) {
-  return Variant{name, &device::launch_rows_config<T, Tg, XentMode::kFused, G, CACHE, MINB>,
-                 &device::launch_rows_config<T, Tg, XentMode::kApply, G, CACHE, MINB>};
+  return Variant{name, &device::launch_rows_config<T, Tg, XentMode::kFused, G, CACHE, MINB, SMEM, BATCH>,
+                 &device::launch_rows_config<T, Tg, XentMode::kApply, G, CACHE, MINB, SMEM, BATCH>};
 }
 
 int main() {
@@ -79,13 +79,20 @@ int main() {
   CK(cudaGetDeviceProperties(&prop, dev));
   std::printf("device %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
   struct Shape { int64_t rows, cols; std::vector<Variant> vs; };
+  // Names: b<threads>c<register vectors>[s<shared-memory vectors>][x<min blocks/SM>][b<batch>];
+  // w32: a warp per row. The first entry of each shape is the library's default.
   std::vector<Shape> shapes = {
-      {8192, 128256, {make<1024, 4, 1>("b1024c4"), make<1024, 2, 1>("b1024c2"), make<512, 4, 2>("b512c4x2"),
-                      make<512, 8, 1>("b512c8"), make<256, 4, 4>("b256c4x4")}},
-      {8192, 32000, {make<512, 8, 1>("b512c8"), make<512, 4, 2>("b512c4x2"), make<256, 8, 2>("b256c8x2"),
-                     make<1024, 4, 1>("b1024c4")}},
-      {8192, 50257, {make<1024, 4, 1>("b1024c4"), make<512, 8, 1>("b512c8"), make<512, 4, 2>("b512c4x2")}},
-      {65536, 1000, {make<32, 8, 1>("w32c8"), make<32, 4, 2>("w32c4x2")}},
+      {8192, 128256, {make<1024, 2, 1>("b1024c2"), make<1024, 2, 1, 14>("b1024c2s14"),
+                      make<1024, 2, 1, 8>("b1024c2s8"), make<1024, 1, 1, 0, 4>("b1024c1b4"),
+                      make<1024, 4, 1>("b1024c4"), make<512, 4, 2>("b512c4x2")}},
+      {8192, 50257, {make<512, 4, 2>("b512c4x2"), make<512, 4, 2, 0, 4>("b512c4x2b4"), make<512, 4, 2, 9>("b512c4s9x2"),
+                     make<1024, 2, 1>("b1024c2"), make<1024, 2, 1, 11>("b1024c2s11")}},
+      {8192, 32000, {make<512, 4, 2>("b512c4x2"), make<512, 4, 2, 0, 4>("b512c4x2b4"), make<512, 4, 2, 4>("b512c4s4x2"),
+                     make<256, 4, 4>("b256c4x4"), make<256, 4, 4, 4>("b256c4s4x4")}},
+      {65536, 1000, {make<32, 4, 2>("w32c4x2"), make<32, 4, 2, 0, 4>("w32c4x2b4"), make<32, 4, 3>("w32c4x3"),
+                     make<32, 2, 4>("w32c2x4"), make<32, 4, 4>("w32c4x4")}},
+      {65536, 2048, {make<32, 4, 2>("w32c4x2"), make<32, 8, 1>("w32c8"), make<32, 4, 4>("w32c4x4"),
+                     make<512, 4, 2>("b512c4x2")}},
   };
   std::printf("%-14s %-6s %-10s %9s %9s %8s %8s %10s\n", "shape", "op", "config", "op_ms", "copy_ms", "GB/s",
               "ratio", "max_err");

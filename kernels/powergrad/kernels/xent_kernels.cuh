@@ -127,12 +127,10 @@ constexpr bool kHardTargets = powergrad::detail::target_traits<Tg>::hard;
 
 // ---------------------------------------------------------------------------------------------
 // The row worker: everything one group does for one row.
-template <class T, class Tg, int G, int CACHE, XentMode MODE>
+template <class T, class Tg, int G, int CACHE, int SMEM, int BATCH, XentMode MODE>
 struct RowWorker {
   static constexpr int V = Vec<T>::kSize;
-  // Independent 16-byte loads in flight per thread in the streamed part of a row (a block of 1024
-  // threads has only 64 registers per thread: 2 keeps it from spilling).
-  static constexpr int kBatch = G >= 1024 ? 2 : 4;
+  static constexpr int kBatch = BATCH;  // independent 16-byte loads in flight per thread (streamed part)
   static constexpr bool kNeedQInPass1 = (MODE == XentMode::kHook) || !kHardTargets<Tg>;
 
   const XentJob<T, Tg>& j;
@@ -146,8 +144,14 @@ struct RowWorker {
   bool out_vec;         // output shares the input's alignment
   float s_r;            // hook form: the incoming gradient's scale
   uint4 cache[CACHE > 0 ? CACHE : 1];
+  uint4* stage;         // SMEM > 0: this group's shared-memory slots (SMEM vectors per thread)
 
-  PG_DEVICE RowWorker(const XentJob<T, Tg>& job, int t) : j(job), tid(t) {}
+  PG_DEVICE RowWorker(const XentJob<T, Tg>& job, int t, uint4* st) : j(job), tid(t), stage(st) {}
+
+  // Vectors [CACHE*G, (CACHE+SMEM)*G) of a row are kept in shared memory between the passes;
+  // each thread reads back only the slots it wrote, so no barrier is needed.
+  PG_DEVICE static bool staged(int64_t k) { return SMEM > 0 && k < static_cast<int64_t>(CACHE + SMEM) * G; }
+  PG_DEVICE static int64_t stage_slot(int64_t k) { return k - static_cast<int64_t>(CACHE) * G; }
 
   PG_DEVICE void setup(int64_t row) {
     r = row;
@@ -245,6 +249,7 @@ struct RowWorker {
       for (int b = 0; b < kBatch; ++b) {
         const int64_t k = k0 + b * G;
         if (k < nvec) {
+          if (staged(k)) stage[stage_slot(k)] = buf[b];
           unpack(buf[b], v, T{});
           stats_vec(st, v, head + k * V, tg);
         }
@@ -324,7 +329,7 @@ struct RowWorker {
 #pragma unroll
       for (int b = 0; b < kBatch; ++b) {
         const int64_t k = k0 + b * G;
-        if (k < nvec) buf[b] = load16_last(x + head + k * V);
+        if (k < nvec) buf[b] = (cached && staged(k)) ? stage[stage_slot(k)] : load16_last(x + head + k * V);
       }
 #pragma unroll
       for (int b = 0; b < kBatch; ++b) {
@@ -347,7 +352,7 @@ struct RowWorker {
 };
 
 // ---------------------------------------------------------------------------------------------
-template <class T, class Tg, int G, int CACHE, int MIN_BLOCKS, XentMode MODE>
+template <class T, class Tg, int G, int CACHE, int SMEM, int BATCH, int MIN_BLOCKS, XentMode MODE>
 __global__ void __launch_bounds__(G == 32 ? 32 * kWarpRowsPerBlock : G, MIN_BLOCKS)
     PG_KERNEL_VISIBILITY xent_rows_kernel(const __grid_constant__ XentJob<T, Tg> j, float* __restrict__ ws) {
   constexpr int kRowsPerBlock = G == 32 ? kWarpRowsPerBlock : 1;
@@ -360,7 +365,9 @@ __global__ void __launch_bounds__(G == 32 ? 32 * kWarpRowsPerBlock : G, MIN_BLOC
   // Per-row losses: the output itself (kNone) or the workspace [n_valid, pad x3][rows] (reduced).
   float* row_loss = reduced ? (j.out.loss ? ws + 4 : nullptr) : j.out.loss;
 
-  RowWorker<T, Tg, G, CACHE, MODE> w(j, tid);
+  extern __shared__ uint4 stage_smem[];  // SMEM vectors per thread (dynamic; 0 bytes when SMEM = 0)
+  uint4* stage = SMEM > 0 ? stage_smem + (G == 32 ? (threadIdx.x >> 5) * 32 * SMEM : 0) : nullptr;
+  RowWorker<T, Tg, G, CACHE, SMEM, BATCH, MODE> w(j, tid, stage);
   for (int64_t r = first; r < j.p.rows; r += stride) {
     w.setup(r);
     const DevRowTarget<Tg> tg(j, r);
@@ -483,30 +490,48 @@ inline Status zero_floats(float* p, int64_t n, stream_t stream) {
 
 constexpr int64_t kMaxGrid = int64_t(1) << 20;  // rows beyond this are walked by a grid-stride loop
 
-// Strategy by row length (in 16-byte vectors): a warp per row keeps up to 8 vectors per thread in
-// registers (rows up to 2048 bf16 / 1024 fp32 are read once); a block of 512 keeps up to 8
-// (32768 bf16 / 16384 fp32, e.g. a 32000 vocabulary in registers); beyond that a block of 1024
-// caches 4 vectors per thread and re-reads the rest from L2.
-// One launch of the row kernel with an explicit configuration (G threads per row, CACHE vectors
-// per thread kept in registers, MIN_BLOCKS resident blocks per SM asked of the compiler). The
-// tuning sandbox (bench/dev) calls this directly to compare configurations.
-template <class T, class Tg, XentMode MODE, int G, int CACHE, int MIN_BLOCKS>
+// One launch of the row kernel with an explicit configuration: G threads per row, CACHE vectors
+// per thread kept in registers, SMEM more per thread kept in shared memory, MIN_BLOCKS resident
+// blocks per SM asked of the compiler, BATCH loads in flight per thread in the streamed part (by
+// default 2 where the register budget is 64 per thread, else 4). The tuning sandbox (dev/)
+// calls this directly.
+template <class T, class Tg, XentMode MODE, int G, int CACHE, int MIN_BLOCKS, int SMEM = 0,
+          int BATCH = ((G == 32 ? 32 * kWarpRowsPerBlock : G) * MIN_BLOCKS >= 1024 ? 2 : 4)>
 Status launch_rows_config(const XentJob<T, Tg>& j, float* ws, stream_t stream) {
+  constexpr int kThreads = G == 32 ? 32 * kWarpRowsPerBlock : G;
+  constexpr size_t kSmemBytes = static_cast<size_t>(SMEM) * kThreads * sizeof(uint4);
+  auto kernel = xent_rows_kernel<T, Tg, G, CACHE, SMEM, BATCH, MIN_BLOCKS, MODE>;
+  if constexpr (kSmemBytes > 48 * 1024) {
+    // Raising the dynamic shared-memory limit is a function attribute, not a stream operation:
+    // done once per instantiation, it is legal while a graph is being captured.
+    static const cudaError_t attr =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmemBytes));
+    if (attr != cudaSuccess)
+      return powergrad::detail::fail(Status::kCudaError, "cudaFuncSetAttribute(%zu bytes of shared memory): %s",
+                                     kSmemBytes, cudaGetErrorString(attr));
+  }
   const int64_t rows_per_block = G == 32 ? kWarpRowsPerBlock : 1;
   const int64_t blocks = (j.p.rows + rows_per_block - 1) / rows_per_block;
   const unsigned grid = static_cast<unsigned>(blocks < kMaxGrid ? blocks : kMaxGrid);
-  xent_rows_kernel<T, Tg, G, CACHE, MIN_BLOCKS, MODE>
-      <<<grid, G == 32 ? 32 * kWarpRowsPerBlock : G, 0, stream>>>(j, ws);
+  kernel<<<grid, kThreads, kSmemBytes, stream>>>(j, ws);
   return check_launch("xent_rows_kernel");
 }
 
+// Strategy by row length in 16-byte vectors (measured on an H100, bench/results/2026-11-26-h100:
+// occupancy beats register caching for all but the longest rows):
+//   <= 256 vectors (2048 bf16 / 1024 fp32): a warp per row, 4 vectors per lane in registers,
+//       2+ blocks of 8 rows per SM;
+//   <= 8192 vectors (65536 bf16): a block of 512 per row, 4 vectors per thread in registers,
+//       2 blocks per SM, the rest of the row re-read from L2;
+//   longer: a block of 1024 per row, 2 vectors per thread in registers, one row per SM in
+//       flight (~30 MB of re-read rows at 128k bf16 columns, inside the 50 MB L2).
 template <class T, class Tg, XentMode MODE>
 Status launch_rows(const XentJob<T, Tg>& j, float* ws, stream_t stream) {
   constexpr int V = Vec<T>::kSize;
   const int64_t nvec = j.p.cols / V + 1;
-  if (nvec <= 32 * 8) return launch_rows_config<T, Tg, MODE, 32, 8, 1>(j, ws, stream);
-  if (nvec <= 512 * 8) return launch_rows_config<T, Tg, MODE, 512, 8, 1>(j, ws, stream);
-  return launch_rows_config<T, Tg, MODE, 1024, 4, 1>(j, ws, stream);
+  if (nvec <= 32 * 8) return launch_rows_config<T, Tg, MODE, 32, 4, 2>(j, ws, stream);
+  if (nvec <= 8192) return launch_rows_config<T, Tg, MODE, 512, 4, 2>(j, ws, stream);
+  return launch_rows_config<T, Tg, MODE, 1024, 2, 1>(j, ws, stream);
 }
 
 // Runs one validated job on device memory (asynchronous on `stream`).
