@@ -67,7 +67,7 @@ struct Variant {
   Launch apply;
 };
 
-template <int G, int CACHE, int MINB, int SMEM = 0, int BATCH = ((G == 32 ? 256 : G) * MINB >= 1024 ? 2 : 4)>
+template <int G, int CACHE, int MINB, int SMEM = 0, int BATCH = (device::block_threads(G) * MINB >= 1024 ? 2 : 4)>
 Variant make(const char* name) {
   return Variant{name, &device::launch_rows_config<T, Tg, XentMode::kFused, G, CACHE, MINB, SMEM, BATCH>,
                  &device::launch_rows_config<T, Tg, XentMode::kApply, G, CACHE, MINB, SMEM, BATCH>};
@@ -82,17 +82,17 @@ int main() {
   // Names: b<threads>c<register vectors>[s<shared-memory vectors>][x<min blocks/SM>][b<batch>];
   // w32: a warp per row. The first entry of each shape is the library's default.
   std::vector<Shape> shapes = {
-      {8192, 128256, {make<1024, 2, 1>("b1024c2"), make<1024, 2, 1, 14>("b1024c2s14"),
-                      make<1024, 2, 1, 8>("b1024c2s8"), make<1024, 1, 1, 0, 4>("b1024c1b4"),
-                      make<1024, 4, 1>("b1024c4"), make<512, 4, 2>("b512c4x2")}},
-      {8192, 50257, {make<512, 4, 2>("b512c4x2"), make<512, 4, 2, 0, 4>("b512c4x2b4"), make<512, 4, 2, 9>("b512c4s9x2"),
-                     make<1024, 2, 1>("b1024c2"), make<1024, 2, 1, 11>("b1024c2s11")}},
-      {8192, 32000, {make<512, 4, 2>("b512c4x2"), make<512, 4, 2, 0, 4>("b512c4x2b4"), make<512, 4, 2, 4>("b512c4s4x2"),
-                     make<256, 4, 4>("b256c4x4"), make<256, 4, 4, 4>("b256c4s4x4")}},
-      {65536, 1000, {make<32, 4, 2>("w32c4x2"), make<32, 4, 2, 0, 4>("w32c4x2b4"), make<32, 4, 3>("w32c4x3"),
-                     make<32, 2, 4>("w32c2x4"), make<32, 4, 4>("w32c4x4")}},
-      {65536, 2048, {make<32, 4, 2>("w32c4x2"), make<32, 8, 1>("w32c8"), make<32, 4, 4>("w32c4x4"),
-                     make<512, 4, 2>("b512c4x2")}},
+      {8192, 128256, {make<1024, 1, 1, 0, 4>("b1024c1b4"), make<1024, 0, 1, 0, 4>("b1024c0b4"),
+                      make<1024, 0, 1, 0, 8>("b1024c0b8"), make<1024, 1, 1, 8, 4>("b1024c1s8b4"),
+                      make<1024, 1, 1, 0, 8>("b1024c1b8"), make<1024, 2, 1, 0, 4>("b1024c2b4")}},
+      {8192, 50257, {make<512, 4, 2, 0, 4>("b512c4x2b4"), make<512, 2, 2, 0, 4>("b512c2x2b4"),
+                     make<512, 1, 2, 0, 4>("b512c1x2b4"), make<256, 4, 4>("b256c4x4"), make<1024, 1, 1, 0, 4>("b1024c1b4")}},
+      {8192, 32000, {make<256, 4, 4>("b256c4x4"), make<256, 2, 4, 0, 4>("b256c2x4b4"), make<256, 4, 4, 0, 4>("b256c4x4b4"),
+                     make<128, 4, 8>("b128c4x8")}},
+      {65536, 2048, {make<32, 4, 4>("w32c4x4"), make<32, 2, 4>("w32c2x4"), make<128, 4, 8>("b128c4x8")}},
+      {65536, 1000, {make<32, 2, 4>("w32c2x4"), make<32, 4, 3>("w32c4x3"), make<32, 1, 8>("w32c1x8"),
+                     make<16, 2, 4>("g16c2x4")}},
+      {65536, 10, {make<8, 1, 4>("g8c1x4"), make<4, 1, 4>("g4c1x4"), make<16, 1, 4>("g16c1x4"), make<32, 2, 4>("w32c2x4")}},
   };
   std::printf("%-14s %-6s %-10s %9s %9s %8s %8s %10s\n", "shape", "op", "config", "op_ms", "copy_ms", "GB/s",
               "ratio", "max_err");

@@ -2,14 +2,16 @@
 //
 // One kernel template covers the four modes of detail::XentJob (fused forward+backward, shard
 // statistics, apply with given statistics, hook form). A *group* of G threads owns one row at a
-// time: a warp per row (G = 32, 8 rows per block) for short rows, a whole block per row for long
-// ones. Each row is swept at most twice:
+// time: 8 threads or a warp per row (256 / G rows per block) for short rows, a whole block per row
+// for long ones (launch_rows picks by width). Each row is swept at most twice:
 //   pass 1  online statistics (one running max, two running sums: DESIGN.md §6) over 16-byte
-//           vectors; the first CACHE vectors of each thread stay in registers,
-//   merge   butterfly over the warp (and the block's warps) with math::merge, fixed order,
+//           vectors; the first CACHE vectors of each thread stay in registers (and optionally
+//           SMEM more in shared memory),
+//   merge   butterfly over the sub-warp / warp (and the block's warps) with math::merge, fixed
+//           order,
 //   pass 2  p' - q, scaled, written once; cached vectors come from registers, the rest of the row
 //           is re-read while it is still in L2 (a block of 1024 threads per row keeps about one
-//           row per SM in flight, ~25 MB for 128k bf16 columns, well inside an H100's 50 MB L2).
+//           row per SM in flight, ~30 MB for 128k bf16 columns, inside an H100's 50 MB L2).
 // Rows whose start is not 16-byte aligned (odd ld, offset pointers) run a scalar head and tail
 // around the vector body; an output whose alignment differs from the input's is stored scalar.
 // Reduced losses go through caller workspace and two tiny single-block kernels (n_valid count
@@ -35,18 +37,26 @@ using powergrad::detail::XentJob;
 using powergrad::detail::XentMode;
 
 constexpr unsigned kFullMask = 0xFFFFFFFFu;
-constexpr int kWarpRowsPerBlock = 8;  // G = 32: 8 warps (rows) per block of 256 threads
+constexpr int kSmallGroupBlock = 256;  // G <= 32: 256 / G rows per block of 256 threads
+
+// Threads per block and rows per block of a group size.
+PG_HD constexpr int block_threads(int G) { return G <= 32 ? kSmallGroupBlock : G; }
+PG_HD constexpr int rows_per_block(int G) { return G <= 32 ? kSmallGroupBlock / G : 1; }
 
 // ---------------------------------------------------------------------------------------------
 // Group-wide merge of RowStats. Every thread of the group ends with the same statistics.
-PG_DEVICE RowStats warp_merge(RowStats s, float a2) {
+// W <= 32 lanes (a power of two) form an aligned sub-group of the warp; the shuffles name only
+// that sub-group's lanes, so sub-groups of one warp may be on different rows or paths.
+template <int W>
+PG_DEVICE RowStats subwarp_merge(RowStats s, float a2) {
+  const unsigned mask = W == 32 ? kFullMask : (((1u << W) - 1u) << (threadIdx.x & 31 & ~(W - 1)));
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
+  for (int o = W / 2; o > 0; o >>= 1) {
     RowStats other;
-    other.m = __shfl_xor_sync(kFullMask, s.m, o);
-    other.s = __shfl_xor_sync(kFullMask, s.s, o);
-    other.sa = __shfl_xor_sync(kFullMask, s.sa, o);
-    other.t = __shfl_xor_sync(kFullMask, s.t, o);
+    other.m = __shfl_xor_sync(mask, s.m, o);
+    other.s = __shfl_xor_sync(mask, s.s, o);
+    other.sa = __shfl_xor_sync(mask, s.sa, o);
+    other.t = __shfl_xor_sync(mask, s.t, o);
     s = math::merge(s, other, a2);
   }
   return s;
@@ -54,14 +64,14 @@ PG_DEVICE RowStats warp_merge(RowStats s, float a2) {
 
 template <int G>
 PG_DEVICE RowStats group_merge(RowStats s, float a2, RowStats* smem) {
-  s = warp_merge(s, a2);
+  s = subwarp_merge<(G < 32 ? G : 32)>(s, a2);
   if constexpr (G > 32) {
     constexpr int kWarps = G / 32;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (lane == 0) smem[warp] = s;
     __syncthreads();
     s = lane < kWarps ? smem[lane] : math::empty_stats();
-    s = warp_merge(s, a2);
+    s = subwarp_merge<32>(s, a2);
     __syncthreads();  // smem is reused by the next row
   }
   return s;
@@ -353,12 +363,12 @@ struct RowWorker {
 
 // ---------------------------------------------------------------------------------------------
 template <class T, class Tg, int G, int CACHE, int SMEM, int BATCH, int MIN_BLOCKS, XentMode MODE>
-__global__ void __launch_bounds__(G == 32 ? 32 * kWarpRowsPerBlock : G, MIN_BLOCKS)
+__global__ void __launch_bounds__(block_threads(G), MIN_BLOCKS)
     PG_KERNEL_VISIBILITY xent_rows_kernel(const __grid_constant__ XentJob<T, Tg> j, float* __restrict__ ws) {
-  constexpr int kRowsPerBlock = G == 32 ? kWarpRowsPerBlock : 1;
+  constexpr int kRowsPerBlock = rows_per_block(G);
   __shared__ RowStats smem[G > 32 ? G / 32 : 1];
-  const int tid = G == 32 ? (threadIdx.x & 31) : threadIdx.x;
-  const int64_t first = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + (G == 32 ? (threadIdx.x >> 5) : 0);
+  const int tid = G <= 32 ? (threadIdx.x & (G - 1)) : threadIdx.x;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + (G <= 32 ? threadIdx.x / G : 0);
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kRowsPerBlock;
   const float a2 = j.k.alpha_log2e;
   const bool reduced = j.p.reduction != Reduction::kNone;
@@ -366,7 +376,7 @@ __global__ void __launch_bounds__(G == 32 ? 32 * kWarpRowsPerBlock : G, MIN_BLOC
   float* row_loss = reduced ? (j.out.loss ? ws + 4 : nullptr) : j.out.loss;
 
   extern __shared__ uint4 stage_smem[];  // SMEM vectors per thread (dynamic; 0 bytes when SMEM = 0)
-  uint4* stage = SMEM > 0 ? stage_smem + (G == 32 ? (threadIdx.x >> 5) * 32 * SMEM : 0) : nullptr;
+  uint4* stage = SMEM > 0 ? stage_smem + (G <= 32 ? (threadIdx.x / G) * G * SMEM : 0) : nullptr;
   RowWorker<T, Tg, G, CACHE, SMEM, BATCH, MODE> w(j, tid, stage);
   for (int64_t r = first; r < j.p.rows; r += stride) {
     w.setup(r);
@@ -496,9 +506,9 @@ constexpr int64_t kMaxGrid = int64_t(1) << 20;  // rows beyond this are walked b
 // default 2 where the register budget is 64 per thread, else 4). The tuning sandbox (dev/)
 // calls this directly.
 template <class T, class Tg, XentMode MODE, int G, int CACHE, int MIN_BLOCKS, int SMEM = 0,
-          int BATCH = ((G == 32 ? 32 * kWarpRowsPerBlock : G) * MIN_BLOCKS >= 1024 ? 2 : 4)>
+          int BATCH = (block_threads(G) * MIN_BLOCKS >= 1024 ? 2 : 4)>
 Status launch_rows_config(const XentJob<T, Tg>& j, float* ws, stream_t stream) {
-  constexpr int kThreads = G == 32 ? 32 * kWarpRowsPerBlock : G;
+  constexpr int kThreads = block_threads(G);
   constexpr size_t kSmemBytes = static_cast<size_t>(SMEM) * kThreads * sizeof(uint4);
   auto kernel = xent_rows_kernel<T, Tg, G, CACHE, SMEM, BATCH, MIN_BLOCKS, MODE>;
   if constexpr (kSmemBytes > 48 * 1024) {
@@ -510,28 +520,36 @@ Status launch_rows_config(const XentJob<T, Tg>& j, float* ws, stream_t stream) {
       return powergrad::detail::fail(Status::kCudaError, "cudaFuncSetAttribute(%zu bytes of shared memory): %s",
                                      kSmemBytes, cudaGetErrorString(attr));
   }
-  const int64_t rows_per_block = G == 32 ? kWarpRowsPerBlock : 1;
-  const int64_t blocks = (j.p.rows + rows_per_block - 1) / rows_per_block;
+  const int64_t blocks = (j.p.rows + rows_per_block(G) - 1) / rows_per_block(G);
   const unsigned grid = static_cast<unsigned>(blocks < kMaxGrid ? blocks : kMaxGrid);
   kernel<<<grid, kThreads, kSmemBytes, stream>>>(j, ws);
   return check_launch("xent_rows_kernel");
 }
 
-// Strategy by row length in 16-byte vectors (measured on an H100, bench/results/2026-11-26-h100:
-// occupancy beats register caching for all but the longest rows):
-//   <= 256 vectors (2048 bf16 / 1024 fp32): a warp per row, 4 vectors per lane in registers,
-//       2+ blocks of 8 rows per SM;
-//   <= 8192 vectors (65536 bf16): a block of 512 per row, 4 vectors per thread in registers,
-//       2 blocks per SM, the rest of the row re-read from L2;
-//   longer: a block of 1024 per row, 2 vectors per thread in registers, one row per SM in
-//       flight (~30 MB of re-read rows at 128k bf16 columns, inside the 50 MB L2).
+// Strategy by row length in 16-byte vectors, from configuration sweeps of dev/xent_variants.cu
+// on an H100 (bench/results/2026-11-26-h100*): occupancy and loads in flight beat keeping rows in
+// registers for every width; shared-memory staging gained little (rows are re-read from L2).
+//   <= 4 vectors (32 bf16 / 16 fp32): 8 threads per row, 32 rows per block;
+//   <= 128 (1024 bf16): a warp per row, 2 vectors per lane in registers, 4 blocks per SM
+//       (the apply mode, with no statistics pass, prefers 4 vectors and 3 blocks);
+//   <= 256 (2048 bf16): a warp per row, 4 vectors per lane, 4 blocks per SM;
+//   <= 4096 (32768 bf16): a block of 256 per row, 4 vectors per thread, 4 blocks per SM;
+//   <= 8192 (65536 bf16): a block of 512 per row, 4 vectors per thread, 2 blocks per SM;
+//   longer: a block of 1024 per row, 1 vector per thread in registers and 4 loads in flight,
+//       one row per SM (~30 MB of rows re-read from L2 at 128k bf16 columns: inside its 50 MB).
 template <class T, class Tg, XentMode MODE>
 Status launch_rows(const XentJob<T, Tg>& j, float* ws, stream_t stream) {
   constexpr int V = Vec<T>::kSize;
   const int64_t nvec = j.p.cols / V + 1;
-  if (nvec <= 32 * 8) return launch_rows_config<T, Tg, MODE, 32, 4, 2>(j, ws, stream);
-  if (nvec <= 8192) return launch_rows_config<T, Tg, MODE, 512, 4, 2>(j, ws, stream);
-  return launch_rows_config<T, Tg, MODE, 1024, 2, 1>(j, ws, stream);
+  if (nvec <= 4) return launch_rows_config<T, Tg, MODE, 8, 1, 4>(j, ws, stream);
+  if (nvec <= 128) {
+    if constexpr (MODE == XentMode::kApply) return launch_rows_config<T, Tg, MODE, 32, 4, 3>(j, ws, stream);
+    return launch_rows_config<T, Tg, MODE, 32, 2, 4>(j, ws, stream);
+  }
+  if (nvec <= 256) return launch_rows_config<T, Tg, MODE, 32, 4, 4>(j, ws, stream);
+  if (nvec <= 4096) return launch_rows_config<T, Tg, MODE, 256, 4, 4>(j, ws, stream);
+  if (nvec <= 8192) return launch_rows_config<T, Tg, MODE, 512, 4, 2, 0, 4>(j, ws, stream);
+  return launch_rows_config<T, Tg, MODE, 1024, 1, 1, 0, 4>(j, ws, stream);
 }
 
 // Runs one validated job on device memory (asynchronous on `stream`).
