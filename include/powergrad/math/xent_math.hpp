@@ -158,8 +158,10 @@ PG_HD float lse_alpha_of(const RowStats& st, float alpha) {
 //   with full statistics:   ref = safe_ref(m), c2 = log2(sa)
 //   with a saved lse_alpha: ref = 0,           c2 = lse_alpha * log2(e)
 // alpha = 0: 0 * (z - ref) is 0 for finite z; a NaN or +inf z gives NaN, as it must.
+// A masked column gets 0 * |c2|: 0, or NaN when the row's statistics are NaN, so that a row with
+// a NaN or +inf logit is NaN in every column (masked ones included).
 PG_HD float pgt_prob(float z, float alpha_log2e, float ref, float c2) {
-  return z == neg_inf() ? 0.f : fast_exp2(fmaf(z - ref, alpha_log2e, -c2));
+  return z == neg_inf() ? 0.f * fabsf(c2) : fast_exp2(fmaf(z - ref, alpha_log2e, -c2));
 }
 
 // Target probability of column j (global index) for a hard target y (already known valid).
