@@ -184,7 +184,7 @@ struct RowWorker {
     if constexpr (MODE == XentMode::kHook) {
       float p = v / s_r + q;
       p = p < 0.f ? 0.f : (p > 1.f ? 1.f : p);
-      return logf(p);  // logf(0) = -inf: a masked class
+      return __log2f(p) * math::kLn2;  // one MUFU.LG2; log(0) = -inf: a masked class
     } else {
       (void)q;
       return v;
