@@ -526,30 +526,41 @@ Status launch_rows_config(const XentJob<T, Tg>& j, float* ws, stream_t stream) {
   return check_launch("xent_rows_kernel");
 }
 
-// Strategy by row length in 16-byte vectors, from configuration sweeps of dev/xent_variants.cu
-// on an H100 (bench/results/2026-11-26-h100*): occupancy and loads in flight beat keeping rows in
-// registers for every width; shared-memory staging gained little (rows are re-read from L2).
-//   <= 4 vectors (32 bf16 / 16 fp32): 8 threads per row, 32 rows per block;
-//   <= 128 (1024 bf16): a warp per row, 2 vectors per lane in registers, 4 blocks per SM
-//       (the apply mode, with no statistics pass, prefers 4 vectors and 3 blocks);
-//   <= 256 (2048 bf16): a warp per row, 4 vectors per lane, 4 blocks per SM;
-//   <= 4096 (32768 bf16): a block of 256 per row, 4 vectors per thread, 4 blocks per SM;
-//   <= 8192 (65536 bf16): a block of 512 per row, 4 vectors per thread, 2 blocks per SM;
-//   longer: a block of 1024 per row, 1 vector per thread in registers and 4 loads in flight,
-//       one row per SM (~30 MB of rows re-read from L2 at 128k bf16 columns: inside its 50 MB).
+// Strategy by row length in 16-byte vectors, from three configuration sweeps of
+// dev/xent_variants.cu on an H100 (bench/results/2026-11-26-h100*): occupancy and loads in
+// flight beat keeping rows in registers at every width, and staging rows in shared memory gained
+// little (the L2 re-read is cheap). Configurations: <G threads per row, CACHE vectors per thread
+// in registers, MIN_BLOCKS per SM, SMEM, BATCH loads in flight>; the apply mode (no statistics
+// pass) has its own optimum.
+//   <= 4 vectors (32 bf16 / 16 fp32): 4 threads per row (64 rows per block);
+//   <= 16 (128 bf16): 8 threads per row; <= 128 (1024 bf16): 16 threads per row (apply: a warp);
+//   <= 256 (2048 bf16): a warp per row, 2 vectors per lane, 4 blocks per SM;
+//   <= 4096 (32768 bf16): a block of 256 per row, 4 blocks per SM;
+//   <= 8192 (65536 bf16): a block of 512 per row, 2 blocks per SM;
+//   longer: a block of 1024 per row and 8 loads in flight per thread, one row per SM (~32 MB of
+//       rows re-read from L2 at 128k bf16 columns: inside the H100's 50 MB).
 template <class T, class Tg, XentMode MODE>
 Status launch_rows(const XentJob<T, Tg>& j, float* ws, stream_t stream) {
   constexpr int V = Vec<T>::kSize;
+  constexpr bool kApply = MODE == XentMode::kApply;
   const int64_t nvec = j.p.cols / V + 1;
-  if (nvec <= 4) return launch_rows_config<T, Tg, MODE, 8, 1, 4>(j, ws, stream);
+  if (nvec <= 4) return launch_rows_config<T, Tg, MODE, 4, 1, 4>(j, ws, stream);
+  if (nvec <= 16) return launch_rows_config<T, Tg, MODE, 8, 2, 4>(j, ws, stream);
   if (nvec <= 128) {
-    if constexpr (MODE == XentMode::kApply) return launch_rows_config<T, Tg, MODE, 32, 4, 3>(j, ws, stream);
-    return launch_rows_config<T, Tg, MODE, 32, 2, 4>(j, ws, stream);
+    if constexpr (kApply) return launch_rows_config<T, Tg, MODE, 32, 4, 3>(j, ws, stream);
+    return launch_rows_config<T, Tg, MODE, 16, 2, 4>(j, ws, stream);
   }
-  if (nvec <= 256) return launch_rows_config<T, Tg, MODE, 32, 4, 4>(j, ws, stream);
-  if (nvec <= 4096) return launch_rows_config<T, Tg, MODE, 256, 4, 4>(j, ws, stream);
-  if (nvec <= 8192) return launch_rows_config<T, Tg, MODE, 512, 4, 2, 0, 4>(j, ws, stream);
-  return launch_rows_config<T, Tg, MODE, 1024, 1, 1, 0, 4>(j, ws, stream);
+  if (nvec <= 256) return launch_rows_config<T, Tg, MODE, 32, 2, 4>(j, ws, stream);
+  if (nvec <= 4096) {
+    if constexpr (kApply) return launch_rows_config<T, Tg, MODE, 256, 4, 4>(j, ws, stream);
+    return launch_rows_config<T, Tg, MODE, 256, 4, 4, 0, 4>(j, ws, stream);
+  }
+  if (nvec <= 8192) {
+    if constexpr (kApply) return launch_rows_config<T, Tg, MODE, 512, 4, 2, 0, 4>(j, ws, stream);
+    return launch_rows_config<T, Tg, MODE, 512, 1, 2, 0, 4>(j, ws, stream);
+  }
+  if constexpr (kApply) return launch_rows_config<T, Tg, MODE, 1024, 1, 1, 0, 4>(j, ws, stream);
+  return launch_rows_config<T, Tg, MODE, 1024, 0, 1, 0, 8>(j, ws, stream);
 }
 
 // Runs one validated job on device memory (asynchronous on `stream`).
