@@ -445,6 +445,8 @@ __global__ void __launch_bounds__(1024) PG_KERNEL_VISIBILITY xent_count_valid_ke
                                                                                       float* ws) {
   int64_t n = 0;
   if constexpr (kHardTargets<Tg>) {
+    // Unrolled so that several independent loads are in flight: one SM reads every target.
+#pragma unroll 8
     for (int64_t r = threadIdx.x; r < rows; r += blockDim.x)
       n += static_cast<int64_t>(targets.index[r]) != targets.ignore_index;
   } else {
@@ -460,6 +462,8 @@ __global__ void __launch_bounds__(1024) PG_KERNEL_VISIBILITY xent_count_valid_ke
 __global__ void __launch_bounds__(1024) PG_KERNEL_VISIBILITY xent_reduce_loss_kernel(const float* ws, int64_t rows,
                                                                                       bool mean, float* loss) {
   float acc = 0.f;
+  // Unrolled for loads in flight; the additions stay in the same (fixed) order.
+#pragma unroll 8
   for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) acc += ws[4 + r];
   using Reduce = cub::BlockReduce<float, 1024>;
   __shared__ typename Reduce::TempStorage tmp;
