@@ -36,7 +36,7 @@ inline size_t xent_workspace_bytes(int64_t rows, Reduction r) { return detail::x
 
 namespace detail {
 
-#define PG_CHECK(cond, status, ...) \
+#define POWERGRAD_CHECK(cond, status, ...) \
   do {                              \
     if (!(cond)) return ::powergrad::detail::fail(status, __VA_ARGS__); \
   } while (0)
@@ -44,10 +44,10 @@ namespace detail {
 inline long long ll(int64_t v) { return static_cast<long long>(v); }
 
 inline Status check_backend(Backend b) {
-  PG_CHECK(b == Backend::kHost || b == Backend::kCuda, Status::kInvalidValue, "backend (%d) is not a Backend value",
+  POWERGRAD_CHECK(b == Backend::kHost || b == Backend::kCuda, Status::kInvalidValue, "backend (%d) is not a Backend value",
            static_cast<int>(b));
 #if !defined(__CUDACC__)
-  PG_CHECK(b == Backend::kHost, Status::kNoCudaSupport,
+  POWERGRAD_CHECK(b == Backend::kHost, Status::kNoCudaSupport,
            "backend is kCuda but this translation unit was not compiled with CUDA (nvcc)");
 #endif
   return Status::kSuccess;
@@ -68,29 +68,29 @@ inline bool ranges_overlap(const void* a, uint64_t na, const void* b, uint64_t n
 // for messages ("logits" or "grad").
 template <class T, class Tg>
 Status check_problem(XentProblem<T, Tg>& p, const char* input_name) {
-  PG_CHECK(p.rows >= 0, Status::kInvalidSize, "rows (%lld) is negative", ll(p.rows));
-  PG_CHECK(p.cols >= 1, Status::kInvalidSize, "cols (%lld) must be >= 1", ll(p.cols));
+  POWERGRAD_CHECK(p.rows >= 0, Status::kInvalidSize, "rows (%lld) is negative", ll(p.rows));
+  POWERGRAD_CHECK(p.cols >= 1, Status::kInvalidSize, "cols (%lld) must be >= 1", ll(p.cols));
   if (p.ld == 0) p.ld = p.cols;
-  PG_CHECK(p.ld >= p.cols, Status::kInvalidSize, "ld (%lld) is smaller than cols (%lld)", ll(p.ld), ll(p.cols));
-  PG_CHECK(p.col_offset >= 0, Status::kInvalidSize, "col_offset (%lld) is negative", ll(p.col_offset));
+  POWERGRAD_CHECK(p.ld >= p.cols, Status::kInvalidSize, "ld (%lld) is smaller than cols (%lld)", ll(p.ld), ll(p.cols));
+  POWERGRAD_CHECK(p.col_offset >= 0, Status::kInvalidSize, "col_offset (%lld) is negative", ll(p.col_offset));
   if (p.total_cols == 0) p.total_cols = p.cols + p.col_offset;
-  PG_CHECK(p.total_cols >= p.col_offset + p.cols, Status::kInvalidSize,
+  POWERGRAD_CHECK(p.total_cols >= p.col_offset + p.cols, Status::kInvalidSize,
            "total_cols (%lld) is smaller than col_offset + cols (%lld + %lld)", ll(p.total_cols), ll(p.col_offset),
            ll(p.cols));
-  PG_CHECK(std::isfinite(p.alpha) && p.alpha >= 0.f, Status::kInvalidValue, "alpha (%g) must be finite and >= 0",
+  POWERGRAD_CHECK(std::isfinite(p.alpha) && p.alpha >= 0.f, Status::kInvalidValue, "alpha (%g) must be finite and >= 0",
            static_cast<double>(p.alpha));
-  PG_CHECK(p.label_smoothing >= 0.f && p.label_smoothing < 1.f, Status::kInvalidValue,
+  POWERGRAD_CHECK(p.label_smoothing >= 0.f && p.label_smoothing < 1.f, Status::kInvalidValue,
            "label_smoothing (%g) must be in [0, 1)", static_cast<double>(p.label_smoothing));
-  PG_CHECK(p.reduction == Reduction::kNone || p.reduction == Reduction::kMean || p.reduction == Reduction::kSum,
+  POWERGRAD_CHECK(p.reduction == Reduction::kNone || p.reduction == Reduction::kMean || p.reduction == Reduction::kSum,
            Status::kInvalidValue, "reduction (%d) is not a Reduction value", static_cast<int>(p.reduction));
   if (p.rows == 0) return Status::kSuccess;
-  PG_CHECK(p.logits != nullptr, Status::kNullPointer, "%s is null", input_name);
+  POWERGRAD_CHECK(p.logits != nullptr, Status::kNullPointer, "%s is null", input_name);
   if constexpr (target_traits<Tg>::hard) {
-    PG_CHECK(p.targets.index != nullptr, Status::kNullPointer, "targets.index is null");
+    POWERGRAD_CHECK(p.targets.index != nullptr, Status::kNullPointer, "targets.index is null");
   } else {
-    PG_CHECK(p.targets.prob != nullptr, Status::kNullPointer, "targets.prob is null");
+    POWERGRAD_CHECK(p.targets.prob != nullptr, Status::kNullPointer, "targets.prob is null");
     if (p.targets.ld == 0) p.targets.ld = p.cols;
-    PG_CHECK(p.targets.ld >= p.cols, Status::kInvalidSize, "targets.ld (%lld) is smaller than cols (%lld)",
+    POWERGRAD_CHECK(p.targets.ld >= p.cols, Status::kInvalidSize, "targets.ld (%lld) is smaller than cols (%lld)",
              ll(p.targets.ld), ll(p.cols));
   }
   return Status::kSuccess;
@@ -99,15 +99,15 @@ Status check_problem(XentProblem<T, Tg>& p, const char* input_name) {
 // A gradient output must be either exactly the input (in place, same ld) or disjoint from it.
 template <class T, class Tg>
 Status check_grad_output(const XentProblem<T, Tg>& p, T*& out, int64_t& ld_out, const char* out_name) {
-  PG_CHECK(out != nullptr, Status::kNullPointer, "%s is null", out_name);
+  POWERGRAD_CHECK(out != nullptr, Status::kNullPointer, "%s is null", out_name);
   if (ld_out == 0) ld_out = p.ld;
-  PG_CHECK(ld_out >= p.cols, Status::kInvalidSize, "ld of %s (%lld) is smaller than cols (%lld)", out_name,
+  POWERGRAD_CHECK(ld_out >= p.cols, Status::kInvalidSize, "ld of %s (%lld) is smaller than cols (%lld)", out_name,
            ll(ld_out), ll(p.cols));
   if (static_cast<const void*>(out) == static_cast<const void*>(p.logits)) {
-    PG_CHECK(ld_out == p.ld, Status::kInvalidLayout, "in-place call: ld of %s (%lld) differs from the input's ld (%lld)",
+    POWERGRAD_CHECK(ld_out == p.ld, Status::kInvalidLayout, "in-place call: ld of %s (%lld) differs from the input's ld (%lld)",
              out_name, ll(ld_out), ll(p.ld));
   } else {
-    PG_CHECK(!ranges_overlap(out, span_bytes<T>(p.rows, p.cols, ld_out), p.logits, span_bytes<T>(p.rows, p.cols, p.ld)),
+    POWERGRAD_CHECK(!ranges_overlap(out, span_bytes<T>(p.rows, p.cols, ld_out), p.logits, span_bytes<T>(p.rows, p.cols, p.ld)),
              Status::kInvalidLayout, "%s partially overlaps the input (use the same pointer and ld for in place)",
              out_name);
   }
@@ -115,7 +115,7 @@ Status check_grad_output(const XentProblem<T, Tg>& p, T*& out, int64_t& ld_out, 
 }
 
 inline Status check_upstream(const Upstream& up) {
-  PG_CHECK(std::isfinite(up.scale), Status::kInvalidValue, "upstream.scale (%g) is not finite",
+  POWERGRAD_CHECK(std::isfinite(up.scale), Status::kInvalidValue, "upstream.scale (%g) is not finite",
            static_cast<double>(up.scale));
   return Status::kSuccess;
 }
@@ -124,7 +124,7 @@ template <class T, class Tg>
 Status check_workspace(const XentJob<T, Tg>& j, Backend b, void* ws, size_t ws_bytes) {
   if (b != Backend::kCuda || !xent_job_needs_workspace(j)) return Status::kSuccess;
   const size_t need = xent_workspace_bytes_impl(j.p.rows, j.p.reduction);
-  PG_CHECK(ws != nullptr && ws_bytes >= need, Status::kWorkspaceTooSmall,
+  POWERGRAD_CHECK(ws != nullptr && ws_bytes >= need, Status::kWorkspaceTooSmall,
            "workspace (%zu bytes%s) is smaller than xent_workspace_bytes() = %zu", ws_bytes, ws ? "" : ", null", need);
   return Status::kSuccess;
 }
@@ -227,7 +227,7 @@ template <class T, class Tg>
   Status s = detail::check_backend(backend);
   if (s != Status::kSuccess) return s;
   if ((s = detail::check_problem(problem, "grad")) != Status::kSuccess) return s;
-  PG_CHECK(std::isfinite(scale.scale) && scale.scale >= 0.f, Status::kInvalidValue,
+  POWERGRAD_CHECK(std::isfinite(scale.scale) && scale.scale >= 0.f, Status::kInvalidValue,
            "scale.scale (%g) must be finite and >= 0", static_cast<double>(scale.scale));
   detail::XentJob<T, Tg> j;
   j.p = problem;
@@ -251,7 +251,7 @@ template <class T, class Tg>
   if (s != Status::kSuccess) return s;
   if ((s = detail::check_problem(problem, "logits")) != Status::kSuccess) return s;
   if (problem.rows == 0) return Status::kSuccess;
-  PG_CHECK(stats != nullptr, Status::kNullPointer, "stats is null");
+  POWERGRAD_CHECK(stats != nullptr, Status::kNullPointer, "stats is null");
   detail::XentJob<T, Tg> j;
   j.p = problem;
   j.mode = detail::XentMode::kStats;
@@ -267,14 +267,14 @@ template <class T, class Tg>
   detail::clear_error();
   Status s = detail::check_backend(backend);
   if (s != Status::kSuccess) return s;
-  PG_CHECK(rows >= 0, Status::kInvalidSize, "rows (%lld) is negative", detail::ll(rows));
-  PG_CHECK(shards >= 1, Status::kInvalidSize, "shards (%lld) must be >= 1", detail::ll(shards));
-  PG_CHECK(std::isfinite(alpha) && alpha >= 0.f, Status::kInvalidValue, "alpha (%g) must be finite and >= 0",
+  POWERGRAD_CHECK(rows >= 0, Status::kInvalidSize, "rows (%lld) is negative", detail::ll(rows));
+  POWERGRAD_CHECK(shards >= 1, Status::kInvalidSize, "shards (%lld) must be >= 1", detail::ll(shards));
+  POWERGRAD_CHECK(std::isfinite(alpha) && alpha >= 0.f, Status::kInvalidValue, "alpha (%g) must be finite and >= 0",
            static_cast<double>(alpha));
   if (rows == 0) return Status::kSuccess;
-  PG_CHECK(parts != nullptr, Status::kNullPointer, "parts is null");
-  PG_CHECK(merged != nullptr, Status::kNullPointer, "merged is null");
-  PG_CHECK(!detail::ranges_overlap(parts, sizeof(RowStats) * static_cast<uint64_t>(shards * rows), merged,
+  POWERGRAD_CHECK(parts != nullptr, Status::kNullPointer, "parts is null");
+  POWERGRAD_CHECK(merged != nullptr, Status::kNullPointer, "merged is null");
+  POWERGRAD_CHECK(!detail::ranges_overlap(parts, sizeof(RowStats) * static_cast<uint64_t>(shards * rows), merged,
                                    sizeof(RowStats) * static_cast<uint64_t>(rows)),
            Status::kInvalidLayout, "merged overlaps parts");
   if (backend == Backend::kHost) return host::merge_stats_run(parts, shards, rows, alpha, merged);
@@ -306,7 +306,7 @@ template <class T, class Tg>
   j.out = out;
   detail::init_job(j);
   if (problem.rows == 0) return detail::empty_batch(backend, j, stream);
-  PG_CHECK(merged != nullptr, Status::kNullPointer, "merged is null");
+  POWERGRAD_CHECK(merged != nullptr, Status::kNullPointer, "merged is null");
   if (out.dlogits && (s = detail::check_grad_output(j.p, j.out.dlogits, j.out.ld_dlogits, "out.dlogits")) != Status::kSuccess)
     return s;
   if ((s = detail::check_workspace(j, backend, workspace, workspace_bytes)) != Status::kSuccess) return s;
@@ -314,3 +314,5 @@ template <class T, class Tg>
 }
 
 POWERGRAD_NS_END
+
+#undef POWERGRAD_CHECK

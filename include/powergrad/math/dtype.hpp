@@ -8,7 +8,6 @@
 
 #include <cstdint>
 #include <cstring>
-#include <type_traits>
 
 #include "powergrad/config.hpp"
 
@@ -25,8 +24,6 @@ struct alignas(2) half_t {
 struct alignas(2) bfloat16_t {
   uint16_t bits;
 };
-
-enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
 namespace detail {
 
@@ -131,35 +128,5 @@ PG_HD bfloat16_t from_float<bfloat16_t>(float f) {
   return bfloat16_t{detail::float_to_bf16_bits_host(f)};
 #endif
 }
-
-// Maps a user-facing element type to the library's storage type (CUDA's own 16-bit types, when
-// their headers are included, have the same layout as ours).
-template <class T>
-struct storage_type;
-template <>
-struct storage_type<float> {
-  using type = float;
-  static constexpr DType dtype = DType::kFloat32;
-};
-template <>
-struct storage_type<half_t> {
-  using type = half_t;
-  static constexpr DType dtype = DType::kFloat16;
-};
-template <>
-struct storage_type<bfloat16_t> {
-  using type = bfloat16_t;
-  static constexpr DType dtype = DType::kBFloat16;
-};
-#if defined(__CUDA_FP16_H__)
-template <>
-struct storage_type<__half> : storage_type<half_t> {};
-#endif
-#if defined(__CUDA_BF16_H__)
-template <>
-struct storage_type<__nv_bfloat16> : storage_type<bfloat16_t> {};
-#endif
-template <class T>
-using storage_t = typename storage_type<std::remove_cv_t<T>>::type;
 
 POWERGRAD_NS_END
