@@ -409,12 +409,24 @@ std::vector<BadCase> bad_cases() {
   add("negative col_offset", Status::kInvalidSize, "col_offset", [](Bufs& b) {
     P p = b.prob(); p.col_offset = -1; p.total_cols = 20;
     return pg::xent_shard_stats(Backend::kHost, p, b.parts.data()); });
+  add("shard without total_cols", Status::kInvalidSize, "total_cols", [](Bufs& b) {
+    P p = b.prob(); p.col_offset = 3; p.total_cols = 0;
+    return pg::xent_shard_stats(Backend::kHost, p, b.parts.data()); });
+  add("hook on a column shard", Status::kInvalidSize, "whole rows", [](Bufs& b) {
+    P p = b.prob(); p.col_offset = 2; p.total_cols = Bufs::C + 2;
+    return pg::xent_hook(Backend::kHost, p, pg::GradScale{}, b.grad.data()); });
+  add("lse output inside the logits", Status::kInvalidLayout, "out.lse", [](Bufs& b) {
+    auto o = b.outs(); o.lse = b.logits.data() + 1;
+    return pg::xent_forward_backward(Backend::kHost, b.prob(), pg::Upstream{}, o); });
+  add("loss output inside the gradient", Status::kInvalidLayout, "out.loss", [](Bufs& b) {
+    auto o = b.outs(); o.loss = b.grad.data() + 3;
+    return pg::xent_forward_backward(Backend::kHost, b.prob(), pg::Upstream{}, o); });
   add("merge with 0 shards", Status::kInvalidSize, "shards", [](Bufs& b) {
     return pg::xent_merge_stats(Backend::kHost, b.parts.data(), 0, Bufs::R, 1.f, b.merged.data()); });
   add("merge with negative rows", Status::kInvalidSize, "rows", [](Bufs& b) {
     return pg::xent_merge_stats(Backend::kHost, b.parts.data(), 2, -3, 1.f, b.merged.data()); });
   // Values.
-  for (float a : {-0.5f, kNaNf, kInff, -kInff}) {
+  for (float a : {-0.5f, kNaNf, kInff, -kInff, 3e38f}) {  // 3e38: alpha * log2(e) overflows
     add("bad alpha " + std::to_string(a), Status::kInvalidValue, "alpha", [a](Bufs& b) { P p = b.prob(); p.alpha = a; return fb(b, p); });
     add("bad alpha (hook) " + std::to_string(a), Status::kInvalidValue, "alpha", [a](Bufs& b) {
       P p = b.prob(); p.alpha = a; return pg::xent_hook(Backend::kHost, p, pg::GradScale{}, b.grad.data()); });

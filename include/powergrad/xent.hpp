@@ -73,12 +73,15 @@ Status check_problem(XentProblem<T, Tg>& p, const char* input_name) {
   if (p.ld == 0) p.ld = p.cols;
   POWERGRAD_CHECK(p.ld >= p.cols, Status::kInvalidSize, "ld (%lld) is smaller than cols (%lld)", ll(p.ld), ll(p.cols));
   POWERGRAD_CHECK(p.col_offset >= 0, Status::kInvalidSize, "col_offset (%lld) is negative", ll(p.col_offset));
-  if (p.total_cols == 0) p.total_cols = p.cols + p.col_offset;
+  POWERGRAD_CHECK(p.col_offset == 0 || p.total_cols != 0, Status::kInvalidSize,
+                  "total_cols must be given for a column shard (col_offset = %lld)", ll(p.col_offset));
+  if (p.total_cols == 0) p.total_cols = p.cols;
   POWERGRAD_CHECK(p.total_cols >= p.col_offset + p.cols, Status::kInvalidSize,
            "total_cols (%lld) is smaller than col_offset + cols (%lld + %lld)", ll(p.total_cols), ll(p.col_offset),
            ll(p.cols));
-  POWERGRAD_CHECK(std::isfinite(p.alpha) && p.alpha >= 0.f, Status::kInvalidValue, "alpha (%g) must be finite and >= 0",
-           static_cast<double>(p.alpha));
+  POWERGRAD_CHECK(std::isfinite(p.alpha) && p.alpha >= 0.f && std::isfinite(p.alpha * math::kLog2e),
+                  Status::kInvalidValue, "alpha (%g) must be finite, >= 0 and below FLT_MAX / log2(e)",
+                  static_cast<double>(p.alpha));
   POWERGRAD_CHECK(p.label_smoothing >= 0.f && p.label_smoothing < 1.f, Status::kInvalidValue,
            "label_smoothing (%g) must be in [0, 1)", static_cast<double>(p.label_smoothing));
   POWERGRAD_CHECK(p.reduction == Reduction::kNone || p.reduction == Reduction::kMean || p.reduction == Reduction::kSum,
@@ -120,10 +123,35 @@ inline Status check_upstream(const Upstream& up) {
   return Status::kSuccess;
 }
 
+// The float outputs (loss, lse, lse_alpha) must not overlap the input or the gradient.
+template <class T, class Tg>
+Status check_float_outputs(const XentJob<T, Tg>& j) {
+  const uint64_t in_bytes = span_bytes<T>(j.p.rows, j.p.cols, j.p.ld);
+  const uint64_t rows = static_cast<uint64_t>(j.p.rows);
+  const struct {
+    const float* p;
+    uint64_t n;
+    const char* name;
+  } outs[] = {{j.out.loss, j.p.reduction == Reduction::kNone ? rows : 1, "out.loss"},
+              {j.out.lse, rows, "out.lse"},
+              {j.out.lse_alpha, rows, "out.lse_alpha"}};
+  for (const auto& o : outs) {
+    if (!o.p) continue;
+    POWERGRAD_CHECK(!ranges_overlap(o.p, o.n * sizeof(float), j.p.logits, in_bytes), Status::kInvalidLayout,
+                    "%s overlaps the logits", o.name);
+    POWERGRAD_CHECK(!j.out.dlogits || !ranges_overlap(o.p, o.n * sizeof(float), j.out.dlogits,
+                                                      span_bytes<T>(j.p.rows, j.p.cols, j.out.ld_dlogits)),
+                    Status::kInvalidLayout, "%s overlaps the gradient", o.name);
+  }
+  return Status::kSuccess;
+}
+
 template <class T, class Tg>
 Status check_workspace(const XentJob<T, Tg>& j, Backend b, void* ws, size_t ws_bytes) {
   if (b != Backend::kCuda || !xent_job_needs_workspace(j)) return Status::kSuccess;
   const size_t need = xent_workspace_bytes_impl(j.p.rows, j.p.reduction);
+  POWERGRAD_CHECK(reinterpret_cast<uintptr_t>(ws) % 16 == 0, Status::kInvalidLayout,
+                  "workspace must be 16-byte aligned");
   POWERGRAD_CHECK(ws != nullptr && ws_bytes >= need, Status::kWorkspaceTooSmall,
            "workspace (%zu bytes%s) is smaller than xent_workspace_bytes() = %zu", ws_bytes, ws ? "" : ", null", need);
   return Status::kSuccess;
@@ -186,6 +214,7 @@ template <class T, class Tg>
   if (problem.rows == 0) return detail::empty_batch(backend, j, stream);
   if (out.dlogits && (s = detail::check_grad_output(j.p, j.out.dlogits, j.out.ld_dlogits, "out.dlogits")) != Status::kSuccess)
     return s;
+  if ((s = detail::check_float_outputs(j)) != Status::kSuccess) return s;
   if ((s = detail::check_workspace(j, backend, workspace, workspace_bytes)) != Status::kSuccess) return s;
   return detail::dispatch(backend, j, workspace, workspace_bytes, stream);
 }
@@ -227,6 +256,10 @@ template <class T, class Tg>
   Status s = detail::check_backend(backend);
   if (s != Status::kSuccess) return s;
   if ((s = detail::check_problem(problem, "grad")) != Status::kSuccess) return s;
+  // p' = p^alpha / sum p^alpha needs the whole row: the hook form has no split form.
+  POWERGRAD_CHECK(problem.col_offset == 0 && problem.total_cols == problem.cols, Status::kInvalidSize,
+                  "the hook form needs whole rows (col_offset %lld, total_cols %lld, cols %lld)",
+                  detail::ll(problem.col_offset), detail::ll(problem.total_cols), detail::ll(problem.cols));
   POWERGRAD_CHECK(std::isfinite(scale.scale) && scale.scale >= 0.f, Status::kInvalidValue,
            "scale.scale (%g) must be finite and >= 0", static_cast<double>(scale.scale));
   detail::XentJob<T, Tg> j;
@@ -271,7 +304,11 @@ template <class T, class Tg>
   POWERGRAD_CHECK(shards >= 1, Status::kInvalidSize, "shards (%lld) must be >= 1", detail::ll(shards));
   POWERGRAD_CHECK(std::isfinite(alpha) && alpha >= 0.f, Status::kInvalidValue, "alpha (%g) must be finite and >= 0",
            static_cast<double>(alpha));
+  POWERGRAD_CHECK(std::isfinite(alpha * math::kLog2e), Status::kInvalidValue, "alpha (%g) is too large",
+                  static_cast<double>(alpha));
   if (rows == 0) return Status::kSuccess;
+  POWERGRAD_CHECK(shards <= INT64_MAX / rows, Status::kInvalidSize, "shards x rows (%lld x %lld) overflows",
+                  detail::ll(shards), detail::ll(rows));
   POWERGRAD_CHECK(parts != nullptr, Status::kNullPointer, "parts is null");
   POWERGRAD_CHECK(merged != nullptr, Status::kNullPointer, "merged is null");
   POWERGRAD_CHECK(!detail::ranges_overlap(parts, sizeof(RowStats) * static_cast<uint64_t>(shards * rows), merged,
@@ -309,6 +346,7 @@ template <class T, class Tg>
   POWERGRAD_CHECK(merged != nullptr, Status::kNullPointer, "merged is null");
   if (out.dlogits && (s = detail::check_grad_output(j.p, j.out.dlogits, j.out.ld_dlogits, "out.dlogits")) != Status::kSuccess)
     return s;
+  if ((s = detail::check_float_outputs(j)) != Status::kSuccess) return s;
   if ((s = detail::check_workspace(j, backend, workspace, workspace_bytes)) != Status::kSuccess) return s;
   return detail::dispatch(backend, j, workspace, workspace_bytes, stream);
 }

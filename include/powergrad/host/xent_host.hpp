@@ -196,16 +196,12 @@ Status xent_run(const powergrad::detail::XentJob<T, Tg>& j) {
 
     if (!j.out.dlogits) continue;
     T* o = j.out.dlogits + r * j.out.ld_dlogits;
-    float g = 0.f;
-    if (!tg.ignored) {
-      const float v = j.up.values ? j.up.values[reduced ? 0 : r] : 1.f;
-      g = j.up.scale * v;
-      if (j.p.reduction == Reduction::kMean) g = n_valid > 0 ? g / static_cast<float>(n_valid) : 0.f;
-    }
     if (tg.ignored) {
       for (int64_t c = 0; c < C; ++c) o[c] = from_float<T>(0.f);
       continue;
     }
+    float g = j.up.scale * (j.up.values ? j.up.values[reduced ? 0 : r] : 1.f);
+    if (j.p.reduction == Reduction::kMean) g = n_valid > 0 ? g / static_cast<float>(n_valid) : 0.f;
     for (int64_t c = 0; c < C; ++c) {
       const float z = to_float(x[c]);
       o[c] = from_float<T>(math::grad_elem(g, math::pgt_prob(z, j.k.alpha_log2e, ref, c2), tg.q(j, r, c)));

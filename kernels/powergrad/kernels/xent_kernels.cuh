@@ -59,6 +59,9 @@ PG_DEVICE RowStats subwarp_merge(RowStats s, float a2) {
     other.t = __shfl_xor_sync(mask, s.t, o);
     s = math::merge(s, other, a2);
   }
+  // Shuffles exchange registers but do not order memory: the barrier makes every pass-1 read of
+  // the sub-group (including the target column read by lane 0) happen before any in-place write.
+  __syncwarp(mask);
   return s;
 }
 
@@ -516,9 +519,9 @@ Status launch_rows_config(const XentJob<T, Tg>& j, float* ws, stream_t stream) {
   constexpr size_t kSmemBytes = static_cast<size_t>(SMEM) * kThreads * sizeof(uint4);
   auto kernel = xent_rows_kernel<T, Tg, G, CACHE, SMEM, BATCH, MIN_BLOCKS, MODE>;
   if constexpr (kSmemBytes > 48 * 1024) {
-    // Raising the dynamic shared-memory limit is a function attribute, not a stream operation:
-    // done once per instantiation, it is legal while a graph is being captured.
-    static const cudaError_t attr =
+    // Raising the dynamic shared-memory limit is a function attribute (per device), not a stream
+    // operation: legal while a graph is being captured. Only tuning configurations use it.
+    const cudaError_t attr =
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmemBytes));
     if (attr != cudaSuccess)
       return powergrad::detail::fail(Status::kCudaError, "cudaFuncSetAttribute(%zu bytes of shared memory): %s",
