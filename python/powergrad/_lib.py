@@ -1,0 +1,289 @@
+"""ctypes binding of the powergrad C ABI (include/powergrad/powergrad_c.h).
+
+The shared library is loaded lazily, on the first call that needs it, so that ``import powergrad``
+works (and can report what is missing) without a built library. Search order:
+
+1. ``libpowergrad.so`` next to this package (an installed copy ships it there);
+2. ``$POWERGRAD_LIBRARY`` (a path to the library file, or to a folder that holds it);
+3. the repository's usual build folders: ``<repo>/build/src``, ``build-host/src``, ``build-gpu/src``,
+   ``build-tests/src`` (``<repo>`` is two folders above this package: ``python/powergrad/..``).
+"""
+
+import ctypes
+import enum
+import os
+import threading
+
+LIBRARY_NAME = "libpowergrad.so"
+_BUILD_DIRS = ("build", "build-host", "build-gpu", "build-tests", "build-tgpu")
+
+
+class Status(enum.IntEnum):
+    """pg_status_t."""
+
+    SUCCESS = 0
+    NULL_POINTER = 1
+    INVALID_SIZE = 2
+    INVALID_VALUE = 3
+    INVALID_LAYOUT = 4
+    INVALID_TARGET = 5
+    WORKSPACE_TOO_SMALL = 6
+    NO_CUDA_SUPPORT = 7
+    CUDA_ERROR = 8
+    UNSUPPORTED = 9
+    INTERNAL_ERROR = 10
+
+
+class DType(enum.IntEnum):
+    """pg_dtype_t."""
+
+    FLOAT32 = 0
+    FLOAT16 = 1
+    BFLOAT16 = 2
+
+
+class Device(enum.IntEnum):
+    """pg_device_t."""
+
+    HOST = 0
+    CUDA = 1
+
+
+class Reduction(enum.IntEnum):
+    """pg_reduction_t."""
+
+    NONE = 0
+    MEAN = 1
+    SUM = 2
+
+
+class TargetKind(enum.IntEnum):
+    """pg_target_kind_t."""
+
+    INDEX_INT32 = 0
+    INDEX_INT64 = 1
+    DENSE = 2
+
+
+_REDUCTIONS = {"none": Reduction.NONE, "mean": Reduction.MEAN, "sum": Reduction.SUM}
+
+
+def reduction_of(name):
+    """'none' / 'mean' / 'sum' -> Reduction (a ValueError names the accepted values)."""
+    try:
+        return _REDUCTIONS[name]
+    except (KeyError, TypeError):
+        raise ValueError("reduction must be 'none', 'mean' or 'sum', not %r" % (name,)) from None
+
+
+# C enums are int-sized on every ABI the library targets.
+_enum_t = ctypes.c_int
+
+
+class XentProblem(ctypes.Structure):
+    """pg_xent_problem_t."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("device", _enum_t),
+        ("dtype", _enum_t),
+        ("logits", ctypes.c_void_p),
+        ("rows", ctypes.c_int64),
+        ("cols", ctypes.c_int64),
+        ("ld", ctypes.c_int64),
+        ("target_kind", _enum_t),
+        ("targets", ctypes.c_void_p),
+        ("target_ld", ctypes.c_int64),
+        ("ignore_index", ctypes.c_int64),
+        ("alpha", ctypes.c_float),
+        ("label_smoothing", ctypes.c_float),
+        ("reduction", _enum_t),
+        ("col_offset", ctypes.c_int64),
+        ("total_cols", ctypes.c_int64),
+        ("bad_target_count", ctypes.c_void_p),
+    ]
+
+    def __init__(self, **kw):
+        super().__init__(struct_size=ctypes.sizeof(XentProblem), **kw)
+
+
+class Upstream(ctypes.Structure):
+    """pg_upstream_t: g_r = scale * v / (MEAN ? n_valid : 1), v = values[0] or values[r] (1 if NULL)."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("scale", ctypes.c_float),
+        ("values", ctypes.c_void_p),
+    ]
+
+    def __init__(self, scale=1.0, values=None):
+        super().__init__(struct_size=ctypes.sizeof(Upstream), scale=scale, values=values)
+
+
+class XentOutputs(ctypes.Structure):
+    """pg_xent_outputs_t (every pointer optional)."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("loss", ctypes.c_void_p),
+        ("lse", ctypes.c_void_p),
+        ("lse_alpha", ctypes.c_void_p),
+        ("dlogits", ctypes.c_void_p),
+        ("ld_dlogits", ctypes.c_int64),
+    ]
+
+    def __init__(self, **kw):
+        super().__init__(struct_size=ctypes.sizeof(XentOutputs), **kw)
+
+
+class RowStats(ctypes.Structure):
+    """pg_row_stats_t (16 bytes)."""
+
+    _fields_ = [("m", ctypes.c_float), ("s", ctypes.c_float), ("sa", ctypes.c_float), ("t", ctypes.c_float)]
+
+
+class PowerGradError(RuntimeError):
+    """A powergrad call returned a status other than PG_STATUS_SUCCESS.
+
+    Attributes: ``status`` (a Status), ``status_name`` (the library's pg_status_string),
+    ``function`` (the C function), ``message`` (pg_last_error() on the calling thread).
+    """
+
+    def __init__(self, function, status, status_name, message):
+        self.function = function
+        try:
+            self.status = Status(status)
+        except ValueError:
+            self.status = status
+        self.status_name = status_name
+        self.message = message
+        enum_name = "PG_STATUS_" + self.status.name if isinstance(self.status, Status) else "status %d" % status
+        text = "%s failed: %s (%s)" % (function, enum_name, status_name)
+        if message:
+            text += ": " + message
+        super().__init__(text)
+
+
+class LibraryNotFoundError(ImportError):
+    """libpowergrad.so was not found (or could not be loaded) in any of the searched places."""
+
+
+def _repo_root():
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def candidate_paths():
+    """The places searched for the library, in order (existing or not)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    paths = [os.path.join(here, LIBRARY_NAME)]
+    env = os.environ.get("POWERGRAD_LIBRARY")
+    if env:
+        paths.append(os.path.join(env, LIBRARY_NAME) if os.path.isdir(env) else env)
+    root = _repo_root()
+    paths += [os.path.join(root, d, "src", LIBRARY_NAME) for d in _BUILD_DIRS]
+    return paths
+
+
+_lock = threading.Lock()
+_lib = None
+_lib_path = None
+
+
+def _declare(lib):
+    c = ctypes
+    vp, i64, sz = c.c_void_p, c.c_int64, c.c_size_t
+    P = c.POINTER
+    sigs = {
+        "pg_version": (c.c_int, []),
+        "pg_status_string": (c.c_char_p, [_enum_t]),
+        "pg_last_error": (c.c_char_p, []),
+        "pg_has_cuda": (c.c_int, []),
+        "pg_xent_workspace_bytes": (_enum_t, [i64, _enum_t, P(sz)]),
+        "pg_xent_forward_backward": (_enum_t, [P(XentProblem), P(Upstream), P(XentOutputs), vp, sz, vp]),
+        "pg_xent_backward": (_enum_t, [P(XentProblem), P(Upstream), vp, vp, i64, vp, sz, vp]),
+        "pg_xent_hook": (_enum_t, [P(XentProblem), c.c_float, vp, vp, i64, vp]),
+        "pg_xent_shard_stats": (_enum_t, [P(XentProblem), vp, vp]),
+        "pg_xent_merge_stats": (_enum_t, [_enum_t, vp, i64, i64, c.c_float, vp, vp]),
+        "pg_xent_shard_apply": (_enum_t, [P(XentProblem), vp, P(Upstream), P(XentOutputs), vp, sz, vp]),
+    }
+    for name, (restype, argtypes) in sigs.items():
+        fn = getattr(lib, name)
+        fn.restype = restype
+        fn.argtypes = argtypes
+
+
+def load_library():
+    """Load (once) and return the ctypes handle of libpowergrad.so; LibraryNotFoundError if absent."""
+    global _lib, _lib_path
+    if _lib is not None:
+        return _lib
+    with _lock:
+        if _lib is not None:
+            return _lib
+        tried = []
+        for path in candidate_paths():
+            if not os.path.isfile(path):
+                tried.append("%s (not found)" % path)
+                continue
+            try:
+                lib = ctypes.CDLL(path)
+                _declare(lib)
+            except (OSError, AttributeError) as e:
+                tried.append("%s (%s)" % (path, e))
+                continue
+            _lib, _lib_path = lib, path
+            return lib
+        raise LibraryNotFoundError(
+            "powergrad: could not load %s. Build it (cmake -S . -B build && cmake --build build "
+            "--target powergrad_shared) or point POWERGRAD_LIBRARY at it. Searched, in order: next to "
+            "the package, $POWERGRAD_LIBRARY, then the repository's build folders:\n  %s"
+            % (LIBRARY_NAME, "\n  ".join(tried)))
+
+
+def library_path():
+    """Path of the loaded library (loads it if needed)."""
+    load_library()
+    return _lib_path
+
+
+def library_available():
+    """True when the library can be loaded."""
+    try:
+        load_library()
+        return True
+    except LibraryNotFoundError:
+        return False
+
+
+def check(function, status):
+    """Raise PowerGradError unless status is PG_STATUS_SUCCESS."""
+    if status == Status.SUCCESS:
+        return
+    lib = load_library()
+    name = lib.pg_status_string(status)
+    msg = lib.pg_last_error()
+    raise PowerGradError(function, status, name.decode("utf-8", "replace") if name else "",
+                         msg.decode("utf-8", "replace") if msg else "")
+
+
+def call(function, *args):
+    """Call a pg_* function by name and raise PowerGradError on failure."""
+    lib = load_library()
+    check(function, getattr(lib, function)(*args))
+
+
+def workspace_bytes(rows, reduction):
+    """pg_xent_workspace_bytes: device workspace a reduced call needs (0 for NONE and on the host)."""
+    n = ctypes.c_size_t(0)
+    call("pg_xent_workspace_bytes", int(rows), int(reduction), ctypes.byref(n))
+    return n.value
+
+
+def version():
+    """Library version as MAJOR*10000 + MINOR*100 + PATCH."""
+    return load_library().pg_version()
+
+
+def has_cuda():
+    """True when the loaded library can run CUDA calls."""
+    return bool(load_library().pg_has_cuda())

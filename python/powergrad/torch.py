@@ -1,0 +1,297 @@
+"""PyTorch integration: PGT cross-entropy as an autograd function, and a drop-in gradient hook.
+
+Switching a model's loss to PGT::
+
+    from powergrad.torch import cross_entropy
+    loss = cross_entropy(logits, target, alpha=0.3)   # instead of F.cross_entropy(logits, target)
+
+The forward value is ordinary cross-entropy; only the gradient changes (softmax(alpha z) - q instead of
+softmax(z) - q). CPU tensors run on the library's host backend, CUDA tensors on its device kernels on
+the current stream (no host synchronisation, device workspace from the caching allocator).
+"""
+
+import ctypes
+
+import torch
+
+from . import _lib
+
+__all__ = ["cross_entropy", "pgt_hook", "inplace_is_safe"]
+
+_DTYPES = {torch.float32: _lib.DType.FLOAT32, torch.float16: _lib.DType.FLOAT16,
+           torch.bfloat16: _lib.DType.BFLOAT16}
+
+
+def _vp(t):
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+def _device_and_stream(x):
+    if x.device.type == "cpu":
+        return _lib.Device.HOST, None
+    if x.device.type == "cuda":
+        return _lib.Device.CUDA, ctypes.c_void_p(torch.cuda.current_stream(x.device).cuda_stream)
+    raise TypeError("powergrad: tensors must be on the CPU or a CUDA device, not %s" % x.device)
+
+
+def _row_layout(x):
+    """True when x (2-D) has a unit column stride and a row stride >= cols, i.e. what the ABI accepts."""
+    if x.dim() != 2:
+        return False
+    rows, cols = x.shape
+    return (x.stride(1) == 1 or cols <= 1) and (rows <= 1 or x.stride(0) >= cols)
+
+
+def _ld(x):
+    rows, cols = x.shape
+    return cols if rows <= 1 else x.stride(0)
+
+
+def _problem(x, target, alpha, ignore_index, label_smoothing, reduction):
+    """(pg_xent_problem_t, keep-alive tensors) for 2-D logits x (already laid out) and the target."""
+    if x.dtype not in _DTYPES:
+        raise TypeError("powergrad: logits must be float32, float16 or bfloat16, not %s" % x.dtype)
+    device, _ = _device_and_stream(x)
+    rows, cols = x.shape
+    if target.device != x.device:
+        raise ValueError("powergrad: target is on %s, logits on %s" % (target.device, x.device))
+    if target.dim() == 1:
+        if target.shape[0] != rows:
+            raise ValueError("powergrad: target has %d entries for %d rows" % (target.shape[0], rows))
+        if target.is_floating_point() or target.is_complex():
+            raise TypeError("powergrad: class targets must be integers, not %s" % target.dtype)
+        t = target if target.dtype in (torch.int32, torch.int64) else target.long()
+        t = t.contiguous()
+        kind = _lib.TargetKind.INDEX_INT32 if t.dtype == torch.int32 else _lib.TargetKind.INDEX_INT64
+        target_ld = 0
+    elif target.dim() == 2:
+        if tuple(target.shape) != (rows, cols):
+            raise ValueError("powergrad: dense targets must have the logits' shape")
+        t = target.detach().to(x.dtype).contiguous()
+        kind = _lib.TargetKind.DENSE
+        target_ld = cols
+    else:
+        raise ValueError("powergrad: target must be 1-D class indices or 2-D probabilities")
+    p = _lib.XentProblem(
+        device=device, dtype=_DTYPES[x.dtype], logits=_vp(x), rows=rows, cols=cols, ld=_ld(x), target_kind=kind,
+        targets=_vp(t), target_ld=target_ld, ignore_index=int(ignore_index), alpha=float(alpha),
+        label_smoothing=float(label_smoothing), reduction=_lib.reduction_of(reduction), col_offset=0,
+        total_cols=0, bad_target_count=None)
+    return p, t
+
+
+def _workspace(x, reduction):
+    if x.device.type != "cuda":
+        return None, 0
+    n = _lib.workspace_bytes(x.shape[0], _lib.reduction_of(reduction))
+    if n == 0:
+        return None, 0
+    # The caching allocator returns 512-byte aligned blocks (the ABI needs 16).
+    return torch.empty(n, dtype=torch.uint8, device=x.device), n
+
+
+def _storage_ptr(t):
+    try:
+        return t.untyped_storage().data_ptr()
+    except AttributeError:  # torch < 2.0
+        return t.storage().data_ptr()
+
+
+def _saved_tensors_of(node):
+    """Tensors an autograd node saved for its backward (torch exposes them as _saved_* attributes)."""
+    if node is None:
+        return
+    for name in dir(node):
+        if not name.startswith("_saved_"):
+            continue
+        try:
+            v = getattr(node, name)
+        except Exception:  # freed already, or not readable: treat as unknown below
+            continue
+        if isinstance(v, torch.Tensor):
+            yield v
+        elif isinstance(v, (tuple, list)):
+            for e in v:
+                if isinstance(e, torch.Tensor):
+                    yield e
+
+
+def inplace_is_safe(logits):
+    """Whether powergrad.torch.cross_entropy(..., inplace=True) may write the gradient over ``logits``.
+
+    The rule (anything else falls back to a separate gradient buffer, i.e. inplace=False):
+
+    * ``logits`` requires grad (otherwise no gradient is computed at all) and is not a leaf (a leaf is
+      the caller's own data or parameter);
+    * if ``logits`` is a view, its base is not a leaf either;
+    * the autograd nodes that produced ``logits`` (and its base) did not save that memory for their own
+      backward (e.g. ``exp``/``softmax``/``sigmoid`` save their result; a Linear/matmul head saves
+      only its inputs and weights, so the usual ``lm_head(h).view(-1, V)`` is safe);
+    * the layout is one the ABI accepts (unit column stride, row stride >= cols), the tensor is on
+      the CPU or a CUDA device, and has a supported dtype.
+
+    Uses that cannot be seen from the tensor (another operation that saved ``logits`` for its backward,
+    e.g. ``logits.pow(2)`` in an auxiliary loss) are caught by autograd: the in-place write bumps the
+    tensor's version counter, so such a backward raises PyTorch's "modified by an inplace operation"
+    error instead of silently using the gradient as logits. Reading ``logits`` yourself after the call
+    gives the gradient, not the logits.
+    """
+    if not isinstance(logits, torch.Tensor) or not logits.requires_grad or logits.is_leaf:
+        return False
+    if logits.dtype not in _DTYPES or logits.device.type not in ("cpu", "cuda") or not _row_layout(logits):
+        return False
+    base = logits._base
+    if base is not None and (base.is_leaf or base.requires_grad is False):
+        return False
+    mine = _storage_ptr(logits)
+    for t in (logits, base):
+        if t is None:
+            continue
+        for saved in _saved_tensors_of(t.grad_fn):
+            if saved.numel() > 0 and _storage_ptr(saved) == mine:
+                return False
+    return True
+
+
+def _bump_version(x):
+    # An in-place op on an empty view shares x's version counter: autograd will then reject any
+    # backward that saved x before we overwrote it. Costs no memory traffic.
+    with torch.no_grad():
+        x.detach()[:0].zero_()
+
+
+class _CrossEntropy(torch.autograd.Function):
+    """Forward computes the loss and the (upstream-1) gradient in one sweep; backward scales it."""
+
+    @staticmethod
+    def forward(ctx, logits, target, alpha, ignore_index, label_smoothing, reduction, inplace):
+        red = _lib.reduction_of(reduction)
+        want_grad = ctx.needs_input_grad[0]
+        write_over = want_grad and inplace and inplace_is_safe(logits)
+        x = logits if _row_layout(logits) else logits.contiguous()
+        p, t = _problem(x, target, alpha, ignore_index, label_smoothing, reduction)
+        rows, cols = x.shape
+        _, stream = _device_and_stream(x)
+        loss = torch.empty(rows if red == _lib.Reduction.NONE else 1, dtype=torch.float32, device=x.device)
+        grad = None
+        if want_grad:
+            grad = x if write_over else torch.empty((rows, cols), dtype=x.dtype, device=x.device)
+        ws, ws_bytes = _workspace(x, reduction) if (want_grad or red != _lib.Reduction.NONE) else (None, 0)
+        out = _lib.XentOutputs(loss=_vp(loss), lse=None, lse_alpha=None, dlogits=_vp(grad),
+                               ld_dlogits=_ld(grad) if grad is not None else 0)
+        up = _lib.Upstream(1.0, None)
+        _lib.call("pg_xent_forward_backward", ctypes.byref(p), ctypes.byref(up), ctypes.byref(out), _vp(ws),
+                  ws_bytes, stream)
+        if write_over:
+            _bump_version(logits)
+        ctx.grad = grad
+        ctx.reduction = red
+        ctx.consumed = False
+        loss = loss.to(logits.dtype)
+        return loss if red == _lib.Reduction.NONE else loss.reshape(())
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        if ctx.consumed:
+            raise RuntimeError("powergrad cross_entropy: backward ran twice through the same graph; the "
+                               "gradient buffer was scaled in place the first time (call the loss again "
+                               "instead of retain_graph=True)")
+        grad = ctx.grad
+        if grad is None:
+            return (None,) * 7
+        ctx.consumed = True
+        ctx.grad = None
+        go = grad_output.to(torch.float32)  # one rounding (of the product) for fp16/bf16 gradients
+        if ctx.reduction == _lib.Reduction.NONE:
+            grad.mul_(go.reshape(-1, 1))
+        else:
+            grad.mul_(go.reshape(()))
+        return grad, None, None, None, None, None, None
+
+
+def cross_entropy(logits, target, alpha=1.0, ignore_index=-100, label_smoothing=0.0, reduction="mean",
+                  inplace=False):
+    """PGT softmax cross-entropy: F.cross_entropy's value, with the gradient softmax(alpha z) - q.
+
+    ``logits``: ``[N, C]`` float32/float16/bfloat16, on the CPU or a CUDA device (reshape ``[B, T, V]``
+    to ``[B*T, V]``). ``target``: ``[N]`` class indices (int64/int32; ``ignore_index`` rows add nothing
+    and are not counted by 'mean') or ``[N, C]`` probabilities. ``alpha`` = 1 is ordinary training;
+    the paper uses 0.05-0.3. ``label_smoothing`` follows PyTorch. The loss is returned in the logits'
+    dtype (0-d for 'mean'/'sum', ``[N]`` for 'none').
+
+    Like Liger-Kernel, the gradient is computed during the forward pass (one read of the logits, one
+    write) into a buffer, and backward multiplies it by the incoming gradient (a scalar for 'mean' and
+    'sum', per row for 'none'); no host synchronisation. Differences from PyTorch: 'mean' over zero
+    valid rows returns 0 (PyTorch: NaN); out-of-range class indices raise PowerGradError on the CPU and
+    give a NaN loss/gradient row on CUDA; backward may run only once per forward.
+
+    ``inplace=True`` writes the gradient over ``logits`` (saving a logits-sized buffer) when that is
+    safe, and otherwise silently uses a buffer: see :func:`inplace_is_safe` for the rule. Do not read
+    ``logits`` after an in-place call.
+    """
+    if logits.dim() != 2:
+        raise ValueError("powergrad cross_entropy: logits must be 2-D [N, C], got %s" % (tuple(logits.shape),))
+    _lib.reduction_of(reduction)
+    return _CrossEntropy.apply(logits, target, float(alpha), int(ignore_index), float(label_smoothing), reduction,
+                               bool(inplace))
+
+
+def pgt_hook(logits, target, alpha, scale=1.0, ignore_index=-100, label_smoothing=0.0, reduction="mean"):
+    """Register a tensor hook on ``logits`` that turns its gradient s_r (p - q) into s_r (p' - q).
+
+    A drop-in for an existing ``F.cross_entropy(logits, target, ...)`` loss (pass the same
+    ``ignore_index``, ``label_smoothing`` and ``reduction``)::
+
+        logits = model(x)
+        handle = pgt_hook(logits, target, alpha=0.3, scale=loss_scale)
+        loss = F.cross_entropy(logits, target)
+        (loss * loss_scale).backward()
+
+    ``scale`` is everything the loss is multiplied by before backward (1, a mixed-precision loss scale,
+    a gradient-accumulation factor): a float, or a tensor read when the hook runs (e.g. GradScaler's
+    device scale, so no synchronisation). For 'none', ``scale`` is the per-row upstream (a float or an
+    ``[N]`` tensor). The per-row scale the hook gives the library is s_r = scale / n_valid for 'mean'
+    (n_valid = rows whose target is not ``ignore_index``, counted on the device), scale for 'sum', and
+    scale[r] for 'none'.
+
+    Why the scale matters (DESIGN.md §2.2): the hook has to recover p from the gradient it receives,
+    p = G / s_r + q. The authors' published hook computes ``grad / B + q`` — it *divides* by the batch
+    size B, while a mean-reduced gradient is (p - q) / B and must be *multiplied* by B (and divided by the
+    loss scale). Their version is exact only when the incoming gradient carries an extra factor B^2,
+    which held by coincidence in their setting: the mixed-precision initial loss scale 65536 = 256^2,
+    their per-GPU batch squared. This hook takes the scale explicitly instead.
+
+    The hook form is less precise than :func:`cross_entropy` (probabilities below the gradient's
+    resolution are lost, which matters in fp16/bf16); prefer the logits form where you can. Returns the
+    hook's RemovableHandle.
+    """
+    if logits.dim() != 2:
+        raise ValueError("powergrad pgt_hook: logits must be 2-D [N, C]")
+    red = _lib.reduction_of(reduction)
+    target = target.detach()
+    rows = logits.shape[0]
+
+    def row_scale_tensor(device):
+        s = scale
+        s = s.detach().to(device=device, dtype=torch.float32) if isinstance(s, torch.Tensor) else \
+            torch.tensor(float(s), dtype=torch.float32, device=device)
+        if red == _lib.Reduction.MEAN:
+            if target.dim() == 1:
+                n_valid = (target != ignore_index).sum().to(torch.float32)
+            else:
+                n_valid = torch.tensor(float(rows), device=device)
+            s = s / n_valid.clamp(min=1)
+        return s.reshape(-1).expand(rows).contiguous() if s.numel() == 1 else s.reshape(-1).contiguous()
+
+    def hook(grad):
+        g = grad if _row_layout(grad) else grad.contiguous()
+        rs = row_scale_tensor(g.device)
+        if rs.shape[0] != rows:
+            raise ValueError("powergrad pgt_hook: scale has %d values for %d rows" % (rs.shape[0], rows))
+        p, t = _problem(g, target, alpha, ignore_index, label_smoothing, "none")
+        _, stream = _device_and_stream(g)
+        out = torch.empty(g.shape, dtype=g.dtype, device=g.device)
+        _lib.call("pg_xent_hook", ctypes.byref(p), 1.0, _vp(rs), _vp(out), out.shape[1], stream)
+        return out
+
+    return logits.register_hook(hook)

@@ -1,0 +1,261 @@
+"""powergrad.torch vs torch.nn.functional.cross_entropy (alpha = 1) and the float64 reference (alpha < 1)."""
+
+import os
+
+import pytest
+
+try:
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    import reference as ref
+except ImportError as e:  # pragma: no cover - depends on the machine
+    if os.environ.get("POWERGRAD_TEST_STRICT") == "1":
+        raise
+    pytest.skip("torch or NumPy cannot be imported (%s): install python3-torch (Debian)" % e,
+                allow_module_level=True)
+
+from powergrad.torch import cross_entropy, inplace_is_safe, pgt_hook  # noqa: E402
+
+
+def make(rows=24, cols=37, dtype=torch.float32, seed=0, ignored=(3, 10)):
+    g = torch.Generator().manual_seed(seed)
+    z = (torch.randn(rows, cols, generator=g) * 2.0).to(dtype)
+    y = torch.randint(0, cols, (rows,), generator=g)
+    for i in ignored:
+        if i < rows:
+            y[i] = -100
+    return z, y
+
+
+def ref_of(z, y, alpha, eps=0.0, reduction="mean", upstream=None, ignore_index=-100):
+    up = None if upstream is None else upstream.detach().double().numpy()
+    loss, grad = ref.xent(z.detach().double().numpy(), y.numpy(), alpha, ignore_index, eps, reduction, up)
+    return torch.as_tensor(np.asarray(loss)), torch.as_tensor(grad)
+
+
+def run(fn, z, y, upstream=None, **kw):
+    x = z.clone().requires_grad_(True)
+    loss = fn(x, y, **kw)
+    if upstream is None:
+        loss.backward()
+    else:
+        loss.backward(upstream)
+    return loss.detach(), x.grad
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("ignore_index", [-100, 5])
+def test_alpha_1_equals_torch(reduction, eps, ignore_index):
+    z, y = make(seed=1)
+    y[y == -100] = ignore_index
+    y[7] = 5
+    up = torch.randn(z.shape[0]) if reduction == "none" else None
+    kw = dict(reduction=reduction, label_smoothing=eps, ignore_index=ignore_index)
+    loss, grad = run(cross_entropy, z, y, up, alpha=1.0, **kw)
+    want_loss, want_grad = run(F.cross_entropy, z, y, up, **kw)
+    torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.05, 0.3, 0.7])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_alpha_below_1_is_pgt(alpha, reduction):
+    # Loss: ordinary CE (unchanged by PGT). Gradient: g_r (softmax(alpha z) - q), not d(loss)/dz.
+    z, y = make(seed=2)
+    up = torch.randn(z.shape[0]) if reduction == "none" else torch.tensor(1.7)
+    loss, grad = run(cross_entropy, z, y, up, alpha=alpha, reduction=reduction, label_smoothing=0.1)
+    want_loss, want_grad = ref_of(z, y, alpha, 0.1, reduction, up)
+    torch.testing.assert_close(loss.double(), want_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad.double(), want_grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss, F.cross_entropy(z, y, reduction=reduction, label_smoothing=0.1),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_none_with_per_row_upstream_through_a_weighted_sum():
+    # grad_output for 'none' comes from a later op (a per-row weighting), not from the caller.
+    z, y = make(seed=3)
+    w = torch.rand(z.shape[0])
+    x = z.clone().requires_grad_(True)
+    (cross_entropy(x, y, alpha=0.3, reduction="none") * w).sum().backward()
+    _, want = ref_of(z, y, 0.3, 0.0, "none", w)
+    torch.testing.assert_close(x.grad.double(), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)])
+def test_low_precision(dtype, tol):
+    z, y = make(seed=4, dtype=dtype)
+    loss, grad = run(cross_entropy, z, y, alpha=0.3, reduction="sum")
+    want_loss, want_grad = ref_of(z, y, 0.3, 0.0, "sum")
+    assert loss.dtype == dtype and grad.dtype == dtype
+    torch.testing.assert_close(loss.double(), want_loss, rtol=tol, atol=tol)
+    torch.testing.assert_close(grad.double(), want_grad, rtol=tol, atol=tol)
+
+
+def test_dense_targets_match_torch_probabilities():
+    z, _ = make(seed=5, ignored=())
+    q = torch.softmax(torch.randn(z.shape), dim=1)
+    loss, grad = run(cross_entropy, z, q, alpha=1.0)
+    want_loss, want_grad = run(F.cross_entropy, z, q)
+    torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_matches_the_analytic_formula_through_a_model():
+    # gradcheck does not apply (for alpha != 1 the backward is deliberately not the derivative):
+    # chain the analytic dz = softmax(alpha z) - q through a Linear layer by hand instead.
+    torch.manual_seed(6)
+    h = torch.randn(16, 8)
+    lin = torch.nn.Linear(8, 13)
+    y = torch.randint(0, 13, (16,))
+    y[2] = -100
+    cross_entropy(lin(h), y, alpha=0.2, label_smoothing=0.05).backward()
+    _, dz = ref_of(lin(h), y, 0.2, 0.05, "mean")
+    torch.testing.assert_close(lin.weight.grad.double(), dz.T @ h.double(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(lin.bias.grad.double(), dz.sum(0), rtol=1e-5, atol=1e-6)
+
+
+def test_no_grad_needed():
+    z, y = make(seed=7)
+    loss = cross_entropy(z, y, alpha=0.3, inplace=True)  # z does not require grad: no gradient, z untouched
+    torch.testing.assert_close(loss, F.cross_entropy(z, y))
+    assert torch.equal(z, make(seed=7)[0])
+
+
+# ---- in-place mode ----------------------------------------------------------------------------------
+
+def model_grads(inplace, build_logits, alpha=0.3):
+    torch.manual_seed(8)
+    h = torch.randn(12, 6)
+    lin = torch.nn.Linear(6, 9)
+    y = torch.randint(0, 9, (12,))
+    logits = build_logits(lin, h)
+    safe = inplace_is_safe(logits)
+    cross_entropy(logits, y, alpha=alpha, inplace=inplace).backward()
+    return [p.grad.clone() for p in lin.parameters()], safe, logits
+
+
+def test_inplace_on_a_linear_head_writes_over_the_logits():
+    want, _, _ = model_grads(False, lambda lin, h: lin(h))
+    got, safe, logits = model_grads(True, lambda lin, h: lin(h))
+    assert safe
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+    # The logits now hold the gradient (that is the point of in place): the rows sum to 0.
+    torch.testing.assert_close(logits.detach().sum(1), torch.zeros(12), atol=1e-6, rtol=0)
+
+
+def test_inplace_on_a_view_of_the_head_output():
+    build = lambda lin, h: lin(h).view(3, 4, 9).reshape(12, 9)  # noqa: E731
+    want, _, _ = model_grads(False, build)
+    got, safe, _ = model_grads(True, build)
+    assert safe
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+def test_inplace_on_a_leaf_copies():
+    z, y = make(seed=9)
+    x = z.clone().requires_grad_(True)
+    assert not inplace_is_safe(x)
+    cross_entropy(x, y, alpha=0.3, inplace=True).backward()
+    assert torch.equal(x.detach(), z)  # the caller's tensor is not corrupted
+    torch.testing.assert_close(x.grad.double(), ref_of(z, y, 0.3)[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("producer", ["exp", "sigmoid", "softmax"])
+def test_inplace_when_the_producer_saved_its_result_copies(producer):
+    # exp/sigmoid/softmax save their output for backward: overwriting it would corrupt x's gradient.
+    z, y = make(seed=10)
+    grads = []
+    for inplace in (False, True):
+        x = z.clone().requires_grad_(True)
+        logits = getattr(torch, producer)(x) if producer != "softmax" else torch.softmax(x, 1)
+        if inplace:
+            assert not inplace_is_safe(logits)
+        cross_entropy(logits, y, alpha=0.4, inplace=inplace).backward()
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)
+
+
+def test_inplace_with_an_unseen_saved_use_raises_instead_of_corrupting():
+    # logits.pow(2) saved the logits for its backward; nothing on the tensor reveals it. The in-place
+    # write bumps the version counter, so autograd refuses the backward rather than use wrong values.
+    torch.manual_seed(11)
+    lin = torch.nn.Linear(6, 9)
+    logits = lin(torch.randn(12, 6))
+    y = torch.randint(0, 9, (12,))
+    aux = logits.pow(2).mean()
+    loss = cross_entropy(logits, y, alpha=0.3, inplace=True) + aux
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_backward_twice_raises():
+    z, y = make(seed=12)
+    x = z.clone().requires_grad_(True)
+    loss = cross_entropy(x, y, alpha=0.3)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        loss.backward()
+
+
+# ---- the hook form ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("loss_scale", [1.0, 1024.0])
+def test_hook_on_a_small_model_equals_the_logits_form(reduction, loss_scale):
+    torch.manual_seed(13)
+    h = torch.randn(20, 10)
+    y = torch.randint(0, 7, (20,))
+    y[[4, 11]] = -100
+    w = torch.rand(20)
+
+    def grads(use_hook):
+        torch.manual_seed(14)
+        model = torch.nn.Sequential(torch.nn.Linear(10, 16), torch.nn.Tanh(), torch.nn.Linear(16, 7))
+        logits = model(h)
+        if use_hook:
+            scale = loss_scale * w if reduction == "none" else torch.tensor(loss_scale)
+            pgt_hook(logits, y, alpha=0.3, scale=scale, label_smoothing=0.1, reduction=reduction)
+            loss = F.cross_entropy(logits, y, label_smoothing=0.1, reduction=reduction)
+        else:
+            loss = cross_entropy(logits, y, alpha=0.3, label_smoothing=0.1, reduction=reduction)
+        if reduction == "none":
+            loss = (loss * w).sum()
+        (loss * loss_scale).backward()
+        return [p.grad for p in model.parameters()]
+
+    for got, want in zip(grads(True), grads(False)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * loss_scale)
+
+
+def test_hook_remove():
+    z, y = make(seed=15)
+    x = z.clone().requires_grad_(True)
+    pgt_hook(x, y, alpha=0.3).remove()
+    F.cross_entropy(x, y).backward()
+    torch.testing.assert_close(x.grad, run(F.cross_entropy, z, y)[1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible to torch")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_matches_cpu(dtype):
+    import powergrad
+    if not powergrad.has_cuda():
+        pytest.skip("libpowergrad.so was built without CUDA")
+    z, y = make(rows=256, cols=1000, seed=16, dtype=dtype)
+    for reduction in ("mean", "none"):
+        cpu_loss, cpu_grad = run(cross_entropy, z, y, alpha=0.3, reduction=reduction,
+                                 upstream=None) if reduction == "mean" else (None, None)
+        if reduction == "none":
+            up = torch.rand(256)
+            cpu_loss, cpu_grad = run(cross_entropy, z, y, up, alpha=0.3, reduction=reduction)
+            gpu_loss, gpu_grad = run(cross_entropy, z.cuda(), y.cuda(), up.cuda(), alpha=0.3, reduction=reduction)
+        else:
+            gpu_loss, gpu_grad = run(cross_entropy, z.cuda(), y.cuda(), alpha=0.3, reduction=reduction)
+        tol = 1e-5 if dtype == torch.float32 else 1.6e-2
+        torch.testing.assert_close(gpu_loss.cpu(), cpu_loss, rtol=tol, atol=tol)
+        torch.testing.assert_close(gpu_grad.cpu(), cpu_grad, rtol=tol, atol=tol)
