@@ -209,8 +209,48 @@ class _CrossEntropy(torch.autograd.Function):
         return grad, None, None, None, None, None, None
 
 
+class _CrossEntropyTwoPass(torch.autograd.Function):
+    """Forward: loss and the per-row lse_alpha (one read). Backward: pg_xent_backward with the saved
+    lse_alpha and the upstream read from device memory (one read, one write; exact for any upstream)."""
+
+    @staticmethod
+    def forward(ctx, logits, target, alpha, ignore_index, label_smoothing, reduction):
+        red = _lib.reduction_of(reduction)
+        x = logits if _row_layout(logits) else logits.contiguous()
+        p, t = _problem(x, target, alpha, ignore_index, label_smoothing, reduction)
+        rows = x.shape[0]
+        _, stream = _device_and_stream(x)
+        loss = torch.empty(rows if red == _lib.Reduction.NONE else 1, dtype=torch.float32, device=x.device)
+        want_grad = ctx.needs_input_grad[0]
+        lse_alpha = torch.empty(rows, dtype=torch.float32, device=x.device) if want_grad else None
+        ws, ws_bytes = _workspace(x, reduction)
+        out = _lib.XentOutputs(loss=_vp(loss), lse=None, lse_alpha=_vp(lse_alpha), dlogits=None, ld_dlogits=0)
+        up = _lib.Upstream(1.0, None)
+        _lib.call("pg_xent_forward_backward", ctypes.byref(p), ctypes.byref(up), ctypes.byref(out), _vp(ws),
+                  ws_bytes, stream)
+        if want_grad:
+            ctx.save_for_backward(x, t, lse_alpha)
+        ctx.args = (alpha, ignore_index, label_smoothing, reduction)
+        loss = loss.to(logits.dtype)
+        return loss if red == _lib.Reduction.NONE else loss.reshape(())
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        x, t, lse_alpha = ctx.saved_tensors
+        alpha, ignore_index, label_smoothing, reduction = ctx.args
+        p, t = _problem(x, t, alpha, ignore_index, label_smoothing, reduction)
+        _, stream = _device_and_stream(x)
+        go = grad_output.detach().to(torch.float32).reshape(-1).contiguous()
+        up = _lib.Upstream(1.0, _vp(go))
+        grad = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        ws, ws_bytes = _workspace(x, reduction)
+        _lib.call("pg_xent_backward", ctypes.byref(p), ctypes.byref(up), _vp(lse_alpha), _vp(grad), grad.shape[1],
+                  _vp(ws), ws_bytes, stream)
+        return grad, None, None, None, None, None
+
+
 def cross_entropy(logits, target, alpha=1.0, ignore_index=-100, label_smoothing=0.0, reduction="mean",
-                  inplace=False):
+                  inplace=False, fused=True):
     """PGT softmax cross-entropy: F.cross_entropy's value, with the gradient softmax(alpha z) - q.
 
     ``logits``: ``[N, C]`` float32/float16/bfloat16, on the CPU or a CUDA device (reshape ``[B, T, V]``
@@ -228,10 +268,19 @@ def cross_entropy(logits, target, alpha=1.0, ignore_index=-100, label_smoothing=
     ``inplace=True`` writes the gradient over ``logits`` (saving a logits-sized buffer) when that is
     safe, and otherwise silently uses a buffer: see :func:`inplace_is_safe` for the rule. Do not read
     ``logits`` after an in-place call.
+
+    ``fused=False`` is the two-pass form (DESIGN.md §6): forward reads the logits once for the loss and
+    a per-row ``lse_alpha`` and keeps the logits; backward reads them once more and writes the
+    gradient with the incoming gradient applied exactly (read from device memory). It holds the logits
+    instead of a gradient buffer until backward, may run backward more than once, and ignores
+    ``inplace``.
     """
     if logits.dim() != 2:
         raise ValueError("powergrad cross_entropy: logits must be 2-D [N, C], got %s" % (tuple(logits.shape),))
     _lib.reduction_of(reduction)
+    if not fused:
+        return _CrossEntropyTwoPass.apply(logits, target, float(alpha), int(ignore_index), float(label_smoothing),
+                                          reduction)
     return _CrossEntropy.apply(logits, target, float(alpha), int(ignore_index), float(label_smoothing), reduction,
                                bool(inplace))
 

@@ -177,3 +177,14 @@ def test_loader_search_order(monkeypatch, tmp_path):
     assert paths[0].endswith("python/powergrad/libpowergrad.so")
     assert paths[1] == str(tmp_path / "libpowergrad.so")
     assert any(p.endswith("build/src/libpowergrad.so") for p in paths[2:])
+
+
+@pytest.mark.no_library
+def test_loader_error_names_the_places_it_searched(monkeypatch, tmp_path):
+    from powergrad import _lib
+    missing = str(tmp_path / "nowhere" / "libpowergrad.so")
+    monkeypatch.setattr(_lib, "_lib", None)
+    monkeypatch.setattr(_lib, "candidate_paths", lambda: [missing])
+    with pytest.raises(pg.LibraryNotFoundError) as e:
+        _lib.load_library()
+    assert missing in str(e.value) and "POWERGRAD_LIBRARY" in str(e.value)

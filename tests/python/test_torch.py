@@ -124,6 +124,29 @@ def test_no_grad_needed():
     assert torch.equal(z, make(seed=7)[0])
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1.6e-2)])
+def test_two_pass_form_equals_the_fused_form(reduction, dtype, tol):
+    z, y = make(seed=17, dtype=dtype)
+    up = torch.randn(z.shape[0]) if reduction == "none" else torch.tensor(-0.75)
+    kw = dict(alpha=0.3, reduction=reduction, label_smoothing=0.1)
+    loss2, grad2 = run(cross_entropy, z, y, up, fused=False, **kw)
+    want_loss, want_grad = ref_of(z, y, 0.3, 0.1, reduction, up)
+    torch.testing.assert_close(loss2.double(), want_loss, rtol=tol, atol=tol)
+    torch.testing.assert_close(grad2.double(), want_grad, rtol=tol, atol=tol)
+    loss1, grad1 = run(cross_entropy, z, y, up, **kw)
+    torch.testing.assert_close(loss2, loss1, rtol=0, atol=0)
+
+
+def test_two_pass_form_allows_backward_twice():
+    z, y = make(seed=18)
+    x = z.clone().requires_grad_(True)
+    loss = cross_entropy(x, y, alpha=0.3, fused=False)
+    loss.backward(retain_graph=True)
+    loss.backward()
+    torch.testing.assert_close(x.grad.double(), 2 * ref_of(z, y, 0.3)[1], rtol=1e-5, atol=1e-6)
+
+
 # ---- in-place mode ----------------------------------------------------------------------------------
 
 def model_grads(inplace, build_logits, alpha=0.3):
