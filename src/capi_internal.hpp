@@ -1,0 +1,47 @@
+// powergrad C ABI internals (DESIGN.md §3 layer 5): what the C entry points (capi.cpp) hand to the
+// per-dtype translation units (xent_f32.cu, xent_f16.cu, xent_bf16.cu). Not installed.
+//
+// capi.cpp validates everything the C++ API cannot see (struct sizes, enum values, null struct
+// pointers) and switches on the dtype once; each dtype TU switches on the target kind and the op and
+// calls the C++ API, which validates the rest and runs the host or CUDA backend.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "powergrad/powergrad_c.h"
+#include "powergrad/status.hpp"
+#include "powergrad/xent_types.hpp"
+
+namespace powergrad_capi {
+
+enum class Op { kForwardBackward, kBackward, kHook, kShardStats, kShardApply };
+
+// One validated C call: enums in range, struct pointers non-null where the op needs them.
+struct Call {
+  Op op = Op::kForwardBackward;
+  const pg_xent_problem_t* problem = nullptr;
+  pg_upstream_t upstream{sizeof(pg_upstream_t), 1.f, nullptr};  // forward_backward, backward, shard_apply
+  pg_xent_outputs_t outputs{sizeof(pg_xent_outputs_t), nullptr, nullptr, nullptr, nullptr, 0};  // fb, apply
+  const float* saved_lse_alpha = nullptr;                    // backward
+  void* grad = nullptr;                                      // backward: dlogits; hook: out
+  int64_t ld_grad = 0;
+  float hook_scale = 1.f;                                    // hook
+  const float* row_scale = nullptr;                          // hook
+  pg_row_stats_t* stats = nullptr;                           // shard_stats
+  const pg_row_stats_t* merged = nullptr;                    // shard_apply
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+  void* stream = nullptr;
+};
+
+// One per dtype, each in its own translation unit (compile time: STYLE.md 11).
+powergrad::Status xent_call_f32(const Call& c);
+powergrad::Status xent_call_f16(const Call& c);
+powergrad::Status xent_call_bf16(const Call& c);
+
+// Lives in xent_f32.cu because the CUDA backend of the merge is a kernel.
+powergrad::Status merge_stats_call(pg_device_t device, const pg_row_stats_t* parts, int64_t shards, int64_t rows,
+                                   float alpha, pg_row_stats_t* merged, void* stream);
+
+}  // namespace powergrad_capi
