@@ -462,6 +462,9 @@ __global__ void __launch_bounds__(1024) PG_KERNEL_VISIBILITY xent_count_valid_ke
 }
 
 // Sum of the row losses in ws[4..4+rows) in a fixed order; loss = sum (kSum) or sum / n_valid.
+// (Kernels in this header are templates, even where nothing varies, so that several translation
+// units can include it without multiple definitions.)
+template <int kUnused = 0>
 __global__ void __launch_bounds__(1024) PG_KERNEL_VISIBILITY xent_reduce_loss_kernel(const float* ws, int64_t rows,
                                                                                       bool mean, float* loss) {
   float acc = 0.f;
@@ -479,6 +482,7 @@ __global__ void __launch_bounds__(1024) PG_KERNEL_VISIBILITY xent_reduce_loss_ke
 }
 
 // Merges [shards][rows] statistics in shard order, a thread per row.
+template <int kUnused = 0>
 __global__ void PG_KERNEL_VISIBILITY xent_merge_stats_kernel(const RowStats* __restrict__ parts, int64_t shards,
                                                              int64_t rows, float a2, RowStats* __restrict__ merged) {
   for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; r < rows;
@@ -592,7 +596,7 @@ Status xent_run(const XentJob<T, Tg>& j, void* workspace, size_t, stream_t strea
   const bool reduced_loss = j.out.loss && j.p.reduction != Reduction::kNone &&
                             (j.mode == XentMode::kFused || (j.mode == XentMode::kApply && j.stats_in));
   if (reduced_loss) {
-    xent_reduce_loss_kernel<<<1, 1024, 0, stream>>>(ws, j.p.rows, mean, j.out.loss);
+    xent_reduce_loss_kernel<><<<1, 1024, 0, stream>>>(ws, j.p.rows, mean, j.out.loss);
     return check_launch("xent_reduce_loss_kernel");
   }
   return Status::kSuccess;
@@ -601,7 +605,7 @@ Status xent_run(const XentJob<T, Tg>& j, void* workspace, size_t, stream_t strea
 inline Status merge_stats_run(const RowStats* parts, int64_t shards, int64_t rows, float alpha, RowStats* merged,
                               stream_t stream) {
   const int64_t blocks = (rows + 255) / 256;
-  xent_merge_stats_kernel<<<static_cast<unsigned>(blocks < kMaxGrid ? blocks : kMaxGrid), 256, 0, stream>>>(
+  xent_merge_stats_kernel<><<<static_cast<unsigned>(blocks < kMaxGrid ? blocks : kMaxGrid), 256, 0, stream>>>(
       parts, shards, rows, alpha * math::kLog2e, merged);
   return check_launch("xent_merge_stats_kernel");
 }
