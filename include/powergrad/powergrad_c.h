@@ -8,6 +8,11 @@
  * Struct versioning: every argument struct starts with `struct_size`, which the caller sets to
  * sizeof(the struct) as compiled; the library rejects sizes it does not know
  * (PG_STATUS_INVALID_VALUE), so that later versions can append fields.
+ *
+ * Errors: every call first clears the calling thread's message; a failing call writes nothing to
+ * any output and leaves a message naming the offending argument. Enum arguments and fields may hold
+ * any int (a value outside the enum gives PG_STATUS_INVALID_VALUE). PG_DEVICE_CUDA in a library
+ * built without CUDA gives PG_STATUS_NO_CUDA_SUPPORT (see pg_has_cuda()).
  */
 #ifndef POWERGRAD_C_H_
 #define POWERGRAD_C_H_
@@ -83,7 +88,7 @@ typedef struct pg_upstream_t {
   const float* values;         /* same memory space as the problem's pointers; may be NULL */
 } pg_upstream_t;
 
-/* Outputs; every pointer optional. */
+/* Outputs; every pointer optional (the struct itself is required). */
 typedef struct pg_xent_outputs_t {
   size_t struct_size;          /* sizeof(pg_xent_outputs_t) */
   float* loss;                 /* MEAN/SUM: 1 value; NONE: rows values */
@@ -102,7 +107,8 @@ typedef struct pg_row_stats_t {
 PG_API int pg_version(void);
 /* Static, human-readable name of a status. */
 PG_API const char* pg_status_string(pg_status_t status);
-/* Message explaining the last non-success status returned on the calling thread ("" if none). */
+/* Message explaining the status of the calling thread's last call ("" after a success). Valid until
+ * the thread's next call. */
 PG_API const char* pg_last_error(void);
 /* 1 when this build can run PG_DEVICE_CUDA calls, else 0. */
 PG_API int pg_has_cuda(void);
