@@ -355,6 +355,28 @@ Tg make_targets(Mem& mem, CaseData<T>& d) {
   return t;
 }
 
+// The problem of a case: its logits (starting at `input`, offset applied here), targets and math
+// parameters; columns [off, off + width) of each row when width > 0 (a shard), else the whole row.
+template <class T, class Tg, class Mem>
+pg::XentProblem<T, Tg> make_problem(Mem& mem, CaseData<T>& d, T* input, int64_t off = 0, int64_t width = 0) {
+  const Case& c = d.c;
+  pg::XentProblem<T, Tg> p;
+  p.logits = input + c.offset + off;
+  p.rows = c.rows;
+  p.cols = width > 0 ? width : c.cols;
+  p.ld = c.ld();
+  p.targets = make_targets<T, Tg>(mem, d);
+  if constexpr (std::is_same<Tg, pg::DenseTargets<T>>::value) p.targets.prob += off;
+  p.alpha = c.alpha;
+  p.label_smoothing = c.eps;
+  p.reduction = c.red;
+  if (width > 0) {
+    p.col_offset = off;
+    p.total_cols = c.cols;
+  }
+  return p;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Checking.
 // ---------------------------------------------------------------------------------------------
@@ -535,16 +557,8 @@ FusedOut<T> run_fused(Mem& mem, CaseData<T>& d) {
   o.lse_a.assign(c.rows + kGuard, poison_value<float>());
   if (!c.in_place) o.buf.assign(c.offset + c.rows * c.ld_out() + kGuard, poison_value<T>());
 
-  pg::XentProblem<T, Tg> p;
   T* lg = mem.in(logits);
-  p.logits = lg + c.offset;
-  p.rows = c.rows;
-  p.cols = c.cols;
-  p.ld = c.ld();
-  p.targets = make_targets<T, Tg>(mem, d);
-  p.alpha = c.alpha;
-  p.label_smoothing = c.eps;
-  p.reduction = c.red;
+  pg::XentProblem<T, Tg> p = make_problem<T, Tg>(mem, d, lg);
   pg::Upstream up{c.up_scale, mem.in(d.upv)};
   pg::XentOutputs<T> out;
   float* dloss = c.want_loss ? mem.out(o.loss) : nullptr;
@@ -690,16 +704,8 @@ void check_backward_case(const Case& c0, bool saved, bool bitwise_fused) {
     std::vector<T> logits = d.logits;
     std::vector<T> buf;
     if (!c.in_place) buf.assign(c.offset + c.rows * c.ld_out() + kGuard, poison_value<T>());
-    pg::XentProblem<T, Tg> p;
     T* lg = mem.in(logits);
-    p.logits = lg + c.offset;
-    p.rows = c.rows;
-    p.cols = c.cols;
-    p.ld = c.ld();
-    p.targets = make_targets<T, Tg>(mem, d);
-    p.alpha = c.alpha;
-    p.label_smoothing = c.eps;
-    p.reduction = c.red;
+    pg::XentProblem<T, Tg> p = make_problem<T, Tg>(mem, d, lg);
     pg::Upstream up{c.up_scale, mem.in(d.upv)};
     const float* sl = saved ? mem.in(saved_lse_a) : nullptr;
     T* gb = c.in_place ? lg : mem.out(buf);
@@ -753,23 +759,8 @@ void check_shard_case(const Case& c, const std::vector<int64_t>& widths) {
     T* gb = c.in_place ? lg : mem.out(buf);
     RowStats* dparts = mem.out(parts);
     RowStats* dmerged = mem.out(merged);
-    const Tg tg = make_targets<T, Tg>(mem, d);
     pg::Upstream up{c.up_scale, mem.in(d.upv)};
-    auto shard_problem = [&](int64_t off, int64_t w) {
-      pg::XentProblem<T, Tg> p;
-      p.logits = lg + c.offset + off;
-      p.rows = c.rows;
-      p.cols = w;
-      p.ld = c.ld();
-      p.targets = tg;
-      if constexpr (std::is_same<Tg, pg::DenseTargets<T>>::value) p.targets.prob = tg.prob + off;
-      p.alpha = c.alpha;
-      p.label_smoothing = c.eps;
-      p.reduction = c.red;
-      p.col_offset = off;
-      p.total_cols = c.cols;
-      return p;
-    };
+    auto shard_problem = [&](int64_t off, int64_t w) { return make_problem<T, Tg>(mem, d, lg, off, w); };
     int64_t off = 0;
     for (int64_t s = 0; s < k; ++s) {
       const Status st = pg::xent_shard_stats(Mem::backend, shard_problem(off, widths[s]), dparts + s * c.rows, mem.stream());
