@@ -25,6 +25,7 @@
 
 #include "powergrad/config.hpp"
 #include "powergrad/detail/xent_job.hpp"
+#include "powergrad/kernels/launch.cuh"
 #include "powergrad/kernels/vec.cuh"
 #include "powergrad/math/dtype.hpp"
 #include "powergrad/math/xent_math.hpp"
@@ -495,13 +496,6 @@ __global__ void PG_KERNEL_VISIBILITY xent_merge_stats_kernel(const RowStats* __r
 
 // ---------------------------------------------------------------------------------------------
 // Launchers.
-
-inline Status check_launch(const char* what) {
-  const cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess)
-    return powergrad::detail::fail(Status::kCudaError, "%s: %s", what, cudaGetErrorString(e));
-  return Status::kSuccess;
-}
 
 inline Status zero_floats(float* p, int64_t n, stream_t stream) {
   const cudaError_t e = cudaMemsetAsync(p, 0, static_cast<size_t>(n) * sizeof(float), stream);

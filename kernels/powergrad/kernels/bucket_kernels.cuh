@@ -1,0 +1,233 @@
+// powergrad device kernels: gradient-bucket transforms (DESIGN.md §2.4) over a plan resident in the
+// caller's workspace (detail/bucket_plan.hpp).
+//
+// At most three launches per op, whatever the number of tensors:
+//   1. bucket_stats_kernel  one warp per item: fp32 partial sums (g^2, w^2, |g|^e, |g|) -> partials[item];
+//   2. bucket_coef_kernel   one block per group: the group's partials in item order, in double, through a
+//                           fixed-shape block reduction -> coefs[group] (+ norms, flags);
+//   3. bucket_apply_kernel  one warp per item: g <- coefs[group] * sign(g)|g|^e, in place.
+// Ops without statistics (power without norm preservation) run kernel 3 only. No float atomics:
+// the same input gives the same bits, run after run. Every kernel first checks that the workspace
+// holds the plan it was launched for (magic + checksum) and otherwise writes nothing but the
+// kBucketFlagStalePlan flag.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cub/block/block_reduce.cuh>
+#include <cstdint>
+
+#include "powergrad/bucket_types.hpp"
+#include "powergrad/config.hpp"
+#include "powergrad/detail/bucket_job.hpp"
+#include "powergrad/detail/bucket_plan.hpp"
+#include "powergrad/kernels/launch.cuh"
+#include "powergrad/kernels/vec.cuh"
+#include "powergrad/math/bucket_math.hpp"
+#include "powergrad/math/dtype.hpp"
+#include "powergrad/status.hpp"
+
+POWERGRAD_NS_BEGIN
+namespace device {
+
+constexpr int kBucketWarpsPerBlock = 8;
+
+PG_DEVICE bool bucket_plan_ok(const detail::BucketPlanHeader* h, uint64_t checksum) {
+  return h->magic == detail::kBucketPlanMagic && h->checksum == checksum;
+}
+
+// f(x) for every element of p[begin, end), one warp: scalar head up to 16-byte alignment, 16-byte
+// vectors (four in flight per lane), scalar tail.
+template <class T, class F>
+PG_DEVICE void warp_for_each(const T* p, int64_t begin, int64_t end, int lane, F&& f) {
+  constexpr int V = Vec<T>::kSize;
+  const T* a = p + begin;
+  const int64_t n = end - begin;
+  const int64_t head = misalignment_elems(a) < n ? misalignment_elems(a) : n;
+  if (lane < head) f(to_float(a[lane]));
+  const T* b = a + head;
+  const int64_t nv = (n - head) / V;
+#pragma unroll 4
+  for (int64_t v = lane; v < nv; v += 32) {
+    float x[V];
+    unpack(load16(b + v * V), x, T{});
+#pragma unroll
+    for (int k = 0; k < V; ++k) f(x[k]);
+  }
+  for (int64_t k = head + nv * V + lane; k < n; k += 32) f(to_float(a[k]));
+}
+
+// p[k] <- f(p[k]) over [begin, end), one warp, same access pattern.
+template <class T, class F>
+PG_DEVICE void warp_transform(T* p, int64_t begin, int64_t end, int lane, F&& f) {
+  constexpr int V = Vec<T>::kSize;
+  T* a = p + begin;
+  const int64_t n = end - begin;
+  const int64_t head = misalignment_elems(a) < n ? misalignment_elems(a) : n;
+  if (lane < head) a[lane] = from_float<T>(f(to_float(a[lane])));
+  T* b = a + head;
+  const int64_t nv = (n - head) / V;
+#pragma unroll 4
+  for (int64_t v = lane; v < nv; v += 32) {
+    float x[V];
+    unpack(load16(b + v * V), x, T{});
+#pragma unroll
+    for (int k = 0; k < V; ++k) x[k] = f(x[k]);
+    *reinterpret_cast<uint4*>(b + v * V) = pack(x, T{});
+  }
+  for (int64_t k = head + nv * V + lane; k < n; k += 32) a[k] = from_float<T>(f(to_float(a[k])));
+}
+
+PG_DEVICE float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Kernel 1. G2 / POW / ABS select the gradient sums; the parameter sum (AGC) is a uniform branch.
+template <class T, class P, bool G2, bool POW, bool ABS>
+__global__ PG_KERNEL_VISIBILITY void __launch_bounds__(kBucketWarpsPerBlock * 32)
+    bucket_stats_kernel(const detail::BucketPlanHeader* __restrict__ h, detail::BucketJob j, bool with_param,
+                        float4* __restrict__ partials) {
+  const bool first_thread = blockIdx.x == 0 && threadIdx.x == 0;
+  if (!bucket_plan_ok(h, j.checksum)) {
+    if (first_thread && j.flags) *j.flags = kBucketFlagStalePlan;
+    return;
+  }
+  if (first_thread && j.flags) *j.flags = 0;  // later kernels of this op OR bits in
+  const int64_t item = static_cast<int64_t>(blockIdx.x) * kBucketWarpsPerBlock + threadIdx.x / 32;
+  if (item >= h->n_items) return;
+  const int lane = threadIdx.x % 32;
+  const detail::BucketItem it = detail::locate_item(*h, item, j.scope);
+  const detail::BucketPlanTensor& t = detail::plan_tensors(h)[it.tensor];
+  const float e = detail::bucket_pow_exponent(j);
+  float g2 = 0.f, pw = 0.f, ab = 0.f, w2 = 0.f;
+  warp_for_each(reinterpret_cast<const T*>(t.grad), it.begin, it.end, lane, [&](float x) {
+    if (G2) g2 = fmaf(x, x, g2);
+    if (POW) pw += math::abs_pow(x, e);
+    if (ABS) ab += fabsf(x);
+  });
+  if (with_param)
+    warp_for_each(reinterpret_cast<const P*>(t.param), it.begin, it.end, lane, [&](float x) { w2 = fmaf(x, x, w2); });
+  g2 = warp_sum(g2);
+  w2 = warp_sum(w2);
+  pw = warp_sum(pw);
+  ab = warp_sum(ab);
+  if (lane == 0) partials[item] = make_float4(g2, w2, pw, ab);
+}
+
+struct GroupSumsAdd {
+  PG_DEVICE math::GroupSums operator()(const math::GroupSums& a, const math::GroupSums& b) const {
+    math::GroupSums s;
+    s.g2 = a.g2 + b.g2;
+    s.w2 = a.w2 + b.w2;
+    s.pw = a.pw + b.pw;
+    s.ab = a.ab + b.ab;
+    return s;
+  }
+};
+
+// Kernel 2: one block of THREADS per group (grid-stride over groups); thread i sums items
+// first+i, first+i+THREADS, ... then a fixed-shape block reduction: a fixed order for a given plan.
+template <int THREADS>
+__global__ PG_KERNEL_VISIBILITY void __launch_bounds__(THREADS)
+    bucket_coef_kernel(const detail::BucketPlanHeader* __restrict__ h, detail::BucketJob j,
+                       const float4* __restrict__ partials, float* __restrict__ coefs) {
+  if (!bucket_plan_ok(h, j.checksum)) return;
+  using Reduce = cub::BlockReduce<math::GroupSums, THREADS, cub::BLOCK_REDUCE_RAKING_COMMUTATIVE_ONLY>;
+  __shared__ typename Reduce::TempStorage tmp;
+  const int64_t groups = detail::bucket_groups(*h, j.scope);
+  for (int64_t g = blockIdx.x; g < groups; g += gridDim.x) {
+    int64_t first = 0, last = 0;
+    detail::group_items(*h, g, j.scope, first, last);
+    math::GroupSums s;
+    for (int64_t i = first + threadIdx.x; i < last; i += THREADS) {
+      const float4 p = partials[i];
+      s.g2 += p.x;
+      s.w2 += p.y;
+      s.pw += p.z;
+      s.ab += p.w;
+    }
+    s = Reduce(tmp).Reduce(s, GroupSumsAdd{});
+    if (threadIdx.x == 0) {
+      const math::GroupCoef c = detail::bucket_group_coef(j, s);
+      coefs[g] = c.k;
+      if (j.norms) j.norms[g] = c.norm;
+      if (c.non_finite && j.flags) atomicOr(j.flags, static_cast<int>(kBucketFlagNonFinite));
+    }
+    __syncthreads();  // tmp is reused by the next group
+  }
+}
+
+// Kernel 3. HAS_COEF: a statistics pass ran (coefs[group] holds K), else K = 1 and this kernel is
+// the op's first (it resets the flags).
+template <class T, bool HAS_COEF>
+__global__ PG_KERNEL_VISIBILITY void __launch_bounds__(kBucketWarpsPerBlock * 32)
+    bucket_apply_kernel(const detail::BucketPlanHeader* __restrict__ h, detail::BucketJob j,
+                        const float* __restrict__ coefs) {
+  const bool first_thread = blockIdx.x == 0 && threadIdx.x == 0;
+  if (!bucket_plan_ok(h, j.checksum)) {
+    if (!HAS_COEF && first_thread && j.flags) *j.flags = kBucketFlagStalePlan;
+    return;
+  }
+  if (!HAS_COEF && first_thread && j.flags) *j.flags = 0;
+  const int64_t item = static_cast<int64_t>(blockIdx.x) * kBucketWarpsPerBlock + threadIdx.x / 32;
+  if (item >= h->n_items) return;
+  const detail::BucketItem it = detail::locate_item(*h, item, j.scope);
+  const detail::BucketPlanTensor& t = detail::plan_tensors(h)[it.tensor];
+  const float k = HAS_COEF ? coefs[it.group] : 1.f;
+  const float e = detail::bucket_apply_exponent(j);
+  warp_transform(reinterpret_cast<T*>(t.grad), it.begin, it.end, threadIdx.x % 32,
+                 [&](float x) { return k * math::signed_pow(x, e); });
+}
+
+template <class T, class P>
+Status launch_bucket_stats(const detail::BucketPlanHeader* dh, const detail::BucketJob& j, bool with_param,
+                           float4* partials, unsigned grid, stream_t stream) {
+  const int m = detail::bucket_stat_mask(j);
+  const bool g2 = m & math::kStatG2, pw = m & math::kStatPow, ab = m & math::kStatAbs;
+  constexpr unsigned kThreads = kBucketWarpsPerBlock * 32;
+  if (g2 && !pw && !ab) bucket_stats_kernel<T, P, true, false, false><<<grid, kThreads, 0, stream>>>(dh, j, with_param, partials);
+  else if (!g2 && pw && ab) bucket_stats_kernel<T, P, false, true, true><<<grid, kThreads, 0, stream>>>(dh, j, with_param, partials);
+  else if (g2 && pw && !ab) bucket_stats_kernel<T, P, true, true, false><<<grid, kThreads, 0, stream>>>(dh, j, with_param, partials);
+  else bucket_stats_kernel<T, P, true, true, true><<<grid, kThreads, 0, stream>>>(dh, j, with_param, partials);
+  return check_launch("bucket_stats_kernel");
+}
+
+// Runs one validated job. `ws` holds the uploaded plan (`plan` is the caller's host image).
+template <class T, class P>
+Status bucket_run(const detail::BucketPlanHeader& plan, const detail::BucketJob& j, void* ws, stream_t stream) {
+  const detail::BucketWorkspaceLayout l = detail::bucket_workspace_layout(plan);
+  auto* base = static_cast<unsigned char*>(ws);
+  const auto* dh = reinterpret_cast<const detail::BucketPlanHeader*>(base);
+  auto* partials = reinterpret_cast<float4*>(base + l.partials);
+  auto* coefs = reinterpret_cast<float*>(base + l.coefs);
+  const int64_t blocks = (plan.n_items + kBucketWarpsPerBlock - 1) / kBucketWarpsPerBlock;
+  const unsigned grid = static_cast<unsigned>(blocks > 0 ? blocks : 1);
+  if (detail::bucket_stat_mask(j) == 0) {
+    bucket_apply_kernel<T, false><<<grid, kBucketWarpsPerBlock * 32, 0, stream>>>(dh, j, coefs);
+    return check_launch("bucket_apply_kernel");
+  }
+  Status s = launch_bucket_stats<T, P>(dh, j, j.op == detail::BucketOp::kAgc, partials, grid, stream);
+  if (s != Status::kSuccess) return s;
+  const int64_t groups = detail::bucket_groups(plan, j.scope);
+  if (groups > 0) {
+    const unsigned ggrid = static_cast<unsigned>(groups < (int64_t(1) << 30) ? groups : (int64_t(1) << 30));
+    if (groups == 1) bucket_coef_kernel<1024><<<1, 1024, 0, stream>>>(dh, j, partials, coefs);
+    else if (groups <= 1024) bucket_coef_kernel<256><<<ggrid, 256, 0, stream>>>(dh, j, partials, coefs);
+    else bucket_coef_kernel<32><<<ggrid, 32, 0, stream>>>(dh, j, partials, coefs);
+    if ((s = check_launch("bucket_coef_kernel")) != Status::kSuccess) return s;
+  }
+  bucket_apply_kernel<T, true><<<grid, kBucketWarpsPerBlock * 32, 0, stream>>>(dh, j, coefs);
+  return check_launch("bucket_apply_kernel");
+}
+
+// Copies the host plan image to the start of the workspace (once per plan; not during capture).
+inline Status bucket_upload(const void* plan, size_t bytes, void* ws, stream_t stream) {
+  const cudaError_t e = cudaMemcpyAsync(ws, plan, bytes, cudaMemcpyHostToDevice, stream);
+  if (e != cudaSuccess) return powergrad::detail::fail(Status::kCudaError, "plan upload (cudaMemcpyAsync): %s", cudaGetErrorString(e));
+  return Status::kSuccess;
+}
+
+}  // namespace device
+POWERGRAD_NS_END
