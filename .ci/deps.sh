@@ -5,14 +5,15 @@
 #
 #   .ci/deps.sh            the C++ build: cmake, ninja-build, g++, libgtest-dev, libbenchmark-dev
 #   .ci/deps.sh --python   also what the Python binding tests need, for Debian's /usr/bin/python3:
-#                          python3-numpy, python3-pytest, python3-torch (Debian 12: torch 1.13, CPU only;
+#                          python3-numpy, python3-pytest, python3-matplotlib (bench/plot.py),
+#                          python3-torch (Debian 12: torch 1.13, CPU only;
 #                          about 150 MB of .debs, versus several GB for pip's torch wheels)
 set -euo pipefail
 
 packages=(cmake ninja-build g++ libgtest-dev libbenchmark-dev)
 for arg in "$@"; do
   case "$arg" in
-    --python) packages+=(python3 python3-numpy python3-pytest python3-torch) ;;
+    --python) packages+=(python3 python3-numpy python3-pytest python3-torch python3-matplotlib) ;;
     *) echo "deps.sh: unknown argument '$arg' (accepted: --python)" >&2; exit 2 ;;
   esac
 done

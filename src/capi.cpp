@@ -3,10 +3,13 @@
 // Each entry point: clear the thread's last error, check what the C++ API cannot see (struct
 // sizes, null struct pointers, enum values, a CUDA device in a build without CUDA), switch on the
 // dtype once, and map the C++ Status to pg_status_t. Nothing throws across this boundary.
+#include <cstddef>
 #include <cstring>
 #include <exception>
+#include <vector>
 
 #include "capi_internal.hpp"
+#include "powergrad/bucket.hpp"
 #include "powergrad/config.hpp"
 #include "powergrad/detail/xent_job.hpp"
 #include "powergrad/status.hpp"
@@ -120,6 +123,46 @@ Status dispatch_dtype(const powergrad_capi::Call& c) {
     case PG_DTYPE_BFLOAT16: return powergrad_capi::xent_call_bf16(c);
   }
   return fail(Status::kInvalidValue, "problem->dtype (%d) is not a pg_dtype_t value", raw(c.problem->dtype));
+}
+
+
+// ---- buckets ----
+static_assert(sizeof(pg_bucket_tensor_t) == sizeof(powergrad::BucketTensor<float>) &&
+                  offsetof(pg_bucket_tensor_t, numel) == offsetof(powergrad::BucketTensor<float>, numel) &&
+                  offsetof(pg_bucket_tensor_t, rows) == offsetof(powergrad::BucketTensor<float>, rows),
+              "pg_bucket_tensor_t must have powergrad::BucketTensor's layout");
+
+Status check_dtype(int v, const char* name) {
+  if (v != PG_DTYPE_FLOAT32 && v != PG_DTYPE_FLOAT16 && v != PG_DTYPE_BFLOAT16)
+    return fail(Status::kInvalidValue, "%s (%d) is not a pg_dtype_t value", name, v);
+  return Status::kSuccess;
+}
+
+Status check_in_range(int v, int hi, const char* name, const char* type) {
+  if (v < 0 || v > hi) return fail(Status::kInvalidValue, "%s (%d) is not a %s value", name, v, type);
+  return Status::kSuccess;
+}
+
+Status dispatch_bucket(int grad_dtype, const powergrad_capi::BucketCall& c) {
+  switch (grad_dtype) {
+    case PG_DTYPE_FLOAT32: return powergrad_capi::bucket_call_f32(c);
+    case PG_DTYPE_FLOAT16: return powergrad_capi::bucket_call_f16(c);
+    case PG_DTYPE_BFLOAT16: return powergrad_capi::bucket_call_bf16(c);
+  }
+  return fail(Status::kInvalidValue, "grad_dtype (%d) is not a pg_dtype_t value", grad_dtype);
+}
+
+// The dtypes recorded in a plan (the typed C++ op checks the rest: checksum, units, backend).
+Status read_plan_dtypes(const void* plan, powergrad_capi::BucketCall& c, int& grad_dtype) {
+  if (!plan) return fail(Status::kNullPointer, "plan is null");
+  if (reinterpret_cast<uintptr_t>(plan) % 16 != 0) return fail(Status::kInvalidLayout, "plan must be 16-byte aligned");
+  const auto* h = static_cast<const powergrad::detail::BucketPlanHeader*>(plan);
+  if (h->magic != powergrad::detail::kBucketPlanMagic)
+    return fail(Status::kInvalidValue, "plan is not a bucket plan (build it with pg_bucket_plan_build)");
+  grad_dtype = h->grad_dtype;
+  c.param_dtype = h->param_dtype;
+  c.plan = plan;
+  return Status::kSuccess;
 }
 
 // Runs `body` (returning Status) with the last error cleared, and no exception escaping.
@@ -253,6 +296,139 @@ PG_API pg_status_t pg_xent_shard_apply(const pg_xent_problem_t* problem, const p
     c.workspace_bytes = workspace_bytes;
     c.stream = stream;
     return dispatch_dtype(c);
+  });
+}
+
+PG_API pg_status_t pg_bucket_plan_bytes(int64_t count, size_t* bytes) {
+  return guarded([&] {
+    if (count < 0) return fail(Status::kInvalidSize, "count (%lld) is negative", static_cast<long long>(count));
+    if (!bytes) return fail(Status::kNullPointer, "bytes is null");
+    *bytes = powergrad::bucket_plan_bytes(count);
+    return Status::kSuccess;
+  });
+}
+
+PG_API pg_status_t pg_bucket_plan_build(const pg_bucket_desc_t* desc, void* plan, size_t plan_bytes) {
+  return guarded([&] {
+    if (!desc) return fail(Status::kNullPointer, "desc is null");
+    PG_TRY(check_size(desc->struct_size, sizeof(pg_bucket_desc_t), "pg_bucket_desc_t"));
+    PG_TRY(check_device(desc->device, "desc->device"));
+    PG_TRY(check_dtype(raw(desc->grad_dtype), "desc->grad_dtype"));
+    PG_TRY(check_in_range(raw(desc->units), 1, "desc->units", "pg_bucket_units_t"));
+    powergrad_capi::BucketCall c;
+    c.op = powergrad_capi::BucketOp::kBuild;
+    c.param_dtype = raw(desc->grad_dtype);
+    if (raw(desc->units) == PG_BUCKET_UNITS_ROWS) {
+      PG_TRY(check_dtype(raw(desc->param_dtype), "desc->param_dtype"));
+      if (raw(desc->param_dtype) != raw(desc->grad_dtype) && raw(desc->param_dtype) != PG_DTYPE_FLOAT32)
+        return fail(Status::kInvalidValue, "desc->param_dtype (%d) must be desc->grad_dtype or PG_DTYPE_FLOAT32",
+                    raw(desc->param_dtype));
+      c.param_dtype = raw(desc->param_dtype);
+    }
+    c.desc = desc;
+    c.plan_out = plan;
+    c.plan_bytes = plan_bytes;
+    return dispatch_bucket(raw(desc->grad_dtype), c);
+  });
+}
+
+PG_API pg_status_t pg_bucket_tensors_from_flat(void* data, pg_dtype_t dtype, const int64_t* offsets, int64_t count,
+                                               const void* const* params, const int64_t* rows,
+                                               pg_bucket_tensor_t* out) {
+  return guarded([&] {
+    PG_TRY(check_dtype(raw(dtype), "dtype"));
+    const size_t elem = raw(dtype) == PG_DTYPE_FLOAT32 ? 4 : 2;
+    // Validated and laid out by the C++ helper on byte-sized elements scaled by the dtype's size.
+    if (count < 0) return fail(Status::kInvalidSize, "count (%lld) is negative", static_cast<long long>(count));
+    if (count == 0) return Status::kSuccess;
+    if (!out) return fail(Status::kNullPointer, "out is null");
+    std::vector<powergrad::BucketTensor<unsigned char, unsigned char>> tmp(static_cast<size_t>(count));
+    PG_TRY((powergrad::bucket_tensors_from_flat<unsigned char, unsigned char>(
+        static_cast<unsigned char*>(data), offsets, count, reinterpret_cast<const unsigned char* const*>(params), rows,
+        tmp.data())));
+    unsigned char* base = static_cast<unsigned char*>(data);
+    for (int64_t i = 0; i < count; ++i) {
+      out[i].grad = base ? base + static_cast<size_t>(offsets[i]) * elem : nullptr;
+      out[i].param = tmp[static_cast<size_t>(i)].param;
+      out[i].numel = tmp[static_cast<size_t>(i)].numel;
+      out[i].rows = tmp[static_cast<size_t>(i)].rows;
+    }
+    return Status::kSuccess;
+  });
+}
+
+PG_API pg_status_t pg_bucket_workspace_bytes(const void* plan, size_t* bytes) {
+  return guarded([&] { return powergrad::bucket_workspace_bytes(plan, bytes); });
+}
+
+PG_API pg_status_t pg_bucket_plan_upload(const void* plan, void* workspace, size_t workspace_bytes, void* stream) {
+  return guarded([&] {
+    powergrad_capi::BucketCall c;
+    int grad_dtype = 0;
+    PG_TRY(read_plan_dtypes(plan, c, grad_dtype));
+    const auto* h = static_cast<const powergrad::detail::BucketPlanHeader*>(plan);
+    if (h->backend == PG_DEVICE_CUDA && !POWERGRAD_CAPI_HAS_CUDA)
+      return fail(Status::kNoCudaSupport, "the plan is for PG_DEVICE_CUDA but this library was built with no CUDA support");
+    return powergrad_capi::bucket_upload_call(plan, workspace, workspace_bytes, stream);
+  });
+}
+
+PG_API pg_status_t pg_bucket_power(const void* plan, float beta, pg_norm_preserve_t preserve, pg_bucket_scope_t scope,
+                                   void* workspace, size_t workspace_bytes, int32_t* flags, void* stream) {
+  return guarded([&] {
+    powergrad_capi::BucketCall c;
+    int grad_dtype = 0;
+    PG_TRY(check_in_range(raw(preserve), 2, "preserve", "pg_norm_preserve_t"));
+    PG_TRY(check_in_range(raw(scope), 1, "scope", "pg_bucket_scope_t"));
+    PG_TRY(read_plan_dtypes(plan, c, grad_dtype));
+    c.op = powergrad_capi::BucketOp::kPower;
+    c.beta = beta;
+    c.preserve = raw(preserve);
+    c.scope = raw(scope);
+    c.workspace = workspace;
+    c.workspace_bytes = workspace_bytes;
+    c.flags = flags;
+    c.stream = stream;
+    return dispatch_bucket(grad_dtype, c);
+  });
+}
+
+PG_API pg_status_t pg_bucket_clip_norm(const void* plan, float max_norm, pg_bucket_scope_t scope, float* norms,
+                                       void* workspace, size_t workspace_bytes, int32_t* flags, void* stream) {
+  return guarded([&] {
+    powergrad_capi::BucketCall c;
+    int grad_dtype = 0;
+    PG_TRY(check_in_range(raw(scope), 1, "scope", "pg_bucket_scope_t"));
+    PG_TRY(read_plan_dtypes(plan, c, grad_dtype));
+    c.op = powergrad_capi::BucketOp::kClipNorm;
+    c.max_norm = max_norm;
+    c.scope = raw(scope);
+    c.norms = norms;
+    c.workspace = workspace;
+    c.workspace_bytes = workspace_bytes;
+    c.flags = flags;
+    c.stream = stream;
+    return dispatch_bucket(grad_dtype, c);
+  });
+}
+
+PG_API pg_status_t pg_bucket_agc(const void* plan, float clip, float eps, float beta, pg_norm_preserve_t preserve,
+                                 void* workspace, size_t workspace_bytes, int32_t* flags, void* stream) {
+  return guarded([&] {
+    powergrad_capi::BucketCall c;
+    int grad_dtype = 0;
+    PG_TRY(check_in_range(raw(preserve), 2, "preserve", "pg_norm_preserve_t"));
+    PG_TRY(read_plan_dtypes(plan, c, grad_dtype));
+    c.op = powergrad_capi::BucketOp::kAgc;
+    c.clip = clip;
+    c.eps = eps;
+    c.beta = beta;
+    c.preserve = raw(preserve);
+    c.workspace = workspace;
+    c.workspace_bytes = workspace_bytes;
+    c.flags = flags;
+    c.stream = stream;
+    return dispatch_bucket(grad_dtype, c);
   });
 }
 

@@ -44,4 +44,28 @@ powergrad::Status xent_call_bf16(const Call& c);
 powergrad::Status merge_stats_call(pg_device_t device, const pg_row_stats_t* parts, int64_t shards, int64_t rows,
                                    float alpha, pg_row_stats_t* merged, void* stream);
 
+
+// One validated bucket call (capi.cpp checked the enums and, for ops, read the dtypes from the plan).
+enum class BucketOp { kBuild, kPower, kClipNorm, kAgc };
+struct BucketCall {
+  BucketOp op = BucketOp::kPower;
+  int param_dtype = 0;                      // pg_dtype_t of AGC parameters
+  const pg_bucket_desc_t* desc = nullptr;   // kBuild
+  void* plan_out = nullptr;                 // kBuild
+  size_t plan_bytes = 0;                    // kBuild
+  const void* plan = nullptr;               // ops
+  float beta = 1.f, max_norm = 1.f, clip = 0.01f, eps = 1e-3f;
+  int preserve = 0, scope = 0;
+  float* norms = nullptr;
+  int32_t* flags = nullptr;
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+  void* stream = nullptr;
+};
+powergrad::Status bucket_call_f32(const BucketCall& c);
+powergrad::Status bucket_call_f16(const BucketCall& c);
+powergrad::Status bucket_call_bf16(const BucketCall& c);
+// Lives in bucket_f32.cu (its CUDA half is a cudaMemcpyAsync).
+powergrad::Status bucket_upload_call(const void* plan, void* workspace, size_t workspace_bytes, void* stream);
+
 }  // namespace powergrad_capi

@@ -138,6 +138,68 @@ PG_API pg_status_t pg_xent_shard_apply(const pg_xent_problem_t* problem, const p
                                        const pg_upstream_t* upstream, const pg_xent_outputs_t* outputs,
                                        void* workspace, size_t workspace_bytes, void* stream);
 
+
+/* ---- Gradient-bucket transforms (DESIGN.md §2.4; see README.md) ----
+ * A plan describes one bucket (its tensors' addresses and sizes) in a caller-provided host buffer
+ * (pg_bucket_plan_bytes, 16-byte aligned); it is validated once when built. CUDA plans are then
+ * copied once into the start of the caller's device workspace (pg_bucket_plan_upload); every op
+ * after that is at most three kernels, no host synchronisation, CUDA-graph capturable. Ops rewrite
+ * the gradients in place. The optional `flags` output (int32, the plan's memory space) receives
+ * PG_BUCKET_FLAG_* bits. Rebuild the plan when a gradient moves. */
+typedef enum pg_bucket_units_t {
+  PG_BUCKET_UNITS_TENSOR = 0,  /* whole tensors: power, clip_norm */
+  PG_BUCKET_UNITS_ROWS = 1     /* slices along dim 0 (`rows` per tensor): AGC; needs the parameters */
+} pg_bucket_units_t;
+
+typedef enum pg_bucket_scope_t { PG_BUCKET_SCOPE_TENSOR = 0, PG_BUCKET_SCOPE_BUCKET = 1 } pg_bucket_scope_t;
+
+typedef enum pg_norm_preserve_t { PG_PRESERVE_NONE = 0, PG_PRESERVE_L1 = 1, PG_PRESERVE_L2 = 2 } pg_norm_preserve_t;
+
+enum { PG_BUCKET_FLAG_NON_FINITE = 1, PG_BUCKET_FLAG_STALE_PLAN = 2 };
+
+/* One tensor of a bucket (same layout as powergrad::BucketTensor). */
+typedef struct pg_bucket_tensor_t {
+  void* grad;         /* numel contiguous elements of grad_dtype */
+  const void* param;  /* PG_BUCKET_UNITS_ROWS: the parameter, numel elements of param_dtype */
+  int64_t numel;
+  int64_t rows;       /* PG_BUCKET_UNITS_ROWS: size along dim 0 (0 or 1: the whole tensor is one unit) */
+} pg_bucket_tensor_t;
+
+typedef struct pg_bucket_desc_t {
+  size_t struct_size;          /* sizeof(pg_bucket_desc_t) */
+  pg_device_t device;          /* where the tensors live */
+  pg_dtype_t grad_dtype;
+  pg_dtype_t param_dtype;      /* ROWS plans: grad_dtype or PG_DTYPE_FLOAT32; ignored otherwise */
+  pg_bucket_units_t units;
+  const pg_bucket_tensor_t* tensors;
+  int64_t count;
+} pg_bucket_desc_t;
+
+/* Host bytes of a plan for `count` tensors. */
+PG_API pg_status_t pg_bucket_plan_bytes(int64_t count, size_t* bytes);
+/* Validates the bucket (null pointers, sizes, overlapping gradients, parameters overlapping a
+ * gradient) and writes the plan. */
+PG_API pg_status_t pg_bucket_plan_build(const pg_bucket_desc_t* desc, void* plan, size_t plan_bytes);
+/* A flat buffer with count + 1 non-decreasing element offsets (a DDP bucket) -> out[count].
+ * params (count pointers) and rows (count values) may be NULL. */
+PG_API pg_status_t pg_bucket_tensors_from_flat(void* data, pg_dtype_t dtype, const int64_t* offsets, int64_t count,
+                                               const void* const* params, const int64_t* rows,
+                                               pg_bucket_tensor_t* out);
+/* Workspace bytes of the plan's ops (0 for a host plan). */
+PG_API pg_status_t pg_bucket_workspace_bytes(const void* plan, size_t* bytes);
+/* CUDA plans: copies the plan into the workspace (once, outside graph capture). Host plans: no-op. */
+PG_API pg_status_t pg_bucket_plan_upload(const void* plan, void* workspace, size_t workspace_bytes, void* stream);
+
+/* power: g <- K sign(g)|g|^beta, K keeping the scope's L1 / L2 norm (NONE: K = 1); beta > 0. */
+PG_API pg_status_t pg_bucket_power(const void* plan, float beta, pg_norm_preserve_t preserve, pg_bucket_scope_t scope,
+                                   void* workspace, size_t workspace_bytes, int32_t* flags, void* stream);
+/* clip_norm as torch.nn.utils.clip_grad_norm_; norms (optional): one float per scope group. */
+PG_API pg_status_t pg_bucket_clip_norm(const void* plan, float max_norm, pg_bucket_scope_t scope, float* norms,
+                                       void* workspace, size_t workspace_bytes, int32_t* flags, void* stream);
+/* AGC as timm's adaptive_clip_grad per unit, then (beta != 1 or preserve != NONE) the power map per unit. */
+PG_API pg_status_t pg_bucket_agc(const void* plan, float clip, float eps, float beta, pg_norm_preserve_t preserve,
+                                 void* workspace, size_t workspace_bytes, int32_t* flags, void* stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -142,6 +142,48 @@ class RowStats(ctypes.Structure):
     _fields_ = [("m", ctypes.c_float), ("s", ctypes.c_float), ("sa", ctypes.c_float), ("t", ctypes.c_float)]
 
 
+class BucketTensor(ctypes.Structure):
+    """pg_bucket_tensor_t: one gradient tensor of a bucket."""
+    _fields_ = [("grad", ctypes.c_void_p), ("param", ctypes.c_void_p), ("numel", ctypes.c_int64),
+                ("rows", ctypes.c_int64)]
+
+
+class BucketDesc(ctypes.Structure):
+    """pg_bucket_desc_t (struct_size is filled in)."""
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("device", _enum_t),
+        ("grad_dtype", _enum_t),
+        ("param_dtype", _enum_t),
+        ("units", _enum_t),
+        ("tensors", ctypes.POINTER(BucketTensor)),
+        ("count", ctypes.c_int64),
+    ]
+
+    def __init__(self, **kw):
+        super().__init__(struct_size=ctypes.sizeof(BucketDesc), **kw)
+
+
+class BucketUnits(enum.IntEnum):
+    TENSOR = 0
+    ROWS = 1
+
+
+class BucketScope(enum.IntEnum):
+    TENSOR = 0
+    BUCKET = 1
+
+
+class NormPreserve(enum.IntEnum):
+    NONE = 0
+    L1 = 1
+    L2 = 2
+
+
+BUCKET_FLAG_NON_FINITE = 1
+BUCKET_FLAG_STALE_PLAN = 2
+
+
 class PowerGradError(RuntimeError):
     """A powergrad call returned a status other than PG_STATUS_SUCCESS.
 
@@ -205,6 +247,14 @@ def _declare(lib):
         "pg_xent_shard_stats": (_enum_t, [P(XentProblem), vp, vp]),
         "pg_xent_merge_stats": (_enum_t, [_enum_t, vp, i64, i64, c.c_float, vp, vp]),
         "pg_xent_shard_apply": (_enum_t, [P(XentProblem), vp, P(Upstream), P(XentOutputs), vp, sz, vp]),
+        "pg_bucket_plan_bytes": (_enum_t, [i64, P(sz)]),
+        "pg_bucket_plan_build": (_enum_t, [P(BucketDesc), vp, sz]),
+        "pg_bucket_tensors_from_flat": (_enum_t, [vp, _enum_t, vp, i64, vp, vp, P(BucketTensor)]),
+        "pg_bucket_workspace_bytes": (_enum_t, [vp, P(sz)]),
+        "pg_bucket_plan_upload": (_enum_t, [vp, vp, sz, vp]),
+        "pg_bucket_power": (_enum_t, [vp, c.c_float, _enum_t, _enum_t, vp, sz, vp, vp]),
+        "pg_bucket_clip_norm": (_enum_t, [vp, c.c_float, _enum_t, vp, vp, sz, vp, vp]),
+        "pg_bucket_agc": (_enum_t, [vp, c.c_float, c.c_float, c.c_float, _enum_t, vp, sz, vp, vp]),
     }
     for name, (restype, argtypes) in sigs.items():
         fn = getattr(lib, name)

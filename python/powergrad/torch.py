@@ -10,13 +10,15 @@ softmax(z) - q). CPU tensors run on the library's host backend, CUDA tensors on 
 the current stream (no host synchronisation, device workspace from the caching allocator).
 """
 
+import collections
 import ctypes
 
 import torch
 
 from . import _lib
 
-__all__ = ["cross_entropy", "pgt_hook", "inplace_is_safe"]
+__all__ = ["cross_entropy", "pgt_hook", "inplace_is_safe", "power_grad_", "clip_grad_norm_", "adaptive_clip_grad_",
+           "PGTCommHookState", "pgt_comm_hook"]
 
 _DTYPES = {torch.float32: _lib.DType.FLOAT32, torch.float16: _lib.DType.FLOAT16,
            torch.bfloat16: _lib.DType.BFLOAT16}
@@ -344,3 +346,204 @@ def pgt_hook(logits, target, alpha, scale=1.0, ignore_index=-100, label_smoothin
         return out
 
     return logits.register_hook(hook)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradient-bucket transforms (DESIGN.md §2.4): power (PGT / GradPower), clip_norm, AGC.
+# ---------------------------------------------------------------------------------------------
+
+_PLAN_CACHE = collections.OrderedDict()
+_PLAN_CACHE_SIZE = 64
+
+
+class _TorchBucket:
+    """A BucketPlan over torch tensors, its device workspace (uploaded once) and a flags tensor."""
+
+    def __init__(self, entries, device, dtype, units, param_dtype):
+        from .bucket import BucketPlan
+        dev, stream = _device_and_stream(torch.empty(0, device=device))
+        self.plan = BucketPlan(entries, _DTYPES[dtype], dev, units,
+                               None if param_dtype is None else _DTYPES[param_dtype])
+        self.device = device
+        self.flags = torch.zeros(1, dtype=torch.int32, device=device)
+        self.workspace = None
+        if self.plan.workspace_bytes:
+            self.workspace = torch.empty(self.plan.workspace_bytes, dtype=torch.uint8, device=device)
+        self.plan.upload(_vp(self.workspace), stream)
+
+    def stream(self):
+        return _device_and_stream(self.flags)[1]
+
+
+def _bucket_for(grads, params, units):
+    """The cached _TorchBucket of these gradient tensors (rebuilt when any address or size changes)."""
+    g0 = grads[0]
+    for g in grads:
+        if not g.is_contiguous():
+            raise ValueError("powergrad: bucket transforms need contiguous gradients")
+        if g.dtype not in _DTYPES:
+            raise TypeError("powergrad: gradients must be float32, float16 or bfloat16, not %s" % g.dtype)
+    rows = [0] * len(grads)
+    param_dtype = None
+    if params is not None:
+        rows = [p.shape[0] if p.dim() > 1 else 0 for p in params]
+        param_dtype = params[0].dtype if params else None
+        for p in params:
+            if not p.is_contiguous():
+                raise ValueError("powergrad: AGC needs contiguous parameters")
+    key = (int(units), str(g0.device), g0.dtype, param_dtype,
+           tuple((g.data_ptr(), g.numel(), r, params[i].data_ptr() if params is not None else 0)
+                 for i, (g, r) in enumerate(zip(grads, rows))))
+    b = _PLAN_CACHE.get(key)
+    if b is None:
+        entries = [(g.data_ptr(), g.numel()) if params is None else
+                   (g.data_ptr(), g.numel(), params[i].data_ptr(), rows[i]) for i, g in enumerate(grads)]
+        b = _TorchBucket(entries, g0.device, g0.dtype, units, param_dtype)
+        _PLAN_CACHE[key] = b
+        while len(_PLAN_CACHE) > _PLAN_CACHE_SIZE:
+            _PLAN_CACHE.popitem(last=False)
+    else:
+        _PLAN_CACHE.move_to_end(key)
+    return b
+
+
+def _grouped(parameters, with_params=False):
+    """[(grads, params or None)] grouped by (device, grad dtype, param dtype), in the given order."""
+    if isinstance(parameters, torch.Tensor):
+        parameters = [parameters]
+    groups = collections.OrderedDict()
+    for p in parameters:
+        if p.grad is None:
+            continue
+        key = (str(p.grad.device), p.grad.dtype, p.dtype if with_params else None)
+        gs, ps = groups.setdefault(key, ([], []))
+        gs.append(p.grad)
+        ps.append(p.detach())
+    return [(gs, ps if with_params else None) for gs, ps in groups.values()]
+
+
+def power_grad_(parameters, beta, preserve="l1", scope="tensor"):
+    """In place: g <- K sign(g)|g|^beta on every parameter's gradient (the PowerGrad / GradPower map).
+
+    preserve: 'l1' (the PGT map on |g| / sum|g|), 'l2' or None (plain sign-power); scope: 'tensor' (each
+    gradient keeps its own norm) or 'bucket' (the norm over all of them; one device and dtype only).
+    """
+    from .bucket import scope_of
+    groups = _grouped(parameters)
+    if scope_of(scope) == _lib.BucketScope.BUCKET and len(groups) > 1:
+        raise ValueError("powergrad: scope='bucket' needs every gradient on one device with one dtype")
+    for grads, _ in groups:
+        b = _bucket_for(grads, None, _lib.BucketUnits.TENSOR)
+        b.plan.power(beta, preserve, scope, _vp(b.workspace), _vp(b.flags), b.stream())
+
+
+def clip_grad_norm_(parameters, max_norm, scope="bucket"):
+    """In place, as torch.nn.utils.clip_grad_norm_ (L2): returns the total norm (scope 'bucket'), or a
+    1-D tensor of per-gradient norms (scope 'tensor', each gradient clipped on its own).
+
+    One device and dtype: one fused op (3 kernels, no host sync). Mixed groups: per-group norms from
+    the library, then the coefficient applied with torch.
+    """
+    from .bucket import scope_of
+    sc = scope_of(scope)
+    groups = _grouped(parameters)
+    if not groups:
+        return torch.tensor(0.0)
+    if sc == _lib.BucketScope.TENSOR or len(groups) == 1:
+        out = []
+        for grads, _ in groups:
+            b = _bucket_for(grads, None, _lib.BucketUnits.TENSOR)
+            norms = torch.empty(b.plan.groups(sc), dtype=torch.float32, device=b.device)
+            b.plan.clip_norm(max_norm, sc, _vp(norms), _vp(b.workspace), _vp(b.flags), b.stream())
+            out.append(norms)
+        return out[0][0] if sc == _lib.BucketScope.BUCKET else torch.cat([o.to(out[0].device) for o in out])
+    # Several groups, one global norm: per-group norms without clipping (coefficient exactly 1).
+    sq = []
+    for grads, _ in groups:
+        b = _bucket_for(grads, None, _lib.BucketUnits.TENSOR)
+        norms = torch.empty(1, dtype=torch.float32, device=b.device)
+        b.plan.clip_norm(3.0e38, sc, _vp(norms), _vp(b.workspace), _vp(b.flags), b.stream())
+        sq.append(norms.to(groups[0][0][0].device).square())
+    total = torch.cat(sq).sum().sqrt()
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for grads, _ in groups:
+        c = coef.to(grads[0].device)
+        for g in grads:
+            g.mul_(c.to(g.dtype))
+    return total
+
+
+def adaptive_clip_grad_(parameters, clip_factor=0.01, eps=1e-3, beta=1.0, preserve=None):
+    """In place, timm's adaptive_clip_grad (units along dim 0, whole tensor when ndim <= 1), then,
+    when beta != 1 or preserve is set, the power map per unit in the same pass."""
+    for grads, params in _grouped(parameters, with_params=True):
+        b = _bucket_for(grads, params, _lib.BucketUnits.ROWS)
+        b.plan.agc(clip_factor, eps, beta, preserve, _vp(b.workspace), _vp(b.flags), b.stream())
+
+
+class PGTCommHookState:
+    """State of :func:`pgt_comm_hook`: the process group and the transform applied to every averaged
+    DDP bucket (its flat buffer, segment by segment as the bucket's gradients lie in it).
+
+    transform: None (plain averaging), 'power' (beta, preserve, scope), 'clip_norm' (max_norm, scope;
+    scope 'bucket' = the norm of the DDP bucket) or 'agc' (clip, eps, beta, preserve).
+    """
+
+    def __init__(self, process_group=None, transform="power", **kwargs):
+        if transform not in (None, "power", "clip_norm", "agc"):
+            raise ValueError("powergrad: transform must be None, 'power', 'clip_norm' or 'agc'")
+        self.process_group = process_group
+        self.transform = transform
+        self.kwargs = kwargs
+        self.last_norms = {}
+
+    def apply(self, flat, bucket):
+        if self.transform is None:
+            return
+        views = bucket.gradients()
+        elem = flat.element_size()
+        base = flat.data_ptr()
+        offsets = [(v.data_ptr() - base) // elem for v in views]
+        ends = [o + v.numel() for o, v in zip(offsets, views)]
+        if any(e > o2 for e, o2 in zip(ends, offsets[1:])) or any(o < 0 for o in offsets):
+            raise ValueError("powergrad: the bucket's gradients are not laid out in order in its buffer")
+        grads = [flat[o:o + v.numel()] for o, v in zip(offsets, views)]
+        k = dict(self.kwargs)
+        if self.transform == "agc":
+            params = [p.detach() for p in bucket.parameters()]
+            if any(p.dtype != flat.dtype for p in params):
+                raise TypeError("powergrad: AGC in the DDP hook needs parameters of the gradients' dtype")
+            b = _bucket_for(grads, params, _lib.BucketUnits.ROWS)
+            b.plan.agc(k.get("clip", 0.01), k.get("eps", 1e-3), k.get("beta", 1.0), k.get("preserve"),
+                       _vp(b.workspace), _vp(b.flags), b.stream())
+            return
+        b = _bucket_for(grads, None, _lib.BucketUnits.TENSOR)
+        if self.transform == "power":
+            b.plan.power(k.get("beta", 0.5), k.get("preserve", "l1"), k.get("scope", "tensor"), _vp(b.workspace),
+                         _vp(b.flags), b.stream())
+        else:
+            sc = k.get("scope", "bucket")
+            norms = torch.empty(b.plan.groups(sc), dtype=torch.float32, device=flat.device)
+            b.plan.clip_norm(k["max_norm"], sc, _vp(norms), _vp(b.workspace), _vp(b.flags), b.stream())
+            self.last_norms[bucket.index()] = norms
+
+
+def pgt_comm_hook(state, bucket):
+    """DDP communication hook: all-reduce (average) the bucket through torch.distributed on
+    state.process_group, then apply state's transform to the averaged flat bucket.
+
+        model.register_comm_hook(PGTCommHookState(transform="clip_norm", max_norm=1.0), pgt_comm_hook)
+    """
+    import torch.distributed as dist
+    group = state.process_group if state.process_group is not None else dist.group.WORLD
+    buf = bucket.buffer()
+    buf.div_(dist.get_world_size(group))
+    # Wait for the all-reduce here and transform on the caller's thread (with NCCL the wait only
+    # orders the current stream after the collective; the host does not block). Transforming in a
+    # Future.then callback instead runs the library call on a communication thread, which hung
+    # intermittently with gloo and torch 1.13.
+    dist.all_reduce(buf, group=group, async_op=True).wait()
+    state.apply(buf, bucket)
+    fut = torch.futures.Future()
+    fut.set_result(buf)
+    return fut

@@ -1,0 +1,13 @@
+// powergrad C ABI: gradient-bucket transforms of f32 gradients.
+#define PG_CAPI_T float
+#define PG_CAPI_FN bucket_call_f32
+#include "bucket_dtype.inc"
+
+namespace powergrad_capi {
+
+// Dtype-free, but its CUDA half is a cudaMemcpyAsync: lives in a CUDA translation unit.
+powergrad::Status bucket_upload_call(const void* plan, void* workspace, size_t workspace_bytes, void* stream) {
+  return powergrad::bucket_plan_upload(plan, workspace, workspace_bytes, static_cast<powergrad::stream_t>(stream));
+}
+
+}  // namespace powergrad_capi
