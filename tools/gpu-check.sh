@@ -15,13 +15,14 @@
 # build-gpu/ is git-ignored: run `build` again right before the device call, on the tree you test
 # (MANIFEST.txt records the commit and whether the tree had uncommitted changes).
 #
-# The device call the lead engineer makes after `build` (one call, nothing else on the machine):
+# The device call to make after `build` (one call, nothing else on the machine):
 #   command:   tools/gpu-check.sh run
 #   carry:     ["build-gpu/carry"]
 #   timeout_s: 420
 # `run` keeps itself under PG_BUDGET_S seconds (default 340, every step under `timeout`) and writes
 # at most 8 files to $OUT: env.txt, tests_device.json, tests_device.log, sanitizer.log,
-# bench_device.json, bench_device.log, summary.md (+ sass_report.md when it had to make it there).
+# bench_device.json (cross-entropy and bucket benchmarks), bench_device.log, summary.md (+ sass_report.md
+# when it had to make it there).
 # The summary table (op, dtype, shape, GB/s, ratio_to_copy, goals) is printed LAST.
 #
 # Knobs (environment): PG_BUDGET_S, PG_BENCH_SET=full|quick (default full), PG_BENCH_MIN_TIME
@@ -291,6 +292,33 @@ do_run() {
     results+=("device benchmarks: $(status_word $rc)")
   else
     results+=("device benchmarks: not built")
+  fi
+
+  say "bucket benchmarks (powergrad_bench_bucket_device)"
+  if [ -x "$C/powergrad_bench_bucket_device" ]; then
+    # Same log; its JSON entries are merged into bench_device.json (the 8-file budget of $OUT).
+    { echo "--- powergrad_bench_bucket_device"
+      bounded 60 env LD_LIBRARY_PATH="$C/lib" "$C/powergrad_bench_bucket_device" \
+        --benchmark_out="/tmp/pg_bench_bucket.json" --benchmark_out_format=json 2>&1; } >>"$out/bench_device.log"
+    rc=$?
+    python3 - "$out/bench_device.json" /tmp/pg_bench_bucket.json <<'PY' || echo "(bucket JSON not merged; the results are in bench_device.log)"
+import json, sys
+main, extra = sys.argv[1], sys.argv[2]
+try:
+    with open(main) as f:
+        doc = json.load(f)
+except (OSError, ValueError):
+    sys.exit("bench_device.json is missing or truncated: not merged")
+with open(extra) as f:
+    add = json.load(f)
+doc.setdefault("benchmarks", []).extend(add.get("benchmarks", []))
+with open(main, "w") as f:
+    json.dump(doc, f, indent=1)
+PY
+    grep -A12 -- '--- powergrad_bench_bucket_device' "$out/bench_device.log" | grep -E 'bucket/|ERROR' | head -12
+    results+=("bucket benchmarks: $(status_word $rc)")
+  else
+    results+=("bucket benchmarks: not built")
   fi
 
   say "compute-sanitizer"
