@@ -439,7 +439,8 @@ def power_grad_(parameters, beta, preserve="l1", scope="tensor"):
 
 def clip_grad_norm_(parameters, max_norm, scope="bucket"):
     """In place, as torch.nn.utils.clip_grad_norm_ (L2): returns the total norm (scope 'bucket'), or a
-    1-D tensor of per-gradient norms (scope 'tensor', each gradient clipped on its own).
+    1-D tensor of per-gradient norms (scope 'tensor', each gradient clipped on its own; in parameter
+    order within each (device, dtype) group, groups in order of first appearance).
 
     One device and dtype: one fused op (3 kernels, no host sync). Mixed groups: per-group norms from
     the library, then the coefficient applied with torch.
