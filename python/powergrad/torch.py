@@ -18,7 +18,7 @@ import torch
 from . import _lib
 
 __all__ = ["cross_entropy", "pgt_hook", "inplace_is_safe", "power_grad_", "clip_grad_norm_", "adaptive_clip_grad_",
-           "PGTCommHookState", "pgt_comm_hook"]
+           "PGTCommHookState", "pgt_comm_hook", "vocab_parallel_cross_entropy"]
 
 _DTYPES = {torch.float32: _lib.DType.FLOAT32, torch.float16: _lib.DType.FLOAT16,
            torch.bfloat16: _lib.DType.BFLOAT16}
@@ -437,20 +437,25 @@ def power_grad_(parameters, beta, preserve="l1", scope="tensor"):
         b.plan.power(beta, preserve, scope, _vp(b.workspace), _vp(b.flags), b.stream())
 
 
-def clip_grad_norm_(parameters, max_norm, scope="bucket"):
+def clip_grad_norm_(parameters, max_norm, scope="bucket", group=None):
     """In place, as torch.nn.utils.clip_grad_norm_ (L2): returns the total norm (scope 'bucket'), or a
     1-D tensor of per-gradient norms (scope 'tensor', each gradient clipped on its own; in parameter
     order within each (device, dtype) group, groups in order of first appearance).
 
     One device and dtype: one fused op (3 kernels, no host sync). Mixed groups: per-group norms from
-    the library, then the coefficient applied with torch.
+    the library, then the coefficient applied with torch. ``group`` (a torch.distributed process
+    group, scope 'bucket' only): the parameters are this rank's share of a model sharded across the
+    group (e.g. tensor-parallel or ZeRO shards); the squared norms are summed across the group with
+    one all_reduce of one float, and every rank clips with the global norm.
     """
     from .bucket import scope_of
     sc = scope_of(scope)
     groups = _grouped(parameters)
-    if not groups:
+    if not groups and group is None:
         return torch.tensor(0.0)
-    if sc == _lib.BucketScope.TENSOR or len(groups) == 1:
+    if group is not None and sc == _lib.BucketScope.TENSOR:
+        raise ValueError("powergrad: clip_grad_norm_ with a process group needs scope='bucket'")
+    if sc == _lib.BucketScope.TENSOR or (len(groups) == 1 and group is None):
         out = []
         for grads, _ in groups:
             b = _bucket_for(grads, None, _lib.BucketUnits.TENSOR)
@@ -465,12 +470,16 @@ def clip_grad_norm_(parameters, max_norm, scope="bucket"):
         norms = torch.empty(1, dtype=torch.float32, device=b.device)
         b.plan.clip_norm(3.0e38, sc, _vp(norms), _vp(b.workspace), _vp(b.flags), b.stream())
         sq.append(norms.to(groups[0][0][0].device).square())
-    total = torch.cat(sq).sum().sqrt()
+    total_sq = torch.cat(sq).sum() if sq else torch.zeros((), dtype=torch.float32)
+    if group is not None:
+        import torch.distributed as dist
+        dist.all_reduce(total_sq, op=dist.ReduceOp.SUM, group=group)
+    total = total_sq.sqrt()
     coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
     for grads, _ in groups:
         c = coef.to(grads[0].device)
         for g in grads:
-            g.mul_(c.to(g.dtype))
+            g.mul_(c)
     return total
 
 
@@ -548,3 +557,133 @@ def pgt_comm_hook(state, bucket):
     fut = torch.futures.Future()
     fut.set_result(buf)
     return fut
+
+
+# ---------------------------------------------------------------------------------------------
+# Vocab-parallel (tensor-parallel) PGT cross-entropy: the split form of DESIGN.md §2.3 on
+# torch.distributed.
+# ---------------------------------------------------------------------------------------------
+
+def _f32_bits(v):
+    import struct
+    return struct.unpack("<i", struct.pack("<f", float(v)))[0]
+
+
+def _shard_metadata(rows, vocab_start, width, vocab_size, alpha, ignore_index, label_smoothing, reduction):
+    """What every rank must agree on (and its own shard), as integers."""
+    return [int(rows), int(vocab_start), int(width), int(vocab_size), _f32_bits(alpha), int(ignore_index),
+            _f32_bits(label_smoothing), int(_lib.reduction_of(reduction))]
+
+
+def _check_shards(metas):
+    """The same problem on every rank, and shards that tile [0, vocab_size): else a message (every
+    rank computes the same one from the same gathered metadata, so all raise together)."""
+    first = metas[0]
+    for r, m in enumerate(metas):
+        if m[0] != first[0]:
+            return "rank %d has %d rows, rank 0 has %d" % (r, m[0], first[0])
+        if m[3] != first[3]:
+            return "rank %d says vocab_size %d, rank 0 says %d" % (r, m[3], first[3])
+        if m[4:] != first[4:]:
+            return "rank %d uses other alpha / ignore_index / label_smoothing / reduction than rank 0" % r
+        if m[1] < 0 or m[2] < 0:
+            return "rank %d has a negative vocab_start (%d) or width (%d)" % (r, m[1], m[2])
+    spans = sorted((m[1], m[1] + m[2], r) for r, m in enumerate(metas) if m[2] > 0)
+    pos = 0
+    for a, b, r in spans:
+        if a != pos:
+            return ("vocab shards do not tile [0, %d): rank %d starts at %d where %d was expected"
+                    % (first[3], r, a, pos))
+        pos = b
+    if pos != first[3]:
+        return "vocab shards cover [0, %d) of vocab_size %d" % (pos, first[3])
+    return None
+
+
+class _VocabParallelCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, target, vocab_start, vocab_size, alpha, ignore_index, label_smoothing, reduction,
+                group, check):
+        import torch.distributed as dist
+        red = _lib.reduction_of(reduction)
+        world = dist.get_world_size(group)
+        x = logits if (_row_layout(logits) and logits.shape[1] > 0) else logits.contiguous()
+        rows, width = x.shape
+        dev = x.device
+        if check:
+            meta = torch.tensor(_shard_metadata(rows, vocab_start, width, vocab_size, alpha, ignore_index,
+                                                label_smoothing, reduction), dtype=torch.int64, device=dev)
+            metas = [torch.empty_like(meta) for _ in range(world)]
+            dist.all_gather(metas, meta, group=group)
+            err = _check_shards([m.tolist() for m in metas])
+            if err:
+                raise ValueError("powergrad vocab_parallel_cross_entropy: " + err)
+        # An empty shard stands in as one phantom column: its statistics are the merge identity and
+        # the gradient it writes is discarded.
+        empty = width == 0
+        xs = torch.zeros((rows, 1), dtype=x.dtype, device=dev) if empty else x
+        p, t = _problem(xs, target, alpha, ignore_index, label_smoothing, reduction)
+        p.col_offset = 0 if empty else int(vocab_start)
+        p.total_cols = int(vocab_size)
+        _, stream = _device_and_stream(xs)
+        stats = torch.empty((rows, 4), dtype=torch.float32, device=dev)
+        if empty:
+            stats[:, 0] = float("-inf")
+            stats[:, 1:] = 0.0
+        elif rows:
+            _lib.call("pg_xent_shard_stats", ctypes.byref(p), _vp(stats), stream)
+        # The one collective of the op: 16 bytes per row from every rank.
+        parts = torch.empty((world, rows, 4), dtype=torch.float32, device=dev)
+        dist.all_gather(list(parts.unbind(0)), stats, group=group)
+        merged = torch.empty((rows, 4), dtype=torch.float32, device=dev)
+        dev_kind = _lib.Device.CUDA if dev.type == "cuda" else _lib.Device.HOST
+        if rows:
+            _lib.call("pg_xent_merge_stats", int(dev_kind), _vp(parts), world, rows, ctypes.c_float(alpha),
+                      _vp(merged), stream)
+        loss = torch.empty(rows if red == _lib.Reduction.NONE else 1, dtype=torch.float32, device=dev)
+        grad = torch.empty(xs.shape, dtype=x.dtype, device=dev)
+        ws, ws_bytes = _workspace(xs, reduction)
+        out = _lib.XentOutputs(loss=_vp(loss), lse=None, lse_alpha=None, dlogits=_vp(grad), ld_dlogits=xs.shape[1])
+        up = _lib.Upstream(1.0, None)
+        _lib.call("pg_xent_shard_apply", ctypes.byref(p), _vp(merged), ctypes.byref(up), ctypes.byref(out),
+                  _vp(ws), ws_bytes, stream)
+        ctx.grad = grad[:, :0] if empty else grad
+        ctx.reduction = red
+        loss = loss.to(logits.dtype)
+        return loss if red == _lib.Reduction.NONE else loss.reshape(())
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad = ctx.grad
+        ctx.grad = None
+        go = grad_output.to(torch.float32)
+        scaled = grad.float() * (go.reshape(-1, 1) if ctx.reduction == _lib.Reduction.NONE else go.reshape(()))
+        return (scaled.to(grad.dtype),) + (None,) * 9
+
+
+def vocab_parallel_cross_entropy(logits, target, vocab_start, vocab_size, alpha=1.0, ignore_index=-100,
+                                 label_smoothing=0.0, reduction="mean", group=None, check=True):
+    """PGT cross-entropy over a vocabulary sharded by columns across the ranks of ``group``
+    (tensor parallelism; DESIGN.md §2.3).
+
+    Each rank passes its shard ``logits`` ``[N, width]`` (columns ``[vocab_start, vocab_start + width)``
+    of the full ``[N, vocab_size]`` logits; ``width`` may be 0 and may differ between ranks) and the
+    same global class ``target`` ``[N]``. The op computes this shard's partial row statistics (max, two
+    exponential sums, target term), exchanges them with ONE ``all_gather`` on ``group`` (16 bytes per
+    row per rank, whatever the vocabulary size), merges them in rank order (the same bits on every
+    rank) and writes the shard's gradient and the loss; every rank returns the same loss, equal to the
+    unsharded :func:`cross_entropy` to rounding. Backward scales the gradient by the incoming one.
+
+    ``check=True`` first all-gathers eight integers per rank (and reads them on the host: one
+    synchronisation; pass ``check=False`` once a setup is known good) and raises ``ValueError`` on every rank
+    (never hangs) when ranks disagree on rows, vocab_size, alpha, ignore_index, label smoothing or
+    reduction, or when the shards do not tile ``[0, vocab_size)``. Class-index targets only.
+    """
+    if logits.dim() != 2:
+        raise ValueError("powergrad vocab_parallel_cross_entropy: logits must be 2-D [N, width]")
+    if target.dim() != 1:
+        raise ValueError("powergrad vocab_parallel_cross_entropy: target must be [N] class indices")
+    _lib.reduction_of(reduction)
+    return _VocabParallelCrossEntropy.apply(logits, target, int(vocab_start), int(vocab_size), float(alpha),
+                                            int(ignore_index), float(label_smoothing), reduction, group,
+                                            bool(check))
