@@ -1,5 +1,8 @@
 // powergrad trainer example — a custom C++ training loop that takes its logits gradient from
-// powergrad::xent_forward_backward (host backend, float logits, int32 class targets, mean reduction).
+// powergrad::xent_forward_backward (float logits, int32 class targets, mean reduction): on the host
+// backend, or on the GPU in the nvcc build (trainer.cu) when one is present (--device auto|cuda|host;
+// the MLP itself stays on the host). --clip-norm MAX clips the four parameter gradients to a global
+// L2 norm with powergrad::bucket_clip_norm (one bucket plan built once), as clip_grad_norm_ would.
 //
 // A small MLP (64 -> 128 ReLU -> 200 classes) is trained with hand-written forward/backward passes
 // (mini-batch 128, i-k-j matmul loops), SGD with momentum 0.9, weight decay 5e-4 (weights only) and a
@@ -16,8 +19,9 @@
 // loss/accuracy are measured on the held-out set after each epoch.
 //
 //   trainer [--epochs N] [--alpha A] [--lr LR] [--noise S] [--aug S] [--modes M] [--train N]
-//           [--label-smoothing EPS] [--seed SEED]
-//   defaults: 20 epochs, alpha 0.25, lr 0.1, noise 2, aug 1, modes 1, train 20000, eps 0, seed 1
+//           [--label-smoothing EPS] [--seed SEED] [--device host|cuda|auto] [--clip-norm MAX]
+//   defaults: 20 epochs, alpha 0.25, lr 0.1, noise 2, aug 1, modes 1, train 20000, eps 0, seed 1,
+//   device auto, no clipping
 //
 // Measured on the dev container (x86-64, one core; CMake Release build = g++ -O3: 22 s for both runs;
 // g++ -O2: 39 s), defaults, 20 epochs (final epoch; train = augmented running average):
@@ -42,7 +46,12 @@
 #include <string>
 #include <vector>
 
+#include "powergrad/bucket.hpp"
 #include "powergrad/powergrad.hpp"
+
+#if defined(__CUDACC__)
+#include <cuda_runtime.h>
+#endif
 
 namespace pg = powergrad;
 
@@ -163,7 +172,107 @@ struct Options {
   float aug = 1.0f;
   float label_smoothing = 0.f;
   uint64_t seed = 1;
+  std::string device = "auto";  // host | cuda | auto (cuda in an nvcc build with a GPU)
+  float clip_norm = 0.f;        // > 0: clip the gradients' global L2 norm (powergrad::bucket_clip_norm)
 };
+
+// Where the loss and its PGT logits gradient are computed: the host backend, or (nvcc build with a
+// GPU) the CUDA kernels on device copies of the logits. The MLP itself stays on the host.
+class LossOp {
+ public:
+  bool init(bool cuda, int max_rows) {
+    cuda_ = cuda;
+#if defined(__CUDACC__)
+    if (cuda_) {
+      ws_bytes_ = pg::xent_workspace_bytes(max_rows, pg::Reduction::kMean);
+      const size_t n = static_cast<size_t>(max_rows) * kClasses;
+      if (cudaMalloc(&d_logits_, n * sizeof(float)) != cudaSuccess || cudaMalloc(&d_dz_, n * sizeof(float)) != cudaSuccess ||
+          cudaMalloc(&d_y_, static_cast<size_t>(max_rows) * sizeof(int32_t)) != cudaSuccess ||
+          cudaMalloc(&d_loss_, sizeof(float)) != cudaSuccess || cudaMalloc(&d_ws_, ws_bytes_) != cudaSuccess) {
+        std::fprintf(stderr, "trainer: cudaMalloc failed\n");
+        return false;
+      }
+    }
+#else
+    (void)max_rows;
+#endif
+    return true;
+  }
+  ~LossOp() {
+#if defined(__CUDACC__)
+    if (cuda_) {
+      cudaFree(d_logits_);
+      cudaFree(d_dz_);
+      cudaFree(d_y_);
+      cudaFree(d_loss_);
+      cudaFree(d_ws_);
+    }
+#endif
+  }
+  // Mean cross-entropy of n rows into *loss and, when dz is given, its PGT gradient (alpha).
+  bool run(const float* logits, const int32_t* y, int n, float alpha, float eps, float* loss, float* dz) {
+    pg::XentProblem<float, pg::ClassTargets<int32_t>> p;
+    p.rows = n;
+    p.cols = kClasses;
+    p.alpha = alpha;
+    p.label_smoothing = eps;
+    p.reduction = pg::Reduction::kMean;
+    pg::XentOutputs<float> out;
+    if (!cuda_) {
+      p.logits = logits;
+      p.targets.index = y;
+      out.loss = loss;
+      out.dlogits = dz;
+      return check(pg::xent_forward_backward(pg::Backend::kHost, p, pg::Upstream{}, out), "xent_forward_backward");
+    }
+#if defined(__CUDACC__)
+    const size_t bytes = static_cast<size_t>(n) * kClasses * sizeof(float);
+    cudaMemcpy(d_logits_, logits, bytes, cudaMemcpyHostToDevice);
+    cudaMemcpy(d_y_, y, static_cast<size_t>(n) * sizeof(int32_t), cudaMemcpyHostToDevice);
+    p.logits = d_logits_;
+    p.targets.index = d_y_;
+    out.loss = d_loss_;
+    out.dlogits = dz ? d_dz_ : nullptr;
+    if (!check(pg::xent_forward_backward(pg::Backend::kCuda, p, pg::Upstream{}, out, d_ws_, ws_bytes_),
+               "xent_forward_backward (CUDA)"))
+      return false;
+    if (dz && cudaMemcpy(dz, d_dz_, bytes, cudaMemcpyDeviceToHost) != cudaSuccess) return false;
+    return cudaMemcpy(loss, d_loss_, sizeof(float), cudaMemcpyDeviceToHost) == cudaSuccess;
+#else
+    return false;
+#endif
+  }
+
+ private:
+  bool cuda_ = false;
+#if defined(__CUDACC__)
+  float *d_logits_ = nullptr, *d_dz_ = nullptr, *d_loss_ = nullptr;
+  int32_t* d_y_ = nullptr;
+  void* d_ws_ = nullptr;
+  size_t ws_bytes_ = 0;
+#endif
+};
+
+// Whether this run computes the loss on a GPU (--device), or "" with a reason on stderr for an
+// impossible request.
+bool use_cuda(const std::string& device, bool* ok) {
+  *ok = true;
+#if defined(__CUDACC__)
+  int n = 0;
+  const bool have = cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+  if (device == "cuda" && !have) {
+    std::fprintf(stderr, "trainer: --device cuda but no CUDA device is visible\n");
+    *ok = false;
+  }
+  return device != "host" && have;
+#else
+  if (device == "cuda") {
+    std::fprintf(stderr, "trainer: --device cuda but this build has no CUDA (trainer_host, or a build without nvcc)\n");
+    *ok = false;
+  }
+  return false;
+#endif
+}
 
 struct EpochStats {
   double train_loss, train_acc, test_loss, test_acc;
@@ -171,8 +280,10 @@ struct EpochStats {
 
 // Trains a fresh network (init seed and data order fixed by opt.seed) with PGT exponent `alpha`.
 // Returns false when a powergrad call fails.
-bool train(const Options& opt, float alpha, const Dataset& train_set, const Dataset& test_set,
+bool train(const Options& opt, bool cuda, float alpha, const Dataset& train_set, const Dataset& test_set,
            std::vector<EpochStats>& history) {
+  LossOp loss_op;
+  if (!loss_op.init(cuda, std::max(kBatch, test_set.n))) return false;
   Mlp net;
   net.init(opt.seed * 7919 + 17);
   Mlp vel;  // momentum buffers
@@ -181,6 +292,20 @@ bool train(const Options& opt, float alpha, const Dataset& train_set, const Data
   vel.w2.assign(net.w2.size(), 0.f);
   vel.b2.assign(net.b2.size(), 0.f);
   Mlp grad = vel;
+  // --clip-norm: one bucket of the four gradient tensors, planned once (their addresses are fixed).
+  pg::BucketTensor<float> grad_tensors[4] = {{grad.w1.data(), nullptr, static_cast<int64_t>(grad.w1.size()), 0},
+                                             {grad.b1.data(), nullptr, static_cast<int64_t>(grad.b1.size()), 0},
+                                             {grad.w2.data(), nullptr, static_cast<int64_t>(grad.w2.size()), 0},
+                                             {grad.b2.data(), nullptr, static_cast<int64_t>(grad.b2.size()), 0}};
+  struct alignas(16) PlanBytes {
+    unsigned char b[1024];
+  } plan;
+  static_assert(sizeof(plan) >= 80 + 4 * 64, "a plan of 4 tensors fits");
+  if (opt.clip_norm > 0.f &&
+      !check(pg::bucket_plan_build(pg::Backend::kHost, grad_tensors, 4, pg::BucketUnits::kTensor, &plan, sizeof plan),
+             "bucket_plan_build"))
+    return false;
+  double norm_sum = 0.0;
 
   std::vector<float> xb(kBatch * kIn), h(kBatch * kHidden), logits(kBatch * kClasses), dz(kBatch * kClasses),
       dh(kBatch * kHidden), w2t(static_cast<size_t>(kClasses) * kHidden);
@@ -216,20 +341,8 @@ bool train(const Options& opt, float alpha, const Dataset& train_set, const Data
       correct += count_correct(logits.data(), yb.data(), n);
 
       // Loss (ordinary cross-entropy, mean over the batch) and the PGT gradient at the logits.
-      pg::XentProblem<float, pg::ClassTargets<int32_t>> p;
-      p.logits = logits.data();
-      p.rows = n;
-      p.cols = kClasses;
-      p.targets.index = yb.data();
-      p.alpha = alpha;
-      p.label_smoothing = opt.label_smoothing;
-      p.reduction = pg::Reduction::kMean;
       float loss = 0.f;
-      pg::XentOutputs<float> out;
-      out.loss = &loss;
-      out.dlogits = dz.data();
-      if (!check(pg::xent_forward_backward(pg::Backend::kHost, p, pg::Upstream{}, out), "xent_forward_backward"))
-        return false;
+      if (!loss_op.run(logits.data(), yb.data(), n, alpha, opt.label_smoothing, &loss, dz.data())) return false;
       loss_sum += static_cast<double>(loss) * n;
 
       // Backward through the MLP. dz already carries the 1/n of the mean reduction.
@@ -268,6 +381,14 @@ bool train(const Options& opt, float alpha, const Dataset& train_set, const Data
         }
       }
 
+      if (opt.clip_norm > 0.f) {  // as torch.nn.utils.clip_grad_norm_ over all four gradients
+        float norm = 0.f;
+        if (!check(pg::bucket_clip_norm<float>(&plan, opt.clip_norm, pg::BucketScope::kBucket, &norm),
+                   "bucket_clip_norm"))
+          return false;
+        norm_sum += norm;
+      }
+
       // SGD with momentum (PyTorch form), weight decay on the weights, cosine schedule.
       const double progress = static_cast<double>(step) / static_cast<double>(total_steps);
       const float lr = 0.5f * opt.lr * (1.f + static_cast<float>(std::cos(3.141592653589793 * progress)));
@@ -286,23 +407,17 @@ bool train(const Options& opt, float alpha, const Dataset& train_set, const Data
 
     // Test set: forward only; the loss op with no gradient output.
     forward(net, test_set.x.data(), test_set.n, th.data(), tlogits.data());
-    pg::XentProblem<float, pg::ClassTargets<int32_t>> tp;
-    tp.logits = tlogits.data();
-    tp.rows = test_set.n;
-    tp.cols = kClasses;
-    tp.targets.index = test_set.y.data();
-    tp.reduction = pg::Reduction::kMean;
     float test_loss = 0.f;
-    pg::XentOutputs<float> tout;
-    tout.loss = &test_loss;
-    if (!check(pg::xent_forward_backward(pg::Backend::kHost, tp, pg::Upstream{}, tout), "xent_forward_backward (test)"))
-      return false;
+    if (!loss_op.run(tlogits.data(), test_set.y.data(), test_set.n, 1.f, 0.f, &test_loss, nullptr)) return false;
     const int test_correct = count_correct(tlogits.data(), test_set.y.data(), test_set.n);
 
     EpochStats e{loss_sum / train_set.n, 100.0 * correct / train_set.n, test_loss, 100.0 * test_correct / test_set.n};
     history.push_back(e);
-    std::printf("  alpha %.2f  epoch %3d  train loss %.4f  acc %6.2f%%   test loss %.4f  acc %6.2f%%\n", alpha,
+    std::printf("  alpha %.2f  epoch %3d  train loss %.4f  acc %6.2f%%   test loss %.4f  acc %6.2f%%", alpha,
                 epoch + 1, e.train_loss, e.train_acc, e.test_loss, e.test_acc);
+    if (opt.clip_norm > 0.f) std::printf("   mean grad norm %.4f", norm_sum / steps_per_epoch);
+    norm_sum = 0.0;
+    std::printf("\n");
     std::fflush(stdout);
   }
   return true;
@@ -311,7 +426,7 @@ bool train(const Options& opt, float alpha, const Dataset& train_set, const Data
 int usage(const char* argv0) {
   std::fprintf(stderr,
                "usage: %s [--epochs N] [--alpha A] [--lr LR] [--noise S] [--aug S] [--modes M] [--train N]\n"
-               "          [--label-smoothing EPS] [--seed SEED]\n",
+               "          [--label-smoothing EPS] [--seed SEED] [--device host|cuda|auto] [--clip-norm MAX]\n",
                argv0);
   return 2;
 }
@@ -335,11 +450,21 @@ int main(int argc, char** argv) {
     else if (a == "--modes") opt.modes = static_cast<int>(std::strtol(v, &end, 10));
     else if (a == "--label-smoothing") opt.label_smoothing = std::strtof(v, &end);
     else if (a == "--seed") opt.seed = std::strtoull(v, &end, 10);
+    else if (a == "--clip-norm") opt.clip_norm = std::strtof(v, &end);
+    else if (a == "--device") {
+      opt.device = v;
+      if (opt.device != "host" && opt.device != "cuda" && opt.device != "auto") return usage(argv[0]);
+      continue;
+    }
     else return usage(argv[0]);
     if (end == v || *end != '\0') return usage(argv[0]);
   }
-  if (opt.epochs < 1 || opt.n_train < 1 || opt.modes < 1 || !(opt.lr > 0.f) || !(opt.noise >= 0.f) || !(opt.aug >= 0.f))
+  if (opt.epochs < 1 || opt.n_train < 1 || opt.modes < 1 || !(opt.lr > 0.f) || !(opt.noise >= 0.f) || !(opt.aug >= 0.f) ||
+      !(opt.clip_norm >= 0.f))
     return usage(argv[0]);
+  bool device_ok = true;
+  const bool cuda = use_cuda(opt.device, &device_ok);
+  if (!device_ok) return 2;
   // alpha and label_smoothing are validated by powergrad itself (a bad value fails the first call).
 
   Dataset train_set, test_set;
@@ -348,13 +473,15 @@ int main(int argc, char** argv) {
               "%d epochs, lr %.3g (cosine), momentum %.1f, wd %.0e, label smoothing %.2f, seed %llu\n",
               kIn, kHidden, kClasses, train_set.n, test_set.n, opt.noise, opt.aug, opt.modes, kBatch, opt.epochs, opt.lr,
               kMomentum, kWeightDecay, opt.label_smoothing, static_cast<unsigned long long>(opt.seed));
+  std::printf("loss and PGT gradient on: %s%s\n", cuda ? "CUDA (powergrad kernels; the MLP stays on the host)" : "host backend",
+              opt.clip_norm > 0.f ? "; gradients clipped to a global L2 norm by powergrad::bucket_clip_norm" : "");
 
   const float alphas[2] = {1.f, opt.alpha};
   std::vector<EpochStats> hist[2];
   for (int r = 0; r < 2; ++r) {
     std::printf("%s (alpha = %.2f)\n", r == 0 ? "baseline" : "PGT", alphas[r]);
     const auto t0 = std::chrono::steady_clock::now();
-    if (!train(opt, alphas[r], train_set, test_set, hist[r])) return 1;
+    if (!train(opt, cuda, alphas[r], train_set, test_set, hist[r])) return 1;
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::printf("  (%.1f s)\n", secs);
   }
