@@ -42,8 +42,10 @@ struct BucketCase {
   float max_norm = 1.f;
   float clip = 0.01f, eps = 1e-3f;
   bool zero_params = false;  // AGC: parameters of tensor 0 all zero (w norm below eps)
-  int bad_tensor = -1;       // a tensor holding one non-finite value
+  int bad_tensor = -1;       // a tensor holding one non-finite value (in its gradient, or its parameter)
   double bad_value = 0;
+  bool bad_in_param = false;
+  double gscale = 1.0;       // gradient magnitude (tiny values test under- and overflow of the sums)
   uint32_t seed = 1;
 
   std::string str() const {
@@ -52,7 +54,8 @@ struct BucketCase {
     o << ops[static_cast<int>(op)] << " tensors=" << shapes.size() << (flat ? " flat" : " separate")
       << " beta=" << beta << " preserve=" << static_cast<int>(preserve)
       << " scope=" << (scope == BucketScope::kBucket ? "bucket" : "tensor") << " max_norm=" << max_norm
-      << " clip=" << clip << " bad=" << bad_tensor << " seed=" << seed;
+      << " clip=" << clip << " bad=" << bad_tensor << (bad_in_param ? "(param)" : "") << " gscale=" << gscale
+      << " seed=" << seed;
     return o.str();
   }
 };
@@ -100,7 +103,7 @@ BucketData<T, P> make_bucket_data(const BucketCase& c) {
     const int64_t ne = numel_of(c.shapes[t]);
     const int64_t units = rows_of(c.shapes[t]) > 1 ? rows_of(c.shapes[t]) : 1;
     const int64_t len = ne / std::max<int64_t>(units, 1);
-    const double tscale = 0.2 + 2.0 * ud(rng);
+    const double tscale = c.gscale * (0.2 + 2.0 * ud(rng));
     std::vector<double> g(static_cast<size_t>(ne)), w(static_cast<size_t>(ne));
     for (int64_t u = 0; u < (ne ? units : 0); ++u) {
       // Parameters with a unit scale; for AGC the gradient's norm is 0.5x or 2x the unit's limit
@@ -123,7 +126,7 @@ BucketData<T, P> make_bucket_data(const BucketCase& c) {
         for (int64_t i = u * len; i < (u + 1) * len; ++i) g[static_cast<size_t>(i)] *= f;
       }
     }
-    if (static_cast<int>(t) == c.bad_tensor && ne > 0) g[static_cast<size_t>(ne / 2)] = c.bad_value;
+    if (static_cast<int>(t) == c.bad_tensor && ne > 0) (c.bad_in_param ? w : g)[static_cast<size_t>(ne / 2)] = c.bad_value;
     for (int64_t i = 0; i < ne; ++i) {
       const T v = DT<T>::encode(g[static_cast<size_t>(i)]);
       d.grad[static_cast<size_t>(d.off[t] + i)] = v;
@@ -324,6 +327,7 @@ inline std::vector<BucketCase> agc_cases() {
         c.shapes = resnet_like_shapes();
         c.shapes.push_back({5, 2000});  // units longer than... and shorter than an item
         c.shapes.push_back({3, 9000});  // units spanning several items
+        c.shapes.push_back({1500, 3});  // > 1024 groups in all: the warp-per-group reduction
         c.op = BOp::kAgc;
         c.beta = beta;
         c.preserve = p;
@@ -361,6 +365,35 @@ inline std::vector<BucketCase> nonfinite_cases() {
     a.bad_value = bad;
     a.seed = seed++;
     v.push_back(a);
+    a.bad_in_param = true;  // NaN weight norm -> NaN unit; inf weight norm -> the unit is kept (timm)
+    a.bad_tensor = 3;
+    v.push_back(a);
+  }
+  return v;
+}
+// Tiny magnitudes: sums of squares and powers of |g| ~ 1e-22 underflow in fp32; norm preservation
+// and clipping must still follow the reference (fp16 cannot hold such values: 1e-3 there).
+template <class T>
+std::vector<BucketCase> tiny_cases() {
+  const double scale = std::is_same<T, half_t>::value ? 1e-3 : 1e-22;
+  std::vector<BucketCase> v;
+  uint32_t seed = 500;
+  const struct {
+    BOp op;
+    float beta;
+    NormPreserve p;
+  } ops[] = {{BOp::kPower, 0.5f, NormPreserve::kL2}, {BOp::kPower, 2.f, NormPreserve::kL1},
+             {BOp::kClip, 1.f, NormPreserve::kNone}, {BOp::kAgc, 0.5f, NormPreserve::kL2}};
+  for (const auto& o : ops) {
+    BucketCase c;
+    c.shapes = mixed_shapes();
+    c.op = o.op;
+    c.beta = o.beta;
+    c.preserve = o.p;
+    c.max_norm = 1e-23f;
+    c.gscale = scale;
+    c.seed = seed++;
+    v.push_back(c);
   }
   return v;
 }

@@ -46,6 +46,9 @@ TYPED_TEST(BucketDevice, AgcFloatParams) {
 TYPED_TEST(BucketDevice, NonFinite) {
   for (const BucketCase& c : nonfinite_cases()) check_bucket_case<TypeParam, TypeParam, DeviceMem>(c);
 }
+TYPED_TEST(BucketDevice, TinyMagnitudes) {
+  for (const BucketCase& c : tiny_cases<TypeParam>()) check_bucket_case<TypeParam, TypeParam, DeviceMem>(c);
+}
 TYPED_TEST(BucketDevice, ManyTinyTensors) {
   for (const BucketCase& c : many_tiny_cases()) check_bucket_case<TypeParam, TypeParam, DeviceMem>(c);
 }

@@ -57,17 +57,25 @@ inline Status check_bucket_backend(Backend b) {
   return Status::kSuccess;
 }
 
-// The plan header after checking that `plan` is an intact image for gradients T and parameters P.
-template <class T, class P>
-Status read_plan(const void* plan, BucketUnits want, const BucketPlanHeader*& h) {
+// Whether `plan` (non-null, 16-byte aligned) is an intact plan image of this library version. The
+// size fields are checked before the checksum reads the image.
+inline Status check_intact_plan(const void* plan, const BucketPlanHeader*& h) {
   POWERGRAD_BCHECK(plan != nullptr, Status::kNullPointer, "plan is null");
   POWERGRAD_BCHECK(reinterpret_cast<uintptr_t>(plan) % 16 == 0, Status::kInvalidLayout, "plan must be 16-byte aligned");
   h = static_cast<const BucketPlanHeader*>(plan);
   POWERGRAD_BCHECK(h->magic == kBucketPlanMagic && h->version == kBucketPlanVersion, Status::kInvalidValue,
                    "plan is not a bucket plan of this library version (build it with bucket_plan_build)");
-  POWERGRAD_BCHECK(h->n_tensors >= 0 && h->plan_bytes == bucket_plan_bytes_for(h->n_tensors) &&
-                       h->checksum == bucket_plan_checksum(h),
-                   Status::kInvalidValue, "plan is corrupted (checksum mismatch): rebuild it");
+  POWERGRAD_BCHECK(h->n_tensors >= 0 && h->n_tensors <= (int64_t(1) << 40) &&
+                       h->plan_bytes == bucket_plan_bytes_for(h->n_tensors) && h->checksum == bucket_plan_checksum(h),
+                   Status::kInvalidValue, "plan is corrupted (size or checksum mismatch): rebuild it");
+  return Status::kSuccess;
+}
+
+// The plan header after checking that `plan` is an intact image for gradients T and parameters P.
+template <class T, class P>
+Status read_plan(const void* plan, BucketUnits want, const BucketPlanHeader*& h) {
+  Status st = check_intact_plan(plan, h);
+  if (st != Status::kSuccess) return st;
   POWERGRAD_BCHECK(h->grad_dtype == static_cast<int32_t>(dtype_of<T>::value), Status::kInvalidValue,
                    "plan was built for gradient dtype %d, the call is for dtype %d", h->grad_dtype,
                    static_cast<int>(dtype_of<T>::value));
@@ -105,6 +113,22 @@ inline Status check_not_in_grads(const BucketPlanHeader& h, size_t elem_bytes, c
   return Status::kSuccess;
 }
 
+// An output must also stay out of the workspace and (AGC) the parameters the kernels read meanwhile.
+template <class P>
+Status check_output_elsewhere(const BucketPlanHeader& h, const void* p, uint64_t bytes, const void* ws, size_t ws_bytes,
+                              const char* name) {
+  if (!p) return Status::kSuccess;
+  POWERGRAD_BCHECK(!ws || !ranges_overlap_bytes(p, bytes, ws, ws_bytes), Status::kInvalidLayout,
+                   "%s overlaps the workspace", name);
+  if (h.units != static_cast<int32_t>(BucketUnits::kRows)) return Status::kSuccess;
+  const BucketPlanTensor* ts = plan_tensors(&h);
+  for (int64_t i = 0; i < h.n_tensors; ++i)
+    POWERGRAD_BCHECK(!ranges_overlap_bytes(p, bytes, reinterpret_cast<const void*>(ts[i].param),
+                                           static_cast<uint64_t>(ts[i].numel) * sizeof(P)),
+                     Status::kInvalidLayout, "%s overlaps the parameter of tensor %lld", name, bll(i));
+  return Status::kSuccess;
+}
+
 template <class T, class P>
 Status bucket_dispatch(const BucketPlanHeader& h, const BucketJob& j, void* ws, stream_t stream) {
   if (h.backend == static_cast<int32_t>(Backend::kHost)) return host::bucket_run<T, P>(h, j);
@@ -123,7 +147,8 @@ Status bucket_prepare(const void* plan, BucketUnits units, void* ws, size_t ws_b
   Status s = read_plan<T, P>(plan, units, h);
   if (s != Status::kSuccess) return s;
   if ((s = check_bucket_workspace(*h, ws, ws_bytes)) != Status::kSuccess) return s;
-  return check_not_in_grads(*h, sizeof(T), flags, sizeof(int32_t), "flags");
+  if ((s = check_not_in_grads(*h, sizeof(T), flags, sizeof(int32_t), "flags")) != Status::kSuccess) return s;
+  return check_output_elsewhere<P>(*h, flags, sizeof(int32_t), ws, ws_bytes, "flags");
 }
 
 }  // namespace detail
@@ -160,9 +185,13 @@ template <class T, class P = T>
                      bll(i), bll(t.numel));
     if (t.numel == 0) continue;
     POWERGRAD_BCHECK(t.grad != nullptr, Status::kNullPointer, "tensors[%lld].grad is null", bll(i));
+    POWERGRAD_BCHECK(reinterpret_cast<uintptr_t>(t.grad) % sizeof(T) == 0, Status::kInvalidLayout,
+                     "tensors[%lld].grad is not aligned to its element size (%zu bytes)", bll(i), sizeof(T));
     if (!rows_mode) continue;
     POWERGRAD_BCHECK(t.param != nullptr, Status::kNullPointer, "tensors[%lld].param is null (AGC needs the parameters)",
                      bll(i));
+    POWERGRAD_BCHECK(reinterpret_cast<uintptr_t>(t.param) % sizeof(P) == 0, Status::kInvalidLayout,
+                     "tensors[%lld].param is not aligned to its element size (%zu bytes)", bll(i), sizeof(P));
     POWERGRAD_BCHECK(t.rows >= 0 && t.rows <= t.numel && (t.rows == 0 || t.numel % t.rows == 0), Status::kInvalidSize,
                      "tensors[%lld].rows (%lld) must be >= 0 and divide numel (%lld)", bll(i), bll(t.rows), bll(t.numel));
   }
@@ -256,10 +285,9 @@ template <class T, class P = T>
 [[nodiscard]] inline Status bucket_workspace_bytes(const void* plan, size_t* bytes) {
   detail::clear_error();
   POWERGRAD_BCHECK(bytes != nullptr, Status::kNullPointer, "bytes is null");
-  POWERGRAD_BCHECK(plan != nullptr, Status::kNullPointer, "plan is null");
-  const auto* h = static_cast<const detail::BucketPlanHeader*>(plan);
-  POWERGRAD_BCHECK(h->magic == detail::kBucketPlanMagic && h->checksum == detail::bucket_plan_checksum(h),
-                   Status::kInvalidValue, "plan is not an intact bucket plan");
+  const detail::BucketPlanHeader* h = nullptr;
+  const Status s = detail::check_intact_plan(plan, h);
+  if (s != Status::kSuccess) return s;
   *bytes = h->backend == static_cast<int32_t>(Backend::kCuda) ? detail::bucket_workspace_layout(*h).total : 0;
   return Status::kSuccess;
 }
@@ -269,11 +297,10 @@ template <class T, class P = T>
 [[nodiscard]] inline Status bucket_plan_upload(const void* plan, void* workspace, size_t workspace_bytes,
                                                stream_t stream = nullptr) {
   detail::clear_error();
-  POWERGRAD_BCHECK(plan != nullptr, Status::kNullPointer, "plan is null");
-  const auto* h = static_cast<const detail::BucketPlanHeader*>(plan);
-  POWERGRAD_BCHECK(h->magic == detail::kBucketPlanMagic && h->checksum == detail::bucket_plan_checksum(h),
-                   Status::kInvalidValue, "plan is not an intact bucket plan");
-  Status s = detail::check_bucket_backend(static_cast<Backend>(h->backend));
+  const detail::BucketPlanHeader* h = nullptr;
+  Status s = detail::check_intact_plan(plan, h);
+  if (s != Status::kSuccess) return s;
+  s = detail::check_bucket_backend(static_cast<Backend>(h->backend));
   if (s != Status::kSuccess) return s;
   if ((s = detail::check_bucket_workspace(*h, workspace, workspace_bytes)) != Status::kSuccess) return s;
   if (h->backend == static_cast<int32_t>(Backend::kHost)) return Status::kSuccess;
@@ -332,6 +359,9 @@ template <class T>
   const int64_t groups = bucket_groups(*h, scope);
   if ((s = check_not_in_grads(*h, sizeof(T), norms, static_cast<uint64_t>(groups) * sizeof(float), "norms")) !=
       Status::kSuccess)
+    return s;
+  if ((s = check_output_elsewhere<T>(*h, norms, static_cast<uint64_t>(groups) * sizeof(float), workspace,
+                                     workspace_bytes, "norms")) != Status::kSuccess)
     return s;
   POWERGRAD_BCHECK(!norms || !flags || !ranges_overlap_bytes(norms, static_cast<uint64_t>(groups) * 4, flags, 4),
                    Status::kInvalidLayout, "norms overlaps flags");

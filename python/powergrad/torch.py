@@ -11,6 +11,7 @@ the current stream (no host synchronisation, device workspace from the caching a
 """
 
 import collections
+import contextlib
 import ctypes
 
 import torch
@@ -182,7 +183,7 @@ class _CrossEntropy(torch.autograd.Function):
         out = _lib.XentOutputs(loss=_vp(loss), lse=None, lse_alpha=None, dlogits=_vp(grad),
                                ld_dlogits=_ld(grad) if grad is not None else 0)
         up = _lib.Upstream(1.0, None)
-        _lib.call("pg_xent_forward_backward", ctypes.byref(p), ctypes.byref(up), ctypes.byref(out), _vp(ws),
+        _call(x.device, "pg_xent_forward_backward", ctypes.byref(p), ctypes.byref(up), ctypes.byref(out), _vp(ws),
                   ws_bytes, stream)
         if write_over:
             _bump_version(logits)
@@ -228,7 +229,7 @@ class _CrossEntropyTwoPass(torch.autograd.Function):
         ws, ws_bytes = _workspace(x, reduction)
         out = _lib.XentOutputs(loss=_vp(loss), lse=None, lse_alpha=_vp(lse_alpha), dlogits=None, ld_dlogits=0)
         up = _lib.Upstream(1.0, None)
-        _lib.call("pg_xent_forward_backward", ctypes.byref(p), ctypes.byref(up), ctypes.byref(out), _vp(ws),
+        _call(x.device, "pg_xent_forward_backward", ctypes.byref(p), ctypes.byref(up), ctypes.byref(out), _vp(ws),
                   ws_bytes, stream)
         if want_grad:
             ctx.save_for_backward(x, t, lse_alpha)
@@ -246,7 +247,7 @@ class _CrossEntropyTwoPass(torch.autograd.Function):
         up = _lib.Upstream(1.0, _vp(go))
         grad = torch.empty(x.shape, dtype=x.dtype, device=x.device)
         ws, ws_bytes = _workspace(x, reduction)
-        _lib.call("pg_xent_backward", ctypes.byref(p), ctypes.byref(up), _vp(lse_alpha), _vp(grad), grad.shape[1],
+        _call(x.device, "pg_xent_backward", ctypes.byref(p), ctypes.byref(up), _vp(lse_alpha), _vp(grad), grad.shape[1],
                   _vp(ws), ws_bytes, stream)
         return grad, None, None, None, None, None
 
@@ -342,7 +343,7 @@ def pgt_hook(logits, target, alpha, scale=1.0, ignore_index=-100, label_smoothin
         p, t = _problem(g, target, alpha, ignore_index, label_smoothing, "none")
         _, stream = _device_and_stream(g)
         out = torch.empty(g.shape, dtype=g.dtype, device=g.device)
-        _lib.call("pg_xent_hook", ctypes.byref(p), 1.0, _vp(rs), _vp(out), out.shape[1], stream)
+        _call(out.device, "pg_xent_hook", ctypes.byref(p), 1.0, _vp(rs), _vp(out), out.shape[1], stream)
         return out
 
     return logits.register_hook(hook)
@@ -357,7 +358,9 @@ _PLAN_CACHE_SIZE = 64
 
 
 class _TorchBucket:
-    """A BucketPlan over torch tensors, its device workspace (uploaded once) and a flags tensor."""
+    """A BucketPlan over torch tensors, its device workspace (uploaded once, on the stream that is
+    current when it is built; the cache keys buckets by that stream, so the workspace is only ever
+    used, and freed by the caching allocator, in that stream's order) and a flags tensor."""
 
     def __init__(self, entries, device, dtype, units, param_dtype):
         from .bucket import BucketPlan
@@ -365,6 +368,7 @@ class _TorchBucket:
         self.plan = BucketPlan(entries, _DTYPES[dtype], dev, units,
                                None if param_dtype is None else _DTYPES[param_dtype])
         self.device = device
+        self._stream = stream
         self.flags = torch.zeros(1, dtype=torch.int32, device=device)
         self.workspace = None
         if self.plan.workspace_bytes:
@@ -372,7 +376,20 @@ class _TorchBucket:
         self.plan.upload(_vp(self.workspace), stream)
 
     def stream(self):
-        return _device_and_stream(self.flags)[1]
+        return self._stream
+
+
+def _call(device, function, *args):
+    """_lib.call with `device` current (CUDA launches go to the current device's stream)."""
+    with _on_device(device):
+        _lib.call(function, *args)
+
+
+def _on_device(device):
+    """Context that makes `device` current for CUDA launches (kernels go to that device's stream)."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
 
 
 def _bucket_for(grads, params, units):
@@ -391,14 +408,16 @@ def _bucket_for(grads, params, units):
         for p in params:
             if not p.is_contiguous():
                 raise ValueError("powergrad: AGC needs contiguous parameters")
-    key = (int(units), str(g0.device), g0.dtype, param_dtype,
+    stream = torch.cuda.current_stream(g0.device).cuda_stream if g0.device.type == "cuda" else 0
+    key = (int(units), str(g0.device), stream, g0.dtype, param_dtype,
            tuple((g.data_ptr(), g.numel(), r, params[i].data_ptr() if params is not None else 0)
                  for i, (g, r) in enumerate(zip(grads, rows))))
     b = _PLAN_CACHE.get(key)
     if b is None:
         entries = [(g.data_ptr(), g.numel()) if params is None else
                    (g.data_ptr(), g.numel(), params[i].data_ptr(), rows[i]) for i, g in enumerate(grads)]
-        b = _TorchBucket(entries, g0.device, g0.dtype, units, param_dtype)
+        with _on_device(g0.device):
+            b = _TorchBucket(entries, g0.device, g0.dtype, units, param_dtype)
         _PLAN_CACHE[key] = b
         while len(_PLAN_CACHE) > _PLAN_CACHE_SIZE:
             _PLAN_CACHE.popitem(last=False)
@@ -434,7 +453,8 @@ def power_grad_(parameters, beta, preserve="l1", scope="tensor"):
         raise ValueError("powergrad: scope='bucket' needs every gradient on one device with one dtype")
     for grads, _ in groups:
         b = _bucket_for(grads, None, _lib.BucketUnits.TENSOR)
-        b.plan.power(beta, preserve, scope, _vp(b.workspace), _vp(b.flags), b.stream())
+        with _on_device(b.device):
+            b.plan.power(beta, preserve, scope, _vp(b.workspace), _vp(b.flags), b.stream())
 
 
 def clip_grad_norm_(parameters, max_norm, scope="bucket", group=None):
@@ -460,7 +480,8 @@ def clip_grad_norm_(parameters, max_norm, scope="bucket", group=None):
         for grads, _ in groups:
             b = _bucket_for(grads, None, _lib.BucketUnits.TENSOR)
             norms = torch.empty(b.plan.groups(sc), dtype=torch.float32, device=b.device)
-            b.plan.clip_norm(max_norm, sc, _vp(norms), _vp(b.workspace), _vp(b.flags), b.stream())
+            with _on_device(b.device):
+                b.plan.clip_norm(max_norm, sc, _vp(norms), _vp(b.workspace), _vp(b.flags), b.stream())
             out.append(norms)
         return out[0][0] if sc == _lib.BucketScope.BUCKET else torch.cat([o.to(out[0].device) for o in out])
     # Several groups, one global norm: per-group norms without clipping (coefficient exactly 1).
@@ -468,9 +489,14 @@ def clip_grad_norm_(parameters, max_norm, scope="bucket", group=None):
     for grads, _ in groups:
         b = _bucket_for(grads, None, _lib.BucketUnits.TENSOR)
         norms = torch.empty(1, dtype=torch.float32, device=b.device)
-        b.plan.clip_norm(3.0e38, sc, _vp(norms), _vp(b.workspace), _vp(b.flags), b.stream())
+        with _on_device(b.device):
+            b.plan.clip_norm(3.0e38, sc, _vp(norms), _vp(b.workspace), _vp(b.flags), b.stream())
         sq.append(norms.to(groups[0][0][0].device).square())
-    total_sq = torch.cat(sq).sum() if sq else torch.zeros((), dtype=torch.float32)
+    if group is not None and not sq:  # this rank holds no gradient: it still takes part in the reduction
+        import torch.distributed as dist
+        dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else "cpu"
+        sq = [torch.zeros(1, dtype=torch.float32, device=dev)]
+    total_sq = torch.cat(sq).sum()
     if group is not None:
         import torch.distributed as dist
         dist.all_reduce(total_sq, op=dist.ReduceOp.SUM, group=group)
@@ -488,7 +514,8 @@ def adaptive_clip_grad_(parameters, clip_factor=0.01, eps=1e-3, beta=1.0, preser
     when beta != 1 or preserve is set, the power map per unit in the same pass."""
     for grads, params in _grouped(parameters, with_params=True):
         b = _bucket_for(grads, params, _lib.BucketUnits.ROWS)
-        b.plan.agc(clip_factor, eps, beta, preserve, _vp(b.workspace), _vp(b.flags), b.stream())
+        with _on_device(b.device):
+            b.plan.agc(clip_factor, eps, beta, preserve, _vp(b.workspace), _vp(b.flags), b.stream())
 
 
 class PGTCommHookState:
@@ -524,18 +551,20 @@ class PGTCommHookState:
             if any(p.dtype != flat.dtype for p in params):
                 raise TypeError("powergrad: AGC in the DDP hook needs parameters of the gradients' dtype")
             b = _bucket_for(grads, params, _lib.BucketUnits.ROWS)
-            b.plan.agc(k.get("clip", 0.01), k.get("eps", 1e-3), k.get("beta", 1.0), k.get("preserve"),
-                       _vp(b.workspace), _vp(b.flags), b.stream())
+            with _on_device(b.device):
+                b.plan.agc(k.get("clip", 0.01), k.get("eps", 1e-3), k.get("beta", 1.0), k.get("preserve"),
+                           _vp(b.workspace), _vp(b.flags), b.stream())
             return
         b = _bucket_for(grads, None, _lib.BucketUnits.TENSOR)
-        if self.transform == "power":
-            b.plan.power(k.get("beta", 0.5), k.get("preserve", "l1"), k.get("scope", "tensor"), _vp(b.workspace),
-                         _vp(b.flags), b.stream())
-        else:
-            sc = k.get("scope", "bucket")
-            norms = torch.empty(b.plan.groups(sc), dtype=torch.float32, device=flat.device)
-            b.plan.clip_norm(k["max_norm"], sc, _vp(norms), _vp(b.workspace), _vp(b.flags), b.stream())
-            self.last_norms[bucket.index()] = norms
+        with _on_device(b.device):
+            if self.transform == "power":
+                b.plan.power(k.get("beta", 0.5), k.get("preserve", "l1"), k.get("scope", "tensor"),
+                             _vp(b.workspace), _vp(b.flags), b.stream())
+            else:
+                sc = k.get("scope", "bucket")
+                norms = torch.empty(b.plan.groups(sc), dtype=torch.float32, device=flat.device)
+                b.plan.clip_norm(k["max_norm"], sc, _vp(norms), _vp(b.workspace), _vp(b.flags), b.stream())
+                self.last_norms[bucket.index()] = norms
 
 
 def pgt_comm_hook(state, bucket):
@@ -631,21 +660,21 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
             stats[:, 0] = float("-inf")
             stats[:, 1:] = 0.0
         elif rows:
-            _lib.call("pg_xent_shard_stats", ctypes.byref(p), _vp(stats), stream)
+            _call(dev, "pg_xent_shard_stats", ctypes.byref(p), _vp(stats), stream)
         # The one collective of the op: 16 bytes per row from every rank.
         parts = torch.empty((world, rows, 4), dtype=torch.float32, device=dev)
         dist.all_gather(list(parts.unbind(0)), stats, group=group)
         merged = torch.empty((rows, 4), dtype=torch.float32, device=dev)
         dev_kind = _lib.Device.CUDA if dev.type == "cuda" else _lib.Device.HOST
         if rows:
-            _lib.call("pg_xent_merge_stats", int(dev_kind), _vp(parts), world, rows, ctypes.c_float(alpha),
+            _call(dev, "pg_xent_merge_stats", int(dev_kind), _vp(parts), world, rows, ctypes.c_float(alpha),
                       _vp(merged), stream)
         loss = torch.empty(rows if red == _lib.Reduction.NONE else 1, dtype=torch.float32, device=dev)
         grad = torch.empty(xs.shape, dtype=x.dtype, device=dev)
         ws, ws_bytes = _workspace(xs, reduction)
         out = _lib.XentOutputs(loss=_vp(loss), lse=None, lse_alpha=None, dlogits=_vp(grad), ld_dlogits=xs.shape[1])
         up = _lib.Upstream(1.0, None)
-        _lib.call("pg_xent_shard_apply", ctypes.byref(p), _vp(merged), ctypes.byref(up), ctypes.byref(out),
+        _call(dev, "pg_xent_shard_apply", ctypes.byref(p), _vp(merged), ctypes.byref(up), ctypes.byref(out),
                   _vp(ws), ws_bytes, stream)
         ctx.grad = grad[:, :0] if empty else grad
         ctx.reduction = red

@@ -18,6 +18,7 @@
 
 #include "powergrad/bucket_types.hpp"
 #include "powergrad/config.hpp"
+#include "powergrad/math/bucket_math.hpp"
 
 POWERGRAD_NS_BEGIN
 namespace detail {
@@ -40,6 +41,7 @@ struct alignas(16) BucketPlanHeader {
   int64_t total_numel;
   uint64_t plan_bytes;  // header + tensor table
   uint64_t checksum;    // FNV-1a of the image with this field zero
+  uint64_t reserved;    // 0 (explicit, so that the hashed header has no padding bytes)
 };
 
 struct alignas(16) BucketPlanTensor {
@@ -70,14 +72,14 @@ PG_HD int64_t bucket_groups(const BucketPlanHeader& h, BucketScope scope) {
   return scope == BucketScope::kBucket ? 1 : h.n_tensors;
 }
 
-// Device workspace: [plan image][per-item partial sums, 16 B each][per-group coefficients].
+// Device workspace: [plan image][per-item partial sums, 32 B each][per-group coefficients].
 struct BucketWorkspaceLayout {
   size_t partials = 0, coefs = 0, total = 0;
 };
 inline BucketWorkspaceLayout bucket_workspace_layout(const BucketPlanHeader& h) {
   BucketWorkspaceLayout l;
   l.partials = round_up(static_cast<size_t>(h.plan_bytes), kBucketAlign);
-  l.coefs = round_up(l.partials + static_cast<size_t>(h.n_items) * 16, kBucketAlign);
+  l.coefs = round_up(l.partials + static_cast<size_t>(h.n_items) * sizeof(math::BucketSums), kBucketAlign);
   const int64_t groups = h.n_units > h.n_tensors ? h.n_units : (h.n_tensors > 0 ? h.n_tensors : 1);
   l.total = round_up(l.coefs + static_cast<size_t>(groups) * sizeof(float), kBucketAlign);
   return l;

@@ -1,5 +1,5 @@
 // powergrad host backend: the gradient-bucket transforms as plain loops over the plan's items, with
-// the kernels' partition (per-item fp32 partial sums, per-group double sums in item order), so the
+// the kernels' partition (per-item partial sums, per-group sums in item order, all in double), so the
 // CPU tests exercise the same work split and merge order as the device.
 #pragma once
 
@@ -32,14 +32,15 @@ Status bucket_run(const detail::BucketPlanHeader& h, const detail::BucketJob& j)
       math::BucketSums s;
       for (int64_t k = it.begin; k < it.end; ++k) {
         const float x = to_float(g[k]);
-        if (mask & math::kStatG2) s.g2 += x * x;
-        if (mask & math::kStatPow) s.pw += math::abs_pow(x, e);
-        if (mask & math::kStatAbs) s.ab += std::fabs(x);
+        const double xd = x;
+        if (mask & math::kStatG2) s.g2 += xd * xd;
+        if (mask & math::kStatPow) s.pw += math::abs_pow_d(x, e);
+        if (mask & math::kStatAbs) s.ab += std::fabs(xd);
       }
       if (mask & math::kStatW2) {
         const P* w = reinterpret_cast<const P*>(ts[it.tensor].param);
         for (int64_t k = it.begin; k < it.end; ++k) {
-          const float x = to_float(w[k]);
+          const double x = to_float(w[k]);
           s.w2 += x * x;
         }
       }
@@ -69,7 +70,7 @@ Status bucket_run(const detail::BucketPlanHeader& h, const detail::BucketJob& j)
     const detail::BucketItem it = detail::locate_item(h, i, j.scope);
     T* g = reinterpret_cast<T*>(ts[it.tensor].grad);
     const float k = coef[static_cast<size_t>(it.group)];
-    for (int64_t x = it.begin; x < it.end; ++x) g[x] = from_float<T>(k * math::signed_pow(to_float(g[x]), e));
+    for (int64_t x = it.begin; x < it.end; ++x) g[x] = from_float<T>(math::scaled_signed_pow(to_float(g[x]), e, k));
   }
   if (j.flags) *j.flags = non_finite ? kBucketFlagNonFinite : 0;
   return Status::kSuccess;

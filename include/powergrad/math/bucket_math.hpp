@@ -19,30 +19,46 @@ namespace math {
 // Which sums a bucket op needs from the statistics pass (bit mask).
 enum BucketStat : int { kStatG2 = 1, kStatW2 = 2, kStatPow = 4, kStatAbs = 8 };
 
-// sign(x) |x|^beta for beta > 0; beta == 1 returns x bit for bit. 0 -> 0 (sign kept), inf -> inf,
-// NaN -> NaN.
-PG_HD float signed_pow(float x, float beta) {
-  if (beta == 1.f) return x;
+// k * sign(x)|x|^e for e > 0 and a coefficient k >= 0 (or NaN), formed as 2^(log2 k + e log2|x|) so
+// that neither |x|^e nor k over- or underflows on its own (norm preservation of a tiny-magnitude
+// tensor has |x|^e -> 0 and k -> huge). e == 1 is a plain product (bit-exact identity for k = 1).
+// 0 -> 0 (sign kept), inf -> inf, NaN -> NaN; k = 0 with an inf x gives NaN, like 0 * inf.
+PG_HD float scaled_signed_pow(float x, float e, float k) {
+  if (e == 1.f) return k * x;
 #if defined(__CUDA_ARCH__)
-  const float a = exp2f(beta * log2f(fabsf(x)));
-  return copysignf(a, x);
+  return copysignf(exp2f(log2f(k) + e * log2f(fabsf(x))), x);
 #else
-  return std::copysign(std::pow(std::fabs(x), beta), x);
+  return std::copysign(std::exp2(std::log2(k) + e * std::log2(std::fabs(x))), x);
 #endif
 }
 
-// |x|^e, the summand of S2 (e = beta or 2 beta).
-PG_HD float abs_pow(float x, float e) {
+// |x|^e in double, the summand of S2 (e = beta or 2 beta): 2^(e log2|x|) split into 2^frac (float)
+// times 2^int (exact in double), so a tiny |x| does not underflow to 0 as |x|^e would in fp32.
+PG_HD double abs_pow_d(float x, float e) {
 #if defined(__CUDA_ARCH__)
-  return e == 1.f ? fabsf(x) : exp2f(e * log2f(fabsf(x)));
+  const float a = fabsf(x);
 #else
-  return e == 1.f ? std::fabs(x) : std::pow(std::fabs(x), e);
+  const float a = std::fabs(x);
 #endif
+  if (e == 1.f || a == 0.f || !(a < HUGE_VALF)) return static_cast<double>(a);  // also NaN, inf
+#if defined(__CUDA_ARCH__)
+  const float y = e * log2f(a);
+  const float n = floorf(y);
+  const float f = exp2f(y - n);
+#else
+  const float y = e * std::log2(a);
+  const float n = std::floor(y);
+  const float f = std::exp2(y - n);
+#endif
+  if (n > 1100.f) return HUGE_VAL;
+  if (n < -1100.f) return 0.0;
+  return ldexp(static_cast<double>(f), static_cast<int>(n));
 }
 
-// Four running sums of one statistics item (fp32; items are at most a few thousand elements).
+// Four running sums of one statistics item, in double: squares of fp32 values below 1e-23 and their
+// powers do not underflow, and per-item sums of thousands of terms stay exact to ~1e-16.
 struct BucketSums {
-  float g2 = 0.f, w2 = 0.f, pw = 0.f, ab = 0.f;
+  double g2 = 0, w2 = 0, pw = 0, ab = 0;
 };
 
 // Group sums in double (the fixed-order reduction over items).

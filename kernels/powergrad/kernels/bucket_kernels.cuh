@@ -2,7 +2,7 @@
 // caller's workspace (detail/bucket_plan.hpp).
 //
 // At most three launches per op, whatever the number of tensors:
-//   1. bucket_stats_kernel  one warp per item: fp32 partial sums (g^2, w^2, |g|^e, |g|) -> partials[item];
+//   1. bucket_stats_kernel  one warp per item: partial sums in double (g^2, w^2, |g|^e, |g|) -> partials[item];
 //   2. bucket_coef_kernel   one block per group: the group's partials in item order, in double, through a
 //                           fixed-shape block reduction -> coefs[group] (+ norms, flags);
 //   3. bucket_apply_kernel  one warp per item: g <- coefs[group] * sign(g)|g|^e, in place.
@@ -78,7 +78,7 @@ PG_DEVICE void warp_transform(T* p, int64_t begin, int64_t end, int lane, F&& f)
   for (int64_t k = head + nv * V + lane; k < n; k += 32) a[k] = from_float<T>(f(to_float(a[k])));
 }
 
-PG_DEVICE float warp_sum(float v) {
+PG_DEVICE double warp_sum(double v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
@@ -88,7 +88,7 @@ PG_DEVICE float warp_sum(float v) {
 template <class T, class P, bool G2, bool POW, bool ABS>
 __global__ PG_KERNEL_VISIBILITY void __launch_bounds__(kBucketWarpsPerBlock * 32)
     bucket_stats_kernel(const detail::BucketPlanHeader* __restrict__ h, detail::BucketJob j, bool with_param,
-                        float4* __restrict__ partials) {
+                        math::BucketSums* __restrict__ partials) {
   const bool first_thread = blockIdx.x == 0 && threadIdx.x == 0;
   if (!bucket_plan_ok(h, j.checksum)) {
     if (first_thread && j.flags) *j.flags = kBucketFlagStalePlan;
@@ -101,19 +101,30 @@ __global__ PG_KERNEL_VISIBILITY void __launch_bounds__(kBucketWarpsPerBlock * 32
   const detail::BucketItem it = detail::locate_item(*h, item, j.scope);
   const detail::BucketPlanTensor& t = detail::plan_tensors(h)[it.tensor];
   const float e = detail::bucket_pow_exponent(j);
-  float g2 = 0.f, pw = 0.f, ab = 0.f, w2 = 0.f;
+  double g2 = 0, pw = 0, ab = 0, w2 = 0;
   warp_for_each(reinterpret_cast<const T*>(t.grad), it.begin, it.end, lane, [&](float x) {
-    if (G2) g2 = fmaf(x, x, g2);
-    if (POW) pw += math::abs_pow(x, e);
-    if (ABS) ab += fabsf(x);
+    const double xd = x;
+    if (G2) g2 = fma(xd, xd, g2);
+    if (POW) pw += math::abs_pow_d(x, e);
+    if (ABS) ab += fabs(xd);
   });
   if (with_param)
-    warp_for_each(reinterpret_cast<const P*>(t.param), it.begin, it.end, lane, [&](float x) { w2 = fmaf(x, x, w2); });
+    warp_for_each(reinterpret_cast<const P*>(t.param), it.begin, it.end, lane, [&](float x) {
+      const double xd = x;
+      w2 = fma(xd, xd, w2);
+    });
   g2 = warp_sum(g2);
   w2 = warp_sum(w2);
   pw = warp_sum(pw);
   ab = warp_sum(ab);
-  if (lane == 0) partials[item] = make_float4(g2, w2, pw, ab);
+  if (lane == 0) {
+    math::BucketSums out;
+    out.g2 = g2;
+    out.w2 = w2;
+    out.pw = pw;
+    out.ab = ab;
+    partials[item] = out;
+  }
 }
 
 struct GroupSumsAdd {
@@ -132,7 +143,7 @@ struct GroupSumsAdd {
 template <int THREADS>
 __global__ PG_KERNEL_VISIBILITY void __launch_bounds__(THREADS)
     bucket_coef_kernel(const detail::BucketPlanHeader* __restrict__ h, detail::BucketJob j,
-                       const float4* __restrict__ partials, float* __restrict__ coefs) {
+                       const math::BucketSums* __restrict__ partials, float* __restrict__ coefs) {
   if (!bucket_plan_ok(h, j.checksum)) return;
   using Reduce = cub::BlockReduce<math::GroupSums, THREADS, cub::BLOCK_REDUCE_RAKING_COMMUTATIVE_ONLY>;
   __shared__ typename Reduce::TempStorage tmp;
@@ -142,11 +153,11 @@ __global__ PG_KERNEL_VISIBILITY void __launch_bounds__(THREADS)
     detail::group_items(*h, g, j.scope, first, last);
     math::GroupSums s;
     for (int64_t i = first + threadIdx.x; i < last; i += THREADS) {
-      const float4 p = partials[i];
-      s.g2 += p.x;
-      s.w2 += p.y;
-      s.pw += p.z;
-      s.ab += p.w;
+      const math::BucketSums p = partials[i];
+      s.g2 += p.g2;
+      s.w2 += p.w2;
+      s.pw += p.pw;
+      s.ab += p.ab;
     }
     s = Reduce(tmp).Reduce(s, GroupSumsAdd{});
     if (threadIdx.x == 0) {
@@ -178,12 +189,12 @@ __global__ PG_KERNEL_VISIBILITY void __launch_bounds__(kBucketWarpsPerBlock * 32
   const float k = HAS_COEF ? coefs[it.group] : 1.f;
   const float e = detail::bucket_apply_exponent(j);
   warp_transform(reinterpret_cast<T*>(t.grad), it.begin, it.end, threadIdx.x % 32,
-                 [&](float x) { return k * math::signed_pow(x, e); });
+                 [&](float x) { return math::scaled_signed_pow(x, e, k); });
 }
 
 template <class T, class P>
 Status launch_bucket_stats(const detail::BucketPlanHeader* dh, const detail::BucketJob& j, bool with_param,
-                           float4* partials, unsigned grid, stream_t stream) {
+                           math::BucketSums* partials, unsigned grid, stream_t stream) {
   const int m = detail::bucket_stat_mask(j);
   const bool g2 = m & math::kStatG2, pw = m & math::kStatPow, ab = m & math::kStatAbs;
   constexpr unsigned kThreads = kBucketWarpsPerBlock * 32;
@@ -200,7 +211,7 @@ Status bucket_run(const detail::BucketPlanHeader& plan, const detail::BucketJob&
   const detail::BucketWorkspaceLayout l = detail::bucket_workspace_layout(plan);
   auto* base = static_cast<unsigned char*>(ws);
   const auto* dh = reinterpret_cast<const detail::BucketPlanHeader*>(base);
-  auto* partials = reinterpret_cast<float4*>(base + l.partials);
+  auto* partials = reinterpret_cast<math::BucketSums*>(base + l.partials);
   auto* coefs = reinterpret_cast<float*>(base + l.coefs);
   const int64_t blocks = (plan.n_items + kBucketWarpsPerBlock - 1) / kBucketWarpsPerBlock;
   const unsigned grid = static_cast<unsigned>(blocks > 0 ? blocks : 1);
