@@ -9,6 +9,7 @@
 #include <functional>
 #include <limits>
 #include <optional>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -136,9 +137,9 @@ const std::vector<BadCall>& bad_calls() {
       {"workspace_bytes reduction 5", PG_STATUS_INVALID_VALUE, same, "reduction",
        [](Env&) { size_t b = 0; return workspace_bytes_int(4, 5, &b); }},
       // null data pointers
-      {"null logits", PG_STATUS_NULL_POINTER, same, "logits",
+      {"null logits", PG_STATUS_NULL_POINTER, same, "problem->logits",
        [](Env& e) { auto q = e.p; q.logits = nullptr; return e.fb(q); }},
-      {"null targets", PG_STATUS_NULL_POINTER, same, "targets",
+      {"null targets", PG_STATUS_NULL_POINTER, same, "problem->targets",
        [](Env& e) { auto q = e.p; q.targets = nullptr; return e.fb(q); }},
       {"backward null dlogits", PG_STATUS_NULL_POINTER, same, "dlogits",
        [](Env& e) { return pg_xent_backward(&e.p, &e.up, nullptr, nullptr, 0, nullptr, 0, nullptr); }},
@@ -153,15 +154,15 @@ const std::vector<BadCall>& bad_calls() {
       {"workspace_bytes null bytes", PG_STATUS_NULL_POINTER, same, "bytes",
        [](Env&) { return pg_xent_workspace_bytes(4, PG_REDUCTION_MEAN, nullptr); }},
       // sizes and strides
-      {"rows -1", PG_STATUS_INVALID_SIZE, same, "rows",
+      {"rows -1", PG_STATUS_INVALID_SIZE, same, "problem->rows",
        [](Env& e) { auto q = e.p; q.rows = -1; return e.fb(q); }},
-      {"cols 0", PG_STATUS_INVALID_SIZE, same, "cols",
+      {"cols 0", PG_STATUS_INVALID_SIZE, same, "problem->cols",
        [](Env& e) { auto q = e.p; q.cols = 0; return e.fb(q); }},
-      {"ld < cols", PG_STATUS_INVALID_SIZE, same, "ld",
+      {"ld < cols", PG_STATUS_INVALID_SIZE, same, "problem->ld",
        [](Env& e) { auto q = e.p; q.ld = kCols - 1; return e.fb(q); }},
-      {"ld_dlogits < cols", PG_STATUS_INVALID_SIZE, same, "dlogits",
+      {"ld_dlogits < cols", PG_STATUS_INVALID_SIZE, same, "outputs->ld_dlogits",
        [](Env& e) { e.out.ld_dlogits = 3; return e.fb(e.p); }},
-      {"dense target_ld < cols", PG_STATUS_INVALID_SIZE, same, "targets",
+      {"dense target_ld < cols", PG_STATUS_INVALID_SIZE, same, "problem->target_ld",
        [](Env& e) {
          auto q = e.p;
          q.target_kind = PG_TARGET_DENSE;
@@ -169,7 +170,7 @@ const std::vector<BadCall>& bad_calls() {
          q.target_ld = 2;
          return e.fb(q);
        }},
-      {"col_offset -1", PG_STATUS_INVALID_SIZE, same, "col_offset",
+      {"col_offset -1", PG_STATUS_INVALID_SIZE, same, "problem->col_offset",
        [](Env& e) { auto q = e.p; q.col_offset = -1; return e.fb(q); }},
       {"col_offset without total_cols", PG_STATUS_INVALID_SIZE, same, "total_cols",
        [](Env& e) { auto q = e.p; q.col_offset = 4; return e.fb(q); }},
@@ -189,7 +190,7 @@ const std::vector<BadCall>& bad_calls() {
       {"workspace_bytes rows -1", PG_STATUS_INVALID_SIZE, same, "rows",
        [](Env&) { size_t b = 0; return pg_xent_workspace_bytes(-1, PG_REDUCTION_SUM, &b); }},
       // values
-      {"alpha NaN", PG_STATUS_INVALID_VALUE, same, "alpha",
+      {"alpha NaN", PG_STATUS_INVALID_VALUE, same, "problem->alpha",
        [](Env& e) { auto q = e.p; q.alpha = kNaN; return e.fb(q); }},
       {"alpha -1", PG_STATUS_INVALID_VALUE, same, "alpha",
        [](Env& e) { auto q = e.p; q.alpha = -1.f; return e.fb(q); }},
@@ -197,15 +198,15 @@ const std::vector<BadCall>& bad_calls() {
        [](Env& e) { auto q = e.p; q.alpha = kInf; return e.fb(q); }},
       {"alpha * log2(e) overflows", PG_STATUS_INVALID_VALUE, same, "alpha",
        [](Env& e) { auto q = e.p; q.alpha = 3e38f; return e.fb(q); }},
-      {"label_smoothing 1", PG_STATUS_INVALID_VALUE, same, "label_smoothing",
+      {"label_smoothing 1", PG_STATUS_INVALID_VALUE, same, "problem->label_smoothing",
        [](Env& e) { auto q = e.p; q.label_smoothing = 1.f; return e.fb(q); }},
-      {"upstream scale inf", PG_STATUS_INVALID_VALUE, same, "upstream.scale",
+      {"upstream scale inf", PG_STATUS_INVALID_VALUE, same, "upstream->scale",
        [](Env& e) { e.up.scale = kInf; return e.fb(e.p); }},
       {"hook scale -1", PG_STATUS_INVALID_VALUE, same, "scale",
        [](Env& e) { return pg_xent_hook(&e.p, -1.f, nullptr, e.dlogits.at(), 0, nullptr); }},
       {"merge_stats alpha NaN", PG_STATUS_INVALID_VALUE, same, "alpha",
        [](Env& e) { return pg_xent_merge_stats(PG_DEVICE_HOST, e.stats.at(), 2, kRows, kNaN, e.merged.at(), nullptr); }},
-      {"class target out of range", PG_STATUS_INVALID_TARGET, same, "targets",
+      {"class target out of range", PG_STATUS_INVALID_TARGET, same, "problem->targets",
        [](Env& e) {
          static const int32_t bad[kRows] = {0, 1, kCols, 2};
          auto q = e.p;
@@ -213,13 +214,13 @@ const std::vector<BadCall>& bad_calls() {
          return e.fb(q);
        }},
       // layouts and overlaps
-      {"dlogits partially overlaps logits", PG_STATUS_INVALID_LAYOUT, same, "dlogits",
+      {"dlogits partially overlaps logits", PG_STATUS_INVALID_LAYOUT, same, "outputs->dlogits",
        [](Env& e) { e.out.dlogits = e.logits.at() + 1; return e.fb(e.p); }},
       {"in place with another ld", PG_STATUS_INVALID_LAYOUT, same, "ld",
        [](Env& e) { e.out.dlogits = e.logits.at(); e.out.ld_dlogits = kCols + 1; return e.fb(e.p); }},
-      {"loss overlaps logits", PG_STATUS_INVALID_LAYOUT, same, "loss",
+      {"loss overlaps logits", PG_STATUS_INVALID_LAYOUT, same, "outputs->loss",
        [](Env& e) { e.out.loss = e.logits.at() + 5; return e.fb(e.p); }},
-      {"lse overlaps dlogits", PG_STATUS_INVALID_LAYOUT, same, "lse",
+      {"lse overlaps dlogits", PG_STATUS_INVALID_LAYOUT, same, "outputs->lse",
        [](Env& e) { e.out.lse = e.dlogits.at() + 3; return e.fb(e.p); }},
       {"merge_stats merged overlaps parts", PG_STATUS_INVALID_LAYOUT, same, "merged",
        [](Env& e) { return pg_xent_merge_stats(PG_DEVICE_HOST, e.stats.at(), 2, kRows, 1.f, e.stats.at() + 1, nullptr); }},
@@ -255,6 +256,7 @@ TEST_P(CapiBadCall, ReturnsItsStatusNamesTheArgumentWritesNothing) {
   const std::string msg = pg_last_error();
   EXPECT_FALSE(msg.empty());
   EXPECT_NE(msg.find(names), std::string::npos) << "message '" << msg << "' does not name '" << names << "'";
+  if (std::getenv("PG_PRINT_MESSAGES")) std::printf("%-40s %s\n", bc.name, msg.c_str());
   const auto after = e.snapshot();
   for (size_t i = 0; i < before.size(); ++i) EXPECT_EQ(before[i], after[i]) << "buffer " << i << " was written";
 }
