@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "bench_common.hpp"
+#include "bucket_shapes.hpp"
 #include "powergrad/bucket.hpp"
 
 namespace {
@@ -34,61 +35,12 @@ using powergrad::BucketTensor;
 using powergrad::BucketUnits;
 using powergrad::NormPreserve;
 using powergrad::Status;
+using pgbench::flat256_shapes;
+using pgbench::resnet50_shapes;
+using pgbench::tiny_shapes;
 
 constexpr int kReps = 20;
 cudaStream_t g_stream = nullptr;
-
-// ResNet-50 parameter shapes (torchvision layout), as (dim0, numel).
-std::vector<std::pair<int64_t, int64_t>> resnet50_shapes() {
-  std::vector<std::pair<int64_t, int64_t>> v;
-  auto conv = [&](int64_t out, int64_t in, int64_t k) { v.push_back({out, out * in * k * k}); };
-  auto bn = [&](int64_t c) {
-    v.push_back({0, c});
-    v.push_back({0, c});
-  };
-  conv(64, 3, 7);
-  bn(64);
-  const int blocks[4] = {3, 4, 6, 3};
-  int64_t in = 64;
-  for (int s = 0; s < 4; ++s) {
-    const int64_t w = 64LL << s;
-    for (int b = 0; b < blocks[s]; ++b) {
-      conv(w, in, 1);
-      bn(w);
-      conv(w, w, 3);
-      bn(w);
-      conv(4 * w, w, 1);
-      bn(4 * w);
-      if (b == 0) {
-        conv(4 * w, in, 1);
-        bn(4 * w);
-      }
-      in = 4 * w;
-    }
-  }
-  v.push_back({1000, 1000 * 2048});
-  v.push_back({0, 1000});
-  return v;
-}
-
-std::vector<std::pair<int64_t, int64_t>> flat256_shapes() {
-  std::vector<std::pair<int64_t, int64_t>> v;
-  const int64_t total = (256LL << 20) / 2;
-  int64_t used = 0;
-  for (int i = 0; i < 95; ++i) {
-    const int64_t n = (1LL << 19) + (i * 7919LL % 1700) * 1024;
-    v.push_back({0, n});
-    used += n;
-  }
-  v.push_back({0, total - used});
-  return v;
-}
-
-std::vector<std::pair<int64_t, int64_t>> tiny_shapes() {
-  std::vector<std::pair<int64_t, int64_t>> v;
-  for (int i = 0; i < 1000; ++i) v.push_back({0, 1 + (i * 7919LL) % 2000});
-  return v;
-}
 
 template <class T>
 __global__ void fill(T* x, int64_t n, float scale, uint64_t seed) {

@@ -139,7 +139,7 @@ do_build() {
     local name
     name=$(basename "$exe")
     # Everything with device code, plus the host benchmark (the dry run and a host ratio there).
-    if has_device_code "$exe" || [ "$name" = powergrad_bench_host ]; then
+    if has_device_code "$exe" || [ "$name" = powergrad_bench_host ] || [ "$name" = powergrad_bench_bucket_host ]; then
       cp "$exe" "$C/" && copied+=("$name")
     fi
   done < <(find "$B" -maxdepth 3 -type f -executable \( -name 'powergrad_*' -o -name 'xent_variants' \) 2>/dev/null | sort)
@@ -246,9 +246,16 @@ do_run() {
     else
       echo "(no host benchmark binary: run 'tools/gpu-check.sh build' first)"
     fi
+    local hbb="$C/powergrad_bench_bucket_host"
+    [ -x "$hbb" ] || hbb="$ROOT/build-gpu/bench/powergrad_bench_bucket_host"
+    if [ -x "$hbb" ]; then
+      echo "host bucket benchmark (clip_norm):"
+      bounded 60 env LD_LIBRARY_PATH="$C/lib" "$hbb" --benchmark_filter='clip_norm' 2>&1 | grep -E 'bucket_host|ERROR'
+    fi
     echo
     echo "SKIPPED (need a GPU): nvidia-smi, device tests (powergrad_tests_device), compute-sanitizer"
-    echo "memcheck/racecheck/initcheck/synccheck, device benchmarks (powergrad_bench_device)."
+    echo "memcheck/racecheck/initcheck/synccheck, device benchmarks (powergrad_bench_device,"
+    echo "powergrad_bench_bucket_device)."
     echo "carry present: $( [ -d "$C" ] && ls "$C" | tr '\n' ' ' || echo 'no (run build first)')"
     return 0
   fi
