@@ -333,9 +333,11 @@ PY
   san=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
   # Small shapes only (racecheck and initcheck run kernels orders of magnitude slower), yet every
   # kernel mode: fused (edge cases), apply (saved lse_alpha), stats + apply (split form), hook,
-  # bad targets, graph capture. memcheck gets fp32 as well (other vector width).
+  # bad targets, graph capture; the bucket kernels (stats, coef, apply; misaligned starts, NaN inputs,
+  # the stale-plan guard). memcheck gets fp32 as well (other vector width).
   local small='XentDevice/bf16.ForwardBackwardEdgeSemantics:XentDevice/bf16.HookFromIncomingGradient'
   small+=':XentDevice/bf16.SplitFormEqualsUnsplit:XentDevice/bf16.BackwardWithSavedLseAlpha'
+  small+=':BucketDevice/bf16.NonFinite:BucketDevice/bf16.ManyTinyTensors:BucketDeviceApi.StalePlanWritesNothing'
   local filter_small=${PG_SANITIZER_FILTER_SMALL:-$small}
   local filter=${PG_SANITIZER_FILTER:-"$small:XentDevice/fp32.ForwardBackwardEdgeSemantics:XentDevice/fp16.HookFromIncomingGradient:XentDevice/bf16.BadTargetsAreCountedAndPoisonOnlyTheirRow:XentDeviceApi.CudaGraphCaptureReplays"}
   : >"$out/sanitizer.log"
