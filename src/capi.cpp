@@ -231,6 +231,23 @@ void rename_fields(const Rename (&table)[N]) {
   std::snprintf(msg, 512, "%s", out.c_str());
 }
 
+// The common part of the bucket ops: the plan's dtypes, the workspace / flags / stream arguments,
+// then `set` fills in the op's own arguments.
+template <class F>
+Status bucket_op(const void* plan, powergrad_capi::BucketOp op, void* workspace, size_t workspace_bytes, int32_t* flags,
+                 void* stream, F&& set) {
+  powergrad_capi::BucketCall c;
+  int grad_dtype = 0;
+  PG_TRY(read_plan_dtypes(plan, c, grad_dtype));
+  c.op = op;
+  c.workspace = workspace;
+  c.workspace_bytes = workspace_bytes;
+  c.flags = flags;
+  c.stream = stream;
+  set(c);
+  return dispatch_bucket(grad_dtype, c);
+}
+
 // Runs `body` (returning Status) with the last error cleared, and no exception escaping.
 template <class F>
 pg_status_t guarded(F&& body) noexcept {
@@ -455,59 +472,41 @@ PG_API pg_status_t pg_bucket_plan_upload(const void* plan, void* workspace, size
 PG_API pg_status_t pg_bucket_power(const void* plan, float beta, pg_norm_preserve_t preserve, pg_bucket_scope_t scope,
                                    void* workspace, size_t workspace_bytes, int32_t* flags, void* stream) {
   return guarded(kBucketOpNames, [&] {
-    powergrad_capi::BucketCall c;
-    int grad_dtype = 0;
     PG_TRY(check_in_range(raw(preserve), 2, "preserve", "pg_norm_preserve_t"));
     PG_TRY(check_in_range(raw(scope), 1, "scope", "pg_bucket_scope_t"));
-    PG_TRY(read_plan_dtypes(plan, c, grad_dtype));
-    c.op = powergrad_capi::BucketOp::kPower;
-    c.beta = beta;
-    c.preserve = raw(preserve);
-    c.scope = raw(scope);
-    c.workspace = workspace;
-    c.workspace_bytes = workspace_bytes;
-    c.flags = flags;
-    c.stream = stream;
-    return dispatch_bucket(grad_dtype, c);
+    return bucket_op(plan, powergrad_capi::BucketOp::kPower, workspace, workspace_bytes, flags, stream,
+                     [&](powergrad_capi::BucketCall& c) {
+                       c.beta = beta;
+                       c.preserve = raw(preserve);
+                       c.scope = raw(scope);
+                     });
   });
 }
 
 PG_API pg_status_t pg_bucket_clip_norm(const void* plan, float max_norm, pg_bucket_scope_t scope, float* norms,
                                        void* workspace, size_t workspace_bytes, int32_t* flags, void* stream) {
   return guarded(kBucketOpNames, [&] {
-    powergrad_capi::BucketCall c;
-    int grad_dtype = 0;
     PG_TRY(check_in_range(raw(scope), 1, "scope", "pg_bucket_scope_t"));
-    PG_TRY(read_plan_dtypes(plan, c, grad_dtype));
-    c.op = powergrad_capi::BucketOp::kClipNorm;
-    c.max_norm = max_norm;
-    c.scope = raw(scope);
-    c.norms = norms;
-    c.workspace = workspace;
-    c.workspace_bytes = workspace_bytes;
-    c.flags = flags;
-    c.stream = stream;
-    return dispatch_bucket(grad_dtype, c);
+    return bucket_op(plan, powergrad_capi::BucketOp::kClipNorm, workspace, workspace_bytes, flags, stream,
+                     [&](powergrad_capi::BucketCall& c) {
+                       c.max_norm = max_norm;
+                       c.scope = raw(scope);
+                       c.norms = norms;
+                     });
   });
 }
 
 PG_API pg_status_t pg_bucket_agc(const void* plan, float clip, float eps, float beta, pg_norm_preserve_t preserve,
                                  void* workspace, size_t workspace_bytes, int32_t* flags, void* stream) {
   return guarded(kBucketOpNames, [&] {
-    powergrad_capi::BucketCall c;
-    int grad_dtype = 0;
     PG_TRY(check_in_range(raw(preserve), 2, "preserve", "pg_norm_preserve_t"));
-    PG_TRY(read_plan_dtypes(plan, c, grad_dtype));
-    c.op = powergrad_capi::BucketOp::kAgc;
-    c.clip = clip;
-    c.eps = eps;
-    c.beta = beta;
-    c.preserve = raw(preserve);
-    c.workspace = workspace;
-    c.workspace_bytes = workspace_bytes;
-    c.flags = flags;
-    c.stream = stream;
-    return dispatch_bucket(grad_dtype, c);
+    return bucket_op(plan, powergrad_capi::BucketOp::kAgc, workspace, workspace_bytes, flags, stream,
+                     [&](powergrad_capi::BucketCall& c) {
+                       c.clip = clip;
+                       c.eps = eps;
+                       c.beta = beta;
+                       c.preserve = raw(preserve);
+                     });
   });
 }
 

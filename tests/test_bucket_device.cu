@@ -83,6 +83,26 @@ TYPED_TEST(BucketDevice, DeterministicRunToRun) {
   }
 }
 
+// A kCuda plan of the case's tensors (separate pointers into the device copy g of d.grad) and a
+// poisoned workspace for it; `upload` copies the plan in.
+template <class T>
+struct DevicePlan {
+  std::vector<PlanBlock> plan;
+  void* ws = nullptr;
+  size_t ws_bytes = 0;
+  Status build(const BucketCase& c, const BucketData<T, T>& d, T* g, DeviceMem& m, bool upload) {
+    const size_t n = c.shapes.size();
+    std::vector<BucketTensor<T>> ts(n);
+    for (size_t t = 0; t < n; ++t) ts[t] = {g + d.off[t], nullptr, numel_of(c.shapes[t]), 0};
+    plan.resize(pg::bucket_plan_bytes(static_cast<int64_t>(n)) / 16 + 1);
+    Status s = pg::bucket_plan_build<T>(Backend::kCuda, ts.data(), static_cast<int64_t>(n), BucketUnits::kTensor,
+                                        plan.data(), plan.size() * 16);
+    if (s != Status::kSuccess || (s = pg::bucket_workspace_bytes(plan.data(), &ws_bytes)) != Status::kSuccess) return s;
+    ws = m.workspace(ws_bytes);
+    return upload ? pg::bucket_plan_upload(plan.data(), ws, ws_bytes, m.stream()) : Status::kSuccess;
+  }
+};
+
 // Captured into a CUDA graph: 1000 tiny tensors cost 3 kernel nodes (clip_norm), 1 (plain power);
 // replaying the graph gives the reference result.
 TEST(BucketDeviceApi, GraphCaptureAndLaunchCount) {
@@ -98,16 +118,11 @@ TEST(BucketDeviceApi, GraphCaptureAndLaunchCount) {
   const pgref::Tensors ref = pgref::clip_norm(d.g_in, c.max_norm, false, ref_norms);
   T* g = m.in(d.grad);
   const size_t n = c.shapes.size();
-  std::vector<BucketTensor<T>> ts(n);
-  for (size_t t = 0; t < n; ++t) ts[t] = {g + d.off[t], nullptr, numel_of(c.shapes[t]), 0};
-  std::vector<PlanBlock> plan(pg::bucket_plan_bytes(static_cast<int64_t>(n)) / 16 + 1);
-  ASSERT_EQ(pg::bucket_plan_build<T>(Backend::kCuda, ts.data(), static_cast<int64_t>(n), BucketUnits::kTensor,
-                                     plan.data(), plan.size() * 16),
-            Status::kSuccess);
-  size_t ws_bytes = 0;
-  ASSERT_EQ(pg::bucket_workspace_bytes(plan.data(), &ws_bytes), Status::kSuccess);
-  void* ws = m.workspace(ws_bytes);
-  ASSERT_EQ(pg::bucket_plan_upload(plan.data(), ws, ws_bytes, m.stream()), Status::kSuccess);
+  DevicePlan<T> dp;
+  ASSERT_EQ(dp.build(c, d, g, m, true), Status::kSuccess) << pg::last_error_message();
+  auto& plan = dp.plan;
+  void* ws = dp.ws;
+  const size_t ws_bytes = dp.ws_bytes;
   std::vector<float> norms(n);
   float* dn = m.out(norms);
   cudaGraph_t graph = nullptr;
@@ -158,15 +173,11 @@ TEST(BucketDeviceApi, StalePlanWritesNothing) {
   const auto before = d.grad;
   T* g = m.in(d.grad);
   const size_t n = c.shapes.size();
-  std::vector<BucketTensor<T>> ts(n);
-  for (size_t t = 0; t < n; ++t) ts[t] = {g + d.off[t], nullptr, numel_of(c.shapes[t]), 0};
-  std::vector<PlanBlock> plan(pg::bucket_plan_bytes(static_cast<int64_t>(n)) / 16 + 1);
-  ASSERT_EQ(pg::bucket_plan_build<T>(Backend::kCuda, ts.data(), static_cast<int64_t>(n), BucketUnits::kTensor,
-                                     plan.data(), plan.size() * 16),
-            Status::kSuccess);
-  size_t ws_bytes = 0;
-  ASSERT_EQ(pg::bucket_workspace_bytes(plan.data(), &ws_bytes), Status::kSuccess);
-  void* ws = m.workspace(ws_bytes);  // poisoned, not uploaded
+  DevicePlan<T> dp;
+  ASSERT_EQ(dp.build(c, d, g, m, false), Status::kSuccess);  // workspace poisoned, plan not uploaded
+  auto& plan = dp.plan;
+  void* ws = dp.ws;
+  const size_t ws_bytes = dp.ws_bytes;
   std::vector<float> norms(n);
   float* dn = m.out(norms);
   for (int which = 0; which < 2; ++which) {
