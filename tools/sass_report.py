@@ -154,7 +154,8 @@ def main():
         return 2
     ptx = parse_ptxas(a.ptxas_log) if a.ptxas_log else {}
     names_all = [b[0] for b in a.binary]
-    detail = a.detail or (["powergrad_bench_device"] if "powergrad_bench_device" in names_all else names_all[:1])
+    detail = a.detail or ([n for n in ("powergrad_bench_device", "powergrad_bench_bucket_device") if n in names_all]
+                          or names_all[:1])
 
     print("# Offline SASS / resource facts (sm_90)\n")
     print("Read with cuobjdump from the binaries in build-gpu/carry/; spills from `-Xptxas -v` in the build log.")
@@ -185,6 +186,26 @@ def main():
               + (": " + "; ".join(bad[:8]) if bad else " (none)"))
         if ptx:
             print(f"- spill data from -Xptxas -v found for {sum(1 for f in xent if f in ptx)} of {len(xent)} xent kernels")
+        bucket = [f for f in other if "bucket_" in dm[f] and "powergrad" in dm[f]]
+        if bucket:
+            # Bucket kernels: the statistics and apply kernels stream the gradients (16-byte bodies).
+            streaming = [f for f in bucket if "stats_kernel" in dm[f] or "apply_kernel" in dm[f]]
+            ld128 = sum(1 for f in streaming if classify(funcs[f])["ldg128"] > 0)
+            st128 = sum(1 for f in bucket if "apply_kernel" in dm[f] and classify(funcs[f])["stg128"] > 0)
+            n_apply = sum(1 for f in bucket if "apply_kernel" in dm[f])
+            bregs = [resources.get(f, {}).get("REG") for f in bucket if resources.get(f)]
+            bbad = []
+            for f in bucket:
+                c = classify(funcs[f])
+                sp = ptx.get(f)
+                if c["ldl"] or c["stl"] or resources.get(f, {}).get("LOCAL", 0) or (sp and (sp[1] or sp[2])):
+                    bbad.append(strip_params(dm[f]))
+            print(f"- bucket kernels: {len(bucket)}; stats/apply with LDG.E.128: {ld128} of {len(streaming)}; "
+                  f"apply with STG.E.128: {st128} of {n_apply}")
+            if bregs:
+                print(f"- registers per thread (bucket kernels): {min(bregs)} to {max(bregs)}")
+            print(f"- bucket kernels with local memory, LDL/STL or spills: {len(bbad)}"
+                  + (": " + "; ".join(bbad[:6]) if bbad else " (none)"))
         print()
         if name not in detail:
             continue

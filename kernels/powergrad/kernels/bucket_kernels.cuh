@@ -36,8 +36,19 @@ PG_DEVICE bool bucket_plan_ok(const detail::BucketPlanHeader* h, uint64_t checks
   return h->magic == detail::kBucketPlanMagic && h->checksum == checksum;
 }
 
+// The gradient and parameter addresses come from the plan table (integers), so the compiler cannot
+// tell they are global memory: without help it emits generic LD/ST and, since a generic store may
+// alias any later load, never has more than one load in flight. These force global, 16-byte accesses
+// (ld.global.nc: the data is read once per kernel, before this thread's own write of it).
+PG_DEVICE uint4 ldg16(const void* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
+PG_DEVICE void stg16(void* p, const uint4& v) {
+  asm volatile("st.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w) : "memory");
+}
+
+constexpr int kBucketBatch = 4;  // 16-byte loads in flight per lane in the vector body
+
 // f(x) for every element of p[begin, end), one warp: scalar head up to 16-byte alignment, 16-byte
-// vectors (four in flight per lane), scalar tail.
+// vectors (kBucketBatch loads issued before any is used), scalar tail.
 template <class T, class F>
 PG_DEVICE void warp_for_each(const T* p, int64_t begin, int64_t end, int lane, F&& f) {
   constexpr int V = Vec<T>::kSize;
@@ -47,17 +58,29 @@ PG_DEVICE void warp_for_each(const T* p, int64_t begin, int64_t end, int lane, F
   if (lane < head) f(to_float(a[lane]));
   const T* b = a + head;
   const int64_t nv = (n - head) / V;
-#pragma unroll 4
-  for (int64_t v = lane; v < nv; v += 32) {
-    float x[V];
-    unpack(load16(b + v * V), x, T{});
+  int64_t v = lane;
+  for (; v + 32 * (kBucketBatch - 1) < nv; v += 32 * kBucketBatch) {
+    uint4 u[kBucketBatch];
 #pragma unroll
-    for (int k = 0; k < V; ++k) f(x[k]);
+    for (int k = 0; k < kBucketBatch; ++k) u[k] = ldg16(b + (v + 32 * k) * V);
+#pragma unroll
+    for (int k = 0; k < kBucketBatch; ++k) {
+      float x[V];
+      unpack(u[k], x, T{});
+#pragma unroll
+      for (int e = 0; e < V; ++e) f(x[e]);
+    }
+  }
+  for (; v < nv; v += 32) {
+    float x[V];
+    unpack(ldg16(b + v * V), x, T{});
+#pragma unroll
+    for (int e = 0; e < V; ++e) f(x[e]);
   }
   for (int64_t k = head + nv * V + lane; k < n; k += 32) f(to_float(a[k]));
 }
 
-// p[k] <- f(p[k]) over [begin, end), one warp, same access pattern.
+// p[k] <- f(p[k]) over [begin, end), one warp, same access pattern (loads of a batch before its stores).
 template <class T, class F>
 PG_DEVICE void warp_transform(T* p, int64_t begin, int64_t end, int lane, F&& f) {
   constexpr int V = Vec<T>::kSize;
@@ -67,13 +90,26 @@ PG_DEVICE void warp_transform(T* p, int64_t begin, int64_t end, int lane, F&& f)
   if (lane < head) a[lane] = from_float<T>(f(to_float(a[lane])));
   T* b = a + head;
   const int64_t nv = (n - head) / V;
-#pragma unroll 4
-  for (int64_t v = lane; v < nv; v += 32) {
-    float x[V];
-    unpack(load16(b + v * V), x, T{});
+  int64_t v = lane;
+  for (; v + 32 * (kBucketBatch - 1) < nv; v += 32 * kBucketBatch) {
+    uint4 u[kBucketBatch];
 #pragma unroll
-    for (int k = 0; k < V; ++k) x[k] = f(x[k]);
-    *reinterpret_cast<uint4*>(b + v * V) = pack(x, T{});
+    for (int k = 0; k < kBucketBatch; ++k) u[k] = ldg16(b + (v + 32 * k) * V);
+#pragma unroll
+    for (int k = 0; k < kBucketBatch; ++k) {
+      float x[V];
+      unpack(u[k], x, T{});
+#pragma unroll
+      for (int e = 0; e < V; ++e) x[e] = f(x[e]);
+      stg16(b + (v + 32 * k) * V, pack(x, T{}));
+    }
+  }
+  for (; v < nv; v += 32) {
+    float x[V];
+    unpack(ldg16(b + v * V), x, T{});
+#pragma unroll
+    for (int e = 0; e < V; ++e) x[e] = f(x[e]);
+    stg16(b + v * V, pack(x, T{}));
   }
   for (int64_t k = head + nv * V + lane; k < n; k += 32) a[k] = from_float<T>(f(to_float(a[k])));
 }
