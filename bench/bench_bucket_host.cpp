@@ -3,12 +3,11 @@
 //
 //   powergrad_bench_bucket_host [google-benchmark flags]
 //
-// Buckets: flat16 (a DDP-style flat bucket of 96 fp32 segments, 8 M elements = 32 MiB), resnet50 (ResNet-50's 161
-// parameter tensors, fp32), tiny1000 (1000 tensors of 1..2000 elements, fp32). Bytes counted as in
-// the device benchmark: power 2N, power_l1 / clip_norm 3N, agc 3N + W (N gradient, W parameter
-// bytes); ratio_to_copy = time of memcpy(bytes / 2), timed after each op iteration, / op time. Ops
-// run in place on the same data
-// every iteration (power with beta 1 would be the identity: beta 0.5 keeps the values in range).
+// Buckets: flat16 (a DDP-style flat bucket of 96 fp32 segments, 8 M elements = 32 MiB), resnet50
+// (ResNet-50's 161 parameter tensors, fp32), tiny1000 (1000 tensors of 1..2000 elements, fp32).
+// Bytes counted as in the device benchmark: power 2N, power_l1 / clip_norm 3N, agc 3N + W (N gradient,
+// W parameter bytes); ratio_to_copy = time of memcpy(bytes / 2), timed after each op iteration, / op
+// time. Ops run in place on the same data every iteration (beta 0.5 keeps the values in range).
 #include <chrono>
 #include <cstring>
 #include <string>
