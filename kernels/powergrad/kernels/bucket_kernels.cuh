@@ -259,9 +259,18 @@ Status bucket_run(const detail::BucketPlanHeader& plan, const detail::BucketJob&
   if (s != Status::kSuccess) return s;
   const int64_t groups = detail::bucket_groups(plan, j.scope);
   if (groups > 0) {
+    // Block size by the work of the largest group: one warp per group for many small groups (AGC
+    // units, many small tensors), 256 threads when a group has many items, 1024 for one group.
+    int64_t max_items = 0;
+    const detail::BucketPlanTensor* ts = detail::plan_tensors(&plan);
+    for (int64_t t = 0; t < plan.n_tensors; ++t) {
+      const bool rows = plan.units == static_cast<int32_t>(BucketUnits::kRows);
+      const int64_t items = rows ? ts[t].items_per_unit : ts[t].n_units * ts[t].items_per_unit;
+      max_items = items > max_items ? items : max_items;
+    }
     const unsigned ggrid = static_cast<unsigned>(groups < (int64_t(1) << 30) ? groups : (int64_t(1) << 30));
     if (groups == 1) bucket_coef_kernel<1024><<<1, 1024, 0, stream>>>(dh, j, partials, coefs);
-    else if (groups <= 1024) bucket_coef_kernel<256><<<ggrid, 256, 0, stream>>>(dh, j, partials, coefs);
+    else if (groups <= 1024 || max_items > 64) bucket_coef_kernel<256><<<ggrid, 256, 0, stream>>>(dh, j, partials, coefs);
     else bucket_coef_kernel<32><<<ggrid, 32, 0, stream>>>(dh, j, partials, coefs);
     if ((s = check_launch("bucket_coef_kernel")) != Status::kSuccess) return s;
   }
