@@ -85,15 +85,22 @@ inline BucketWorkspaceLayout bucket_workspace_layout(const BucketPlanHeader& h) 
   return l;
 }
 
-inline uint64_t fnv1a(const unsigned char* p, size_t n, uint64_t h = 1469598103934665603ull) {
-  for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
+// FNV-1a over 8-byte words (the records are multiples of 16 bytes): every op call re-checks the plan on
+// the host, so this runs once per step and must stay cheap (~1000 tensors: 8 k words).
+inline uint64_t fnv1a_words(const void* p, size_t bytes, uint64_t h = 1469598103934665603ull) {
+  const unsigned char* c = static_cast<const unsigned char*>(p);
+  for (size_t i = 0; i + 8 <= bytes; i += 8) {
+    uint64_t w;
+    std::memcpy(&w, c + i, 8);
+    h = (h ^ w) * 1099511628211ull;
+  }
   return h;
 }
 inline uint64_t bucket_plan_checksum(const BucketPlanHeader* h) {
   BucketPlanHeader copy = *h;
   copy.checksum = 0;
-  uint64_t c = fnv1a(reinterpret_cast<const unsigned char*>(&copy), sizeof copy);
-  return fnv1a(reinterpret_cast<const unsigned char*>(h + 1), static_cast<size_t>(h->plan_bytes) - sizeof copy, c);
+  const uint64_t c = fnv1a_words(&copy, sizeof copy);
+  return fnv1a_words(h + 1, static_cast<size_t>(h->plan_bytes) - sizeof copy, c);
 }
 
 // The last tensor whose first_item (kItem) or first_unit (kUnit) is <= v (tensors are sorted by

@@ -47,47 +47,27 @@ PG_DEVICE void stg16(void* p, const uint4& v) {
 
 constexpr int kBucketBatch = 4;  // 16-byte loads in flight per lane in the vector body
 
-// f(x) for every element of p[begin, end), one warp: scalar head up to 16-byte alignment, 16-byte
-// vectors (kBucketBatch loads issued before any is used), scalar tail.
-template <class T, class F>
-PG_DEVICE void warp_for_each(const T* p, int64_t begin, int64_t end, int lane, F&& f) {
-  constexpr int V = Vec<T>::kSize;
-  const T* a = p + begin;
-  const int64_t n = end - begin;
-  const int64_t head = misalignment_elems(a) < n ? misalignment_elems(a) : n;
-  if (lane < head) f(to_float(a[lane]));
-  const T* b = a + head;
-  const int64_t nv = (n - head) / V;
-  int64_t v = lane;
-  for (; v + 32 * (kBucketBatch - 1) < nv; v += 32 * kBucketBatch) {
-    uint4 u[kBucketBatch];
-#pragma unroll
-    for (int k = 0; k < kBucketBatch; ++k) u[k] = ldg16(b + (v + 32 * k) * V);
-#pragma unroll
-    for (int k = 0; k < kBucketBatch; ++k) {
-      float x[V];
-      unpack(u[k], x, T{});
-#pragma unroll
-      for (int e = 0; e < V; ++e) f(x[e]);
-    }
-  }
-  for (; v < nv; v += 32) {
-    float x[V];
-    unpack(ldg16(b + v * V), x, T{});
-#pragma unroll
-    for (int e = 0; e < V; ++e) f(x[e]);
-  }
-  for (int64_t k = head + nv * V + lane; k < n; k += 32) f(to_float(a[k]));
-}
-
-// p[k] <- f(p[k]) over [begin, end), one warp, same access pattern (loads of a batch before its stores).
-template <class T, class F>
-PG_DEVICE void warp_transform(T* p, int64_t begin, int64_t end, int lane, F&& f) {
+// One warp sweeps p[begin, end): scalar head up to 16-byte alignment, 16-byte vectors (kBucketBatch
+// loads issued before any is used), scalar tail. f(x) is called for every element; with WRITE its
+// result is stored back in place (the statistics pass reads only, the apply pass rewrites).
+template <bool WRITE, class T, class F>
+PG_DEVICE void warp_sweep(T* p, int64_t begin, int64_t end, int lane, F&& f) {
   constexpr int V = Vec<T>::kSize;
   T* a = p + begin;
   const int64_t n = end - begin;
   const int64_t head = misalignment_elems(a) < n ? misalignment_elems(a) : n;
-  if (lane < head) a[lane] = from_float<T>(f(to_float(a[lane])));
+  auto scalar = [&](int64_t k) {
+    const float y = f(to_float(a[k]));
+    if (WRITE) a[k] = from_float<T>(y);
+  };
+  auto vector = [&](T* q, const uint4& u) {
+    float x[V];
+    unpack(u, x, T{});
+#pragma unroll
+    for (int e = 0; e < V; ++e) x[e] = f(x[e]);
+    if (WRITE) stg16(q, pack(x, T{}));
+  };
+  if (lane < head) scalar(lane);
   T* b = a + head;
   const int64_t nv = (n - head) / V;
   int64_t v = lane;
@@ -96,22 +76,25 @@ PG_DEVICE void warp_transform(T* p, int64_t begin, int64_t end, int lane, F&& f)
 #pragma unroll
     for (int k = 0; k < kBucketBatch; ++k) u[k] = ldg16(b + (v + 32 * k) * V);
 #pragma unroll
-    for (int k = 0; k < kBucketBatch; ++k) {
-      float x[V];
-      unpack(u[k], x, T{});
-#pragma unroll
-      for (int e = 0; e < V; ++e) x[e] = f(x[e]);
-      stg16(b + (v + 32 * k) * V, pack(x, T{}));
-    }
+    for (int k = 0; k < kBucketBatch; ++k) vector(b + (v + 32 * k) * V, u[k]);
   }
-  for (; v < nv; v += 32) {
-    float x[V];
-    unpack(ldg16(b + v * V), x, T{});
-#pragma unroll
-    for (int e = 0; e < V; ++e) x[e] = f(x[e]);
-    stg16(b + v * V, pack(x, T{}));
-  }
-  for (int64_t k = head + nv * V + lane; k < n; k += 32) a[k] = from_float<T>(f(to_float(a[k])));
+  for (; v < nv; v += 32) vector(b + v * V, ldg16(b + v * V));
+  for (int64_t k = head + nv * V + lane; k < n; k += 32) scalar(k);
+}
+
+// f(x) for every element of p[begin, end) (read only).
+template <class T, class F>
+PG_DEVICE void warp_for_each(const T* p, int64_t begin, int64_t end, int lane, F&& f) {
+  warp_sweep<false>(const_cast<T*>(p), begin, end, lane, [&](float x) {
+    f(x);
+    return x;
+  });
+}
+
+// p[k] <- f(p[k]) over [begin, end).
+template <class T, class F>
+PG_DEVICE void warp_transform(T* p, int64_t begin, int64_t end, int lane, F&& f) {
+  warp_sweep<true>(p, begin, end, lane, f);
 }
 
 PG_DEVICE double warp_sum(double v) {
@@ -255,7 +238,7 @@ Status bucket_run(const detail::BucketPlanHeader& plan, const detail::BucketJob&
     bucket_apply_kernel<T, false><<<grid, kBucketWarpsPerBlock * 32, 0, stream>>>(dh, j, coefs);
     return check_launch("bucket_apply_kernel");
   }
-  Status s = launch_bucket_stats<T, P>(dh, j, j.op == detail::BucketOp::kAgc, partials, grid, stream);
+  Status s = launch_bucket_stats<T, P>(dh, j, detail::bucket_stat_mask(j) & math::kStatW2, partials, grid, stream);
   if (s != Status::kSuccess) return s;
   const int64_t groups = detail::bucket_groups(plan, j.scope);
   if (groups > 0) {
