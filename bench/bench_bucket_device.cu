@@ -1,5 +1,5 @@
 // powergrad device benchmark: gradient-bucket transforms on a CUDA GPU, each against a same-run
-// device-to-device copy (DESIGN.md §5).
+// device-to-device copy (docs/design.md §5).
 //
 //   powergrad_bench_bucket_device [google-benchmark flags]
 //

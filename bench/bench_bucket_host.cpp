@@ -1,5 +1,5 @@
 // powergrad host benchmark: the gradient-bucket transforms on the host backend, against a same-run
-// memcpy moving the same bytes (DESIGN.md §5; the device version is bench_bucket_device.cu).
+// memcpy moving the same bytes (docs/design.md §5; the device version is bench_bucket_device.cu).
 //
 //   powergrad_bench_bucket_host [google-benchmark flags]
 //

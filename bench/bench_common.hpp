@@ -1,6 +1,6 @@
 // powergrad benchmarks: helpers shared by the host and device benchmark programs.
 //
-// Method (DESIGN.md §5, docs/performance.md): every op is memory-bound, so each benchmark reports
+// Method (docs/design.md §5, docs/performance.md): every op is memory-bound, so each benchmark reports
 // the op's MINIMAL bytes (each input read once, each output written once) per second, and the ratio
 // to a plain copy of the same bytes timed the same way in the same process:
 //   ratio_to_copy = copy_time / op_time     (1.0 = as fast as a copy; > 1 is impossible for a

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The statistics exchange of the tensor-parallel PGT cross-entropy (DESIGN.md §2.3), measured.
+"""The statistics exchange of the tensor-parallel PGT cross-entropy (docs/design.md §2.3), measured.
 
 Two ways to combine per-row partial statistics (max m, sum exp(z - m), sum exp(alpha (z - m)),
 target term t) across the ranks of a process group:

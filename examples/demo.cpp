@@ -83,7 +83,7 @@ uint64_t splitmix64(uint64_t& s) {
 }
 
 // Logits uniform in [-6, 6); every 97th row ignored; every 8th row "confident" (target logit 24,
-// so p_y is within ~1e-4 of 1: the cancellation case of DESIGN.md §2.1).
+// so p_y is within ~1e-4 of 1: the cancellation case of docs/design.md §2.1).
 Problem make_problem(int64_t rows, int64_t cols) {
   Problem p;
   p.rows = rows;
@@ -105,7 +105,7 @@ Problem make_problem(int64_t rows, int64_t cols) {
   return p;
 }
 
-// ---- the float64 reference (DESIGN.md §2.1, written from the formulas) ----
+// ---- the float64 reference (docs/design.md §2.1, written from the formulas) ----
 
 struct RefRow {
   double lse = 0, lse_alpha = 0, loss = 0;

@@ -1,4 +1,4 @@
-// powergrad C ABI (DESIGN.md §3 layer 5): the exported entry points of libpowergrad.
+// powergrad C ABI (docs/design.md §3 layer 5): the exported entry points of libpowergrad.
 //
 // Each entry point: clear the thread's last error, check what the C++ API cannot see (struct
 // sizes, null struct pointers, enum values, a CUDA device in a build without CUDA), switch on the
@@ -119,7 +119,7 @@ Status read_outputs(const pg_xent_outputs_t* out, powergrad_capi::Call& c) {
   return Status::kSuccess;
 }
 
-// The one dtype switch of the library (STYLE.md 5).
+// The dtype switch of the cross-entropy ops (docs/design.md §7); the bucket ops have their own below.
 Status dispatch_dtype(const powergrad_capi::Call& c) {
   switch (c.problem->dtype) {
     case PG_DTYPE_FLOAT32: return powergrad_capi::xent_call_f32(c);

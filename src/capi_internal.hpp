@@ -1,4 +1,4 @@
-// powergrad C ABI internals (DESIGN.md §3 layer 5): what the C entry points (capi.cpp) hand to the
+// powergrad C ABI internals (docs/design.md §3 layer 5): what the C entry points (capi.cpp) hand to the
 // per-dtype translation units (xent_f32.cu, xent_f16.cu, xent_bf16.cu). Not installed.
 //
 // capi.cpp validates everything the C++ API cannot see (struct sizes, enum values, null struct
@@ -35,7 +35,7 @@ struct Call {
   void* stream = nullptr;
 };
 
-// One per dtype, each in its own translation unit (compile time: STYLE.md 11).
+// One per dtype, each in its own translation unit (compile time: docs/design.md §7).
 powergrad::Status xent_call_f32(const Call& c);
 powergrad::Status xent_call_f16(const Call& c);
 powergrad::Status xent_call_bf16(const Call& c);

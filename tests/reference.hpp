@@ -1,4 +1,4 @@
-// Independent float64 reference of the PGT cross-entropy contract (DESIGN.md §2.1-2.3).
+// Independent float64 reference of the PGT cross-entropy contract (docs/design.md §2.1-2.3).
 //
 // This file deliberately shares NO code with the library: it includes no powergrad header and
 // re-derives everything (16-bit decoding, the loss, the gradient, the hook form) from the text of
@@ -85,7 +85,7 @@ inline uint16_t double_to_half_bits(double x) { return encode_ieee16(x, 10, 15);
 inline uint16_t double_to_bf16_bits(double x) { return encode_ieee16(x, 7, 127); }
 
 // ---------------------------------------------------------------------------------------------
-// The PGT cross-entropy, per DESIGN.md §2.1 (and §2.3 for the saved statistics).
+// The PGT cross-entropy, per docs/design.md §2.1 (and §2.3 for the saved statistics).
 // ---------------------------------------------------------------------------------------------
 
 enum class Red { kNone, kMean, kSum };
@@ -263,7 +263,7 @@ inline std::vector<double> uniform_grad_row(const double* z, const double* q, in
 }
 
 // ---------------------------------------------------------------------------------------------
-// Hook form (DESIGN.md §2.2): from probabilities p (p_j = 0: a class that takes no mass),
+// Hook form (docs/design.md §2.2): from probabilities p (p_j = 0: a class that takes no mass),
 // p'_j = p_j^alpha / sum_k p_k^alpha over p_k > 0, output s (p' - q).
 // ---------------------------------------------------------------------------------------------
 inline std::vector<double> pgt_from_probs(const double* p, int64_t C, double alpha) {

@@ -1,4 +1,4 @@
-// Float64 reference of the gradient-bucket transforms (DESIGN.md §2.4), written from the formulas
+// Float64 reference of the gradient-bucket transforms (docs/design.md §2.4), written from the formulas
 // and the cited semantics (torch.nn.utils.clip_grad_norm_, timm's adaptive_clip_grad), sharing no
 // code with the library. Inputs are the (already rounded) gradient values as doubles.
 #pragma once

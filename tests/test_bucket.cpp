@@ -1,4 +1,4 @@
-// Host-backend tests of the gradient-bucket transforms (DESIGN.md §2.4) against the float64
+// Host-backend tests of the gradient-bucket transforms (docs/design.md §2.4) against the float64
 // reference (reference_bucket.hpp): power (L1 / L2 / no preservation), clip_norm, AGC (+ power per
 // unit), per tensor and per bucket, separate pointers and flat buckets, fp32 / fp16 / bf16 gradients
 // (AGC parameters in the gradient's dtype or fp32), non-finite inputs, 1000 tiny tensors, the plan's

@@ -228,7 +228,7 @@ std::vector<HookCase> hook_cases() {
 }
 // Note: with alpha = 0 the hook maps every recovered p > 0 to the same weight, so a p that is 0 in
 // exact arithmetic but a rounding residue in fp32 (p = G/s + eps/C) flips a class between masked and
-// not. That is inherent to the hook form (DESIGN.md §2.2: it is less precise than the logits form);
+// not. That is inherent to the hook form (docs/design.md §2.2: it is less precise than the logits form);
 // alpha = 0 is tested with eps = 0, where the recovery p = G/s (+ 1) is exact for power-of-two s.
 
 TYPED_TEST(XentHost, HookFromIncomingGradient) {

@@ -4,7 +4,7 @@
 // to device memory and back. Every result is compared with the library-free float64 reference in
 // reference.hpp.
 //
-// Discipline (STYLE.md 9): fixed seeds; inputs are drawn in double, rounded to the element type, and
+// Discipline (docs/design.md §4): fixed seeds; inputs are drawn in double, rounded to the element type, and
 // the reference reads the rounded values; every output buffer is poisoned (all bytes 0xFF, a NaN
 // in every dtype) before a call; EVERY element of every output buffer is checked: written elements
 // against the reference with the tolerance table below, all other elements (row padding, guard
@@ -90,7 +90,7 @@ bool is_poison(const U& v) {
 //        |g| * (kGradAbs + (kRel0 + kArgRel * |exp argument|) * p' + 4 u32 q)
 //      kGradAbs (8 u32): absolute error of p' - q per unit |g| (rounding of q = 1 - eps + eps/C and of
 //        g = scale * v / n in fp32, and of p' near 1, where p' - q must be formed in fp32 and not
-//        cancel after a 16-bit rounding; DESIGN.md §2.1).
+//        cancel after a 16-bit rounding; docs/design.md §2.1).
 //      kRel0 (2e-5): relative error of p' from the fp32 row sums: sequential sums of up to 1024 terms
 //        merged over up to 126 chunks for C = 128256 (bound ~(1024 + 126) u32 ~ 7e-5, observed
 //        typically < 2e-6); also covers exp2/log2 (< 2 ulp).
@@ -810,7 +810,7 @@ void check_shard_case(const Case& c, const std::vector<int64_t>& widths) {
 
 // ---------------------------------------------------------------------------------------------
 // Hook form. The incoming gradient G = s_r (p - q) is built in double from a probability matrix p
-// and rounded to T; the reference applies DESIGN.md §2.2 to the decoded G (p = clamp(G/s + q)).
+// and rounded to T; the reference applies docs/design.md §2.2 to the decoded G (p = clamp(G/s + q)).
 // ---------------------------------------------------------------------------------------------
 struct HookCase {
   int64_t rows = 6, cols = 10;

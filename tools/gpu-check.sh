@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# powergrad GPU check (DESIGN.md §4-5): build HERE for an H100, run THERE, in two halves.
+# powergrad GPU check (docs/design.md §4-5): build HERE for an H100, run THERE, in two halves.
 #
 #   tools/gpu-check.sh build   # on the development machine (no GPU, CUDA 13 nvcc): ~5-10 min, 2 cores
 #   tools/gpu-check.sh run     # on the GPU machine; without a GPU it says so and does a dry run

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Offline evidence about the built kernels (DESIGN.md section 5), as markdown.
+"""Offline evidence about the built kernels (docs/design.md §5), as markdown.
 
 Reads `cuobjdump --dump-sass` and `cuobjdump --dump-resource-usage` of one or more binaries and,
 optionally, a build log made with `-Xptxas -v`; prints for each kernel: registers, stack, local

@@ -1,5 +1,5 @@
 // Vocab-parallel PGT cross-entropy in a C++ trainer that uses NCCL, through powergrad's C ABI
-// (DESIGN.md §2.3, the split form): every rank holds a column shard of the logits, computes its
+// (docs/design.md §2.3, the split form): every rank holds a column shard of the logits, computes its
 // partial row statistics (pg_xent_shard_stats), exchanges them with ONE ncclAllGather (16 bytes per
 // row per rank, whatever the vocabulary size), merges them in rank order (pg_xent_merge_stats: the
 // same bits on every rank) and writes its shard's gradient and the loss (pg_xent_shard_apply).

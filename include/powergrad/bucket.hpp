@@ -1,4 +1,4 @@
-// powergrad C++ API: gradient-bucket transforms, per tensor or per bucket (DESIGN.md §2.4).
+// powergrad C++ API: gradient-bucket transforms, per tensor or per bucket (docs/design.md §2.4).
 //
 // A bucket is a set of gradient tensors: separate pointers (BucketTensor[]) or one flat buffer with
 // segment offsets, as DDP buckets are (bucket_tensors_from_flat turns it into the former).

@@ -1,4 +1,4 @@
-// powergrad C++ API: argument types of the gradient-bucket transforms (DESIGN.md §2.4; ops in bucket.hpp).
+// powergrad C++ API: argument types of the gradient-bucket transforms (docs/design.md §2.4; ops in bucket.hpp).
 #pragma once
 
 #include <cstddef>

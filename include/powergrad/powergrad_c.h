@@ -1,9 +1,9 @@
-/* powergrad C ABI (DESIGN.md §3 layer 5): PGT softmax cross-entropy on raw pointers.
+/* powergrad C ABI (docs/design.md §3 layer 5): PGT softmax cross-entropy on raw pointers.
  *
  * A thin, boring ABI for any framework: prefixed functions, enums with explicit numbers, plain
  * argument structs passed by pointer, the stream as `void*` last. Every function returns a
  * pg_status_t and never lets an exception escape; pg_last_error() explains the last failure on the
- * calling thread. Accepted by a C99 compiler. The math is DESIGN.md §2.1-2.3 (see README.md).
+ * calling thread. Accepted by a C99 compiler. The math is docs/design.md §2.1-2.3 (see README.md).
  *
  * Struct versioning: every argument struct starts with `struct_size`, which the caller sets to
  * sizeof(the struct) as compiled; the library rejects sizes it does not know
@@ -139,7 +139,7 @@ PG_API pg_status_t pg_xent_shard_apply(const pg_xent_problem_t* problem, const p
                                        void* workspace, size_t workspace_bytes, void* stream);
 
 
-/* ---- Gradient-bucket transforms (DESIGN.md §2.4; see README.md) ----
+/* ---- Gradient-bucket transforms (docs/design.md §2.4; see README.md) ----
  * A plan describes one bucket (its tensors' addresses and sizes) in a caller-provided host buffer
  * (pg_bucket_plan_bytes, 16-byte aligned); it is validated once when built. CUDA plans are then
  * copied once into the start of the caller's device workspace (pg_bucket_plan_upload); every op

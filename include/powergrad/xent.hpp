@@ -1,4 +1,4 @@
-// powergrad C++ API: PGT softmax cross-entropy ops (DESIGN.md §2.1-2.3).
+// powergrad C++ API: PGT softmax cross-entropy ops (docs/design.md §2.1-2.3).
 //
 // Every op validates its arguments, writes nothing and returns a non-success Status (with a message
 // in last_error_message()) on bad input, and otherwise dispatches to the host backend (plain loops,
@@ -245,7 +245,7 @@ template <class T, class Tg>
   return detail::dispatch(backend, j, workspace, workspace_bytes, stream);
 }
 
-// Hook form (DESIGN.md §2.2): problem.logits holds an existing gradient G = s_r (p - q) with a
+// Hook form (docs/design.md §2.2): problem.logits holds an existing gradient G = s_r (p - q) with a
 // known per-row scale s_r > 0; writes s_r (p' - q) with p recovered as clamp(G/s_r + q, 0, 1).
 // Rows with s_r = 0 or an ignored target get 0; a negative or non-finite s_r gives a NaN row.
 // A recovered p of 0 acts as a masked class (p' = 0 for every alpha). problem.reduction is unused.

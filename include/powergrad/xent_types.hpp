@@ -32,7 +32,7 @@ struct DenseTargets {
 };
 
 // One PGT cross-entropy problem: logits [rows x cols] with row stride ld (>= cols), targets, and
-// the math parameters of DESIGN.md §2.1.
+// the math parameters of docs/design.md §2.1.
 template <class T, class Targets>
 struct XentProblem {
   const T* logits = nullptr;
@@ -43,7 +43,7 @@ struct XentProblem {
   float alpha = 1.f;            // PGT exponent, finite and >= 0 (alpha = 1: ordinary gradient)
   float label_smoothing = 0.f;  // eps in [0, 1): q = (1 - eps) q + eps / total_cols
   Reduction reduction = Reduction::kMean;
-  // Split form (DESIGN.md §2.3): these `cols` columns are global columns
+  // Split form (docs/design.md §2.3): these `cols` columns are global columns
   // [col_offset, col_offset + cols) of a row of total_cols columns. Defaults: the whole row.
   int64_t col_offset = 0;
   int64_t total_cols = 0;  // 0 means total_cols = cols

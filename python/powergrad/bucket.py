@@ -1,6 +1,6 @@
 """Gradient-bucket transforms on raw pointers (framework-free): power, clip_norm, AGC.
 
-DESIGN.md §2.4 has the math. A :class:`BucketPlan` describes one bucket (the tensors' addresses and
+docs/design.md §2.4 has the math. A :class:`BucketPlan` describes one bucket (the tensors' addresses and
 sizes) and is validated once; for CUDA tensors it owns nothing on the device: the caller provides a
 device workspace of :attr:`BucketPlan.workspace_bytes` bytes and uploads the plan into it once
 (:meth:`BucketPlan.upload`). After that every op is at most three kernels on the given stream, with

@@ -272,7 +272,7 @@ def cross_entropy(logits, target, alpha=1.0, ignore_index=-100, label_smoothing=
     safe, and otherwise silently uses a buffer: see :func:`inplace_is_safe` for the rule. Do not read
     ``logits`` after an in-place call.
 
-    ``fused=False`` is the two-pass form (DESIGN.md §6): forward reads the logits once for the loss and
+    ``fused=False`` is the two-pass form (docs/design.md §6): forward reads the logits once for the loss and
     a per-row ``lse_alpha`` and keeps the logits; backward reads them once more and writes the
     gradient with the incoming gradient applied exactly (read from device memory). It holds the logits
     instead of a gradient buffer until backward, may run backward more than once, and ignores
@@ -306,7 +306,7 @@ def pgt_hook(logits, target, alpha, scale=1.0, ignore_index=-100, label_smoothin
     (n_valid = rows whose target is not ``ignore_index``, counted on the device), scale for 'sum', and
     scale[r] for 'none'.
 
-    Why the scale matters (DESIGN.md §2.2): the hook has to recover p from the gradient it receives,
+    Why the scale matters (docs/design.md §2.2): the hook has to recover p from the gradient it receives,
     p = G / s_r + q. The authors' published hook computes ``grad / B + q`` — it *divides* by the batch
     size B, while a mean-reduced gradient is (p - q) / B and must be *multiplied* by B (and divided by the
     loss scale). Their version is exact only when the incoming gradient carries an extra factor B^2,
@@ -350,7 +350,7 @@ def pgt_hook(logits, target, alpha, scale=1.0, ignore_index=-100, label_smoothin
 
 
 # ---------------------------------------------------------------------------------------------
-# Gradient-bucket transforms (DESIGN.md §2.4): power (PGT / GradPower), clip_norm, AGC.
+# Gradient-bucket transforms (docs/design.md §2.4): power (PGT / GradPower), clip_norm, AGC.
 # ---------------------------------------------------------------------------------------------
 
 _PLAN_CACHE = collections.OrderedDict()
@@ -589,7 +589,7 @@ def pgt_comm_hook(state, bucket):
 
 
 # ---------------------------------------------------------------------------------------------
-# Vocab-parallel (tensor-parallel) PGT cross-entropy: the split form of DESIGN.md §2.3 on
+# Vocab-parallel (tensor-parallel) PGT cross-entropy: the split form of docs/design.md §2.3 on
 # torch.distributed.
 # ---------------------------------------------------------------------------------------------
 
@@ -693,7 +693,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 def vocab_parallel_cross_entropy(logits, target, vocab_start, vocab_size, alpha=1.0, ignore_index=-100,
                                  label_smoothing=0.0, reduction="mean", group=None, check=True):
     """PGT cross-entropy over a vocabulary sharded by columns across the ranks of ``group``
-    (tensor parallelism; DESIGN.md §2.3).
+    (tensor parallelism; docs/design.md §2.3).
 
     Each rank passes its shard ``logits`` ``[N, width]`` (columns ``[vocab_start, vocab_start + width)``
     of the full ``[N, vocab_size]`` logits; ``width`` may be 0 and may differ between ranks) and the

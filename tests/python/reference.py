@@ -1,4 +1,4 @@
-"""Float64 NumPy reference for PGT cross-entropy, written from DESIGN.md §2.1 alone (no library code)."""
+"""Float64 NumPy reference for PGT cross-entropy, written from docs/design.md §2.1 alone (no library code)."""
 
 import numpy as np
 

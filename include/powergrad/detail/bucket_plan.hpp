@@ -1,5 +1,5 @@
 // powergrad internal: the bucket plan, a flat byte image that describes one gradient bucket to both
-// backends (DESIGN.md §2.4, §3).
+// backends (docs/design.md §2.4, §3).
 //
 // A plan is built once on the host from the bucket's tensors (validated there: null pointers,
 // counts, overlapping tensors), and for the CUDA backend copied once into the start of the caller's

@@ -1,5 +1,5 @@
 // powergrad math layer: per-element maps and per-scope coefficients of the gradient-bucket
-// transforms (DESIGN.md §2.4). Shared by the host backend and the device kernels.
+// transforms (docs/design.md §2.4). Shared by the host backend and the device kernels.
 //
 // Every op is out = K_u * f(g) per element, with one coefficient K_u per statistics group u
 // (a tensor, the bucket, or an AGC unit) computed from four sums over the group:

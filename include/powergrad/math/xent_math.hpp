@@ -1,4 +1,4 @@
-// powergrad math layer: the PGT cross-entropy contract (DESIGN.md §2.1-2.3) as scalar functions
+// powergrad math layer: the PGT cross-entropy contract (docs/design.md §2.1-2.3) as scalar functions
 // shared by the host backend and the device kernels.
 //
 // PowerGrad Transform (Das, Mondal, Lall, Joshi, Dutta Roy, "Altering Backward Pass Gradients
@@ -122,7 +122,7 @@ PG_HD float sum_of_products(float a, float b, float c, float d) {
 #endif
 }
 
-// Merge of two partial statistics: the combine operator of the split form (DESIGN.md §2.3).
+// Merge of two partial statistics: the combine operator of the split form (docs/design.md §2.3).
 // Associative and commutative up to rounding; callers merge in a fixed order for determinism.
 PG_HD RowStats merge(const RowStats& a, const RowStats& b, float alpha_log2e) {
   const float M = b.m > a.m ? b.m : a.m;  // maxima are never NaN (NaN lives in the sums)

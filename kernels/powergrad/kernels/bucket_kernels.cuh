@@ -1,4 +1,4 @@
-// powergrad device kernels: gradient-bucket transforms (DESIGN.md §2.4) over a plan resident in the
+// powergrad device kernels: gradient-bucket transforms (docs/design.md §2.4) over a plan resident in the
 // caller's workspace (detail/bucket_plan.hpp).
 //
 // At most three launches per op, whatever the number of tensors:

@@ -1,10 +1,10 @@
-// powergrad device kernels: PGT softmax cross-entropy (DESIGN.md §2.1-2.3, §6).
+// powergrad device kernels: PGT softmax cross-entropy (docs/design.md §2.1-2.3, §6).
 //
 // One kernel template covers the four modes of detail::XentJob (fused forward+backward, shard
 // statistics, apply with given statistics, hook form). A *group* of G threads owns one row at a
 // time: 8 threads or a warp per row (256 / G rows per block) for short rows, a whole block per row
 // for long ones (launch_rows picks by width). Each row is swept at most twice:
-//   pass 1  online statistics (one running max, two running sums: DESIGN.md §6) over 16-byte
+//   pass 1  online statistics (one running max, two running sums: docs/design.md §6) over 16-byte
 //           vectors; the first CACHE vectors of each thread stay in registers (and optionally
 //           SMEM more in shared memory),
 //   merge   butterfly over the sub-warp / warp (and the block's warps) with math::merge, fixed
