@@ -1,0 +1,138 @@
+# cmake -DROOT=<repository root> [-DEXCLUDE=<relative paths>] -P check_refs.cmake
+#
+# Fails unless every section citation ("§N" or "§N.M", and both ends of a range "§N.M-K.L") in the
+# repository's text files names a numbered heading of ROOT/docs/design.md ("## N. Title",
+# "### N.M Title"). Also fails on any mention of the upper-case background file names that must not
+# appear in the repository (the pattern is spelled with brackets below so that this file does not
+# match itself). Each problem is reported as "path:line: ...".
+#
+# Scanned: README.md, CMakeLists.txt and every file under include/ kernels/ src/ tests/ bench/ tools/
+# examples/ python/ docs/ cmake/ dev/ .ci/, except build*/, .git/, __pycache__/, binary files and
+# the EXCLUDE paths (default: tests/docs/fixtures, whose files are wrong on purpose).
+cmake_minimum_required(VERSION 3.25)
+
+if(NOT DEFINED ROOT OR NOT IS_DIRECTORY "${ROOT}")
+  message(FATAL_ERROR "check_refs: -DROOT=<repository root> is required (got '${ROOT}')")
+endif()
+get_filename_component(ROOT "${ROOT}" ABSOLUTE)
+if(NOT DEFINED EXCLUDE)
+  set(EXCLUDE tests/docs/fixtures)
+endif()
+
+set(_design "${ROOT}/docs/design.md")
+if(NOT EXISTS "${_design}")
+  message(FATAL_ERROR "check_refs: ${_design} does not exist: every citation would dangle")
+endif()
+
+# Section numbers of the design's headings.
+file(STRINGS "${_design}" _heading_lines REGEX "^#+[ \t]+[0-9]")
+set(_sections)
+foreach(_line IN LISTS _heading_lines)
+  if(_line MATCHES "^#+[ \t]+([0-9]+(\\.[0-9]+)*)\\.?([ \t]|$)")
+    list(APPEND _sections "${CMAKE_MATCH_1}")
+  endif()
+endforeach()
+if(NOT _sections)
+  message(FATAL_ERROR "check_refs: docs/design.md has no numbered heading")
+endif()
+
+# The files to scan.
+set(_files)
+foreach(_top IN ITEMS README.md CMakeLists.txt)
+  if(EXISTS "${ROOT}/${_top}")
+    list(APPEND _files "${ROOT}/${_top}")
+  endif()
+endforeach()
+foreach(_dir IN ITEMS include kernels src tests bench tools examples python docs cmake dev .ci)
+  if(IS_DIRECTORY "${ROOT}/${_dir}")
+    file(GLOB_RECURSE _found LIST_DIRECTORIES false "${ROOT}/${_dir}/*")
+    list(APPEND _files ${_found})
+  endif()
+endforeach()
+
+set(_skip_re "(^|/)(build[^/]*|\\.git|__pycache__)/")
+set(_binary_re "\\.(png|jpe?g|gif|pdf|svg|so|a|o|pyc|whl|gz|xz|zip|bin|npz|npy)$")
+set(_cite_re "§[0-9]+(\\.[0-9]+)*(-[0-9]+(\\.[0-9]+)*)?")
+set(_forbidden_re "(DESIGN|STYLE)[.]md|shared/DESIG[N]")
+
+set(_errors)
+set(_n_files 0)
+set(_n_cites 0)
+
+# Appends "<rel>:<line>: <text>" to _errors for every match of `regex` in `content`; for citations
+# (`kind` cite) only when a cited number has no heading.
+function(_scan rel content regex kind)
+  set(_rest "${content}")
+  set(_line 1)
+  set(_errs)
+  set(_count 0)
+  while(TRUE)
+    string(REGEX MATCH "${regex}" _m "${_rest}")
+    if(_m STREQUAL "")
+      break()
+    endif()
+    string(FIND "${_rest}" "${_m}" _pos)
+    string(SUBSTRING "${_rest}" 0 ${_pos} _before)
+    string(REGEX MATCHALL "\n" _newlines "${_before}")
+    list(LENGTH _newlines _n)
+    math(EXPR _line "${_line} + ${_n}")
+    string(LENGTH "${_m}" _len)
+    math(EXPR _next "${_pos} + ${_len}")
+    string(SUBSTRING "${_rest}" ${_next} -1 _rest)
+    if(kind STREQUAL "cite")
+      math(EXPR _count "${_count} + 1")
+      string(REPLACE "§" "" _nums "${_m}")
+      string(REPLACE "-" ";" _nums "${_nums}")
+      foreach(_num IN LISTS _nums)
+        if(NOT _num IN_LIST _sections)
+          list(APPEND _errs "${rel}:${_line}: '${_m}' cites section ${_num}, which docs/design.md does not have")
+        endif()
+      endforeach()
+    else()
+      list(APPEND _errs "${rel}:${_line}: '${_m}' is mentioned (the repository must not refer to that file)")
+    endif()
+  endwhile()
+  set(_errors ${_errors} ${_errs} PARENT_SCOPE)
+  math(EXPR _total "${_n_cites} + ${_count}")
+  set(_n_cites ${_total} PARENT_SCOPE)
+endfunction()
+
+foreach(_f IN LISTS _files)
+  file(RELATIVE_PATH _rel "${ROOT}" "${_f}")
+  if(_rel MATCHES "${_skip_re}" OR _rel MATCHES "${_binary_re}")
+    continue()
+  endif()
+  set(_excluded FALSE)
+  foreach(_ex IN LISTS EXCLUDE)
+    string(LENGTH "${_ex}/" _exlen)
+    string(SUBSTRING "${_rel}" 0 ${_exlen} _head)
+    if(_rel STREQUAL _ex OR _head STREQUAL "${_ex}/")
+      set(_excluded TRUE)
+    endif()
+  endforeach()
+  if(_excluded)
+    continue()
+  endif()
+  math(EXPR _n_files "${_n_files} + 1")
+  file(READ "${_f}" _content)
+  string(FIND "${_content}" "§" _has_cite)
+  if(NOT _has_cite EQUAL -1)
+    _scan("${_rel}" "${_content}" "${_cite_re}" cite)
+  endif()
+  if(_content MATCHES "${_forbidden_re}")
+    _scan("${_rel}" "${_content}" "${_forbidden_re}" forbidden)
+  endif()
+endforeach()
+
+if(_n_files EQUAL 0)
+  message(FATAL_ERROR "check_refs: no file to scan under ${ROOT}")
+endif()
+list(JOIN _sections " " _section_list)
+if(_errors)
+  list(LENGTH _errors _n_errors)
+  list(JOIN _errors "\n" _report)
+  message(FATAL_ERROR "check_refs: ${_n_errors} problem(s) in ${ROOT}:\n${_report}\n"
+                      "(sections of docs/design.md: ${_section_list})")
+endif()
+message(STATUS "check_refs: ${_n_cites} citations in ${_n_files} files resolve to docs/design.md "
+               "(sections ${_section_list}); no forbidden file name")
