@@ -3,7 +3,7 @@
  * A thin, boring ABI for any framework: prefixed functions, enums with explicit numbers, plain
  * argument structs passed by pointer, the stream as `void*` last. Every function returns a
  * pg_status_t and never lets an exception escape; pg_last_error() explains the last failure on the
- * calling thread. Accepted by a C99 compiler. The math is docs/design.md §2.1-2.3 (see README.md).
+ * calling thread. Accepted by a C99 compiler. The math is docs/design.md §2.1-2.3 (usage: docs/c-abi.md).
  *
  * Struct versioning: every argument struct starts with `struct_size`, which the caller sets to
  * sizeof(the struct) as compiled; the library rejects sizes it does not know
@@ -78,7 +78,7 @@ typedef struct pg_xent_problem_t {
   pg_reduction_t reduction;
   int64_t col_offset;          /* split form: these cols are [col_offset, col_offset+cols) of total_cols; 0 */
   int64_t total_cols;          /* 0 means cols (required when col_offset > 0) */
-  int32_t* bad_target_count;   /* optional, CUDA only: counts out-of-range class targets (see README) */
+  int32_t* bad_target_count;   /* optional, CUDA only: counts out-of-range class targets (docs/design.md §8) */
 } pg_xent_problem_t;
 
 /* g_r = scale * v / (MEAN ? n_valid : 1); v = values[0] (MEAN/SUM) or values[r] (NONE), 1 if NULL. */
@@ -139,7 +139,7 @@ PG_API pg_status_t pg_xent_shard_apply(const pg_xent_problem_t* problem, const p
                                        void* workspace, size_t workspace_bytes, void* stream);
 
 
-/* ---- Gradient-bucket transforms (docs/design.md §2.4; see README.md) ----
+/* ---- Gradient-bucket transforms (docs/design.md §2.4; usage: docs/buckets.md) ----
  * A plan describes one bucket (its tensors' addresses and sizes) in a caller-provided host buffer
  * (pg_bucket_plan_bytes, 16-byte aligned); it is validated once when built. CUDA plans are then
  * copied once into the start of the caller's device workspace (pg_bucket_plan_upload); every op
