@@ -11,6 +11,7 @@ works (and can report what is missing) without a built library. Search order:
 
 import ctypes
 import enum
+import operator
 import os
 import threading
 
@@ -80,9 +81,83 @@ def reduction_of(name):
 _enum_t = ctypes.c_int
 
 
-class XentProblem(ctypes.Structure):
+class ArgumentRangeError(OverflowError, ValueError):
+    """An integer does not fit the C type it is passed as (ctypes would silently wrap it).
+
+    Both an OverflowError and a ValueError; the message names the argument."""
+
+
+_INTEGER_CTYPES = (ctypes.c_int8, ctypes.c_int16, ctypes.c_int32, ctypes.c_int64, ctypes.c_uint8, ctypes.c_uint16,
+                   ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int, ctypes.c_long, ctypes.c_longlong, ctypes.c_size_t,
+                   ctypes.c_ssize_t)
+
+
+def _c_range(ctype):
+    """(lowest, highest, C name) of an integer ctype or c_void_p."""
+    bits = 8 * ctypes.sizeof(ctype)
+    if ctype is ctypes.c_void_p:
+        return 0, (1 << bits) - 1, "a %d-bit pointer" % bits
+    if ctype(-1).value < 0:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1, "int%d_t" % bits
+    return 0, (1 << bits) - 1, "size_t" if ctype is ctypes.c_size_t else "uint%d_t" % bits
+
+
+def check_int(name, value, ctype=ctypes.c_int64):
+    """``value`` as a Python int that fits ``ctype`` (default int64_t), else an error naming ``name``:
+    TypeError for a non-integer (a float is not truncated), ArgumentRangeError when out of range."""
+    if isinstance(value, bool):
+        value = int(value)
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError("powergrad: %s must be an integer, not %r" % (name, value)) from None
+    lo, hi, cname = _c_range(ctype)
+    if v < lo or v > hi:
+        raise ArgumentRangeError("powergrad: %s = %d does not fit %s (range [%d, %d])" % (name, v, cname, lo, hi))
+    return v
+
+
+def check_pointer(name, value):
+    """A raw address (int, None or a c_void_p) that fits a C pointer, else ArgumentRangeError naming ``name``."""
+    if value is None or isinstance(value, ctypes.c_void_p):
+        return value
+    return check_int(name, value, ctypes.c_void_p)
+
+
+def _check_arg(name, value, ctype):
+    """Range check of one ctypes argument or field: Python integers bound for an integer or pointer C type."""
+    if ctype in _INTEGER_CTYPES or ctype is ctypes.c_void_p:
+        if value is None and ctype is ctypes.c_void_p:
+            return value
+        if isinstance(value, int) or (not isinstance(value, ctypes._SimpleCData) and hasattr(value, "__index__")):
+            return check_int(name, value, ctype)
+    return value
+
+
+class _CheckedStructure(ctypes.Structure):
+    """A ctypes struct whose integer and pointer fields reject values that do not fit (ctypes truncates)."""
+
+    _c_name = "struct"
+
+    def __setattr__(self, name, value):
+        ctype = type(self)._field_types().get(name)
+        if ctype is not None:
+            value = _check_arg("%s.%s" % (self._c_name, name), value, ctype)
+        super().__setattr__(name, value)
+
+    @classmethod
+    def _field_types(cls):
+        types = cls.__dict__.get("_types")
+        if types is None:
+            types = {f[0]: f[1] for f in cls._fields_}
+            cls._types = types
+        return types
+
+
+class XentProblem(_CheckedStructure):
     """pg_xent_problem_t."""
 
+    _c_name = "pg_xent_problem_t"
     _fields_ = [
         ("struct_size", ctypes.c_size_t),
         ("device", _enum_t),
@@ -107,9 +182,10 @@ class XentProblem(ctypes.Structure):
         super().__init__(struct_size=ctypes.sizeof(XentProblem), **kw)
 
 
-class Upstream(ctypes.Structure):
+class Upstream(_CheckedStructure):
     """pg_upstream_t: g_r = scale * v / (MEAN ? n_valid : 1), v = values[0] or values[r] (1 if NULL)."""
 
+    _c_name = "pg_upstream_t"
     _fields_ = [
         ("struct_size", ctypes.c_size_t),
         ("scale", ctypes.c_float),
@@ -120,9 +196,10 @@ class Upstream(ctypes.Structure):
         super().__init__(struct_size=ctypes.sizeof(Upstream), scale=scale, values=values)
 
 
-class XentOutputs(ctypes.Structure):
+class XentOutputs(_CheckedStructure):
     """pg_xent_outputs_t (every pointer optional)."""
 
+    _c_name = "pg_xent_outputs_t"
     _fields_ = [
         ("struct_size", ctypes.c_size_t),
         ("loss", ctypes.c_void_p),
@@ -142,14 +219,16 @@ class RowStats(ctypes.Structure):
     _fields_ = [("m", ctypes.c_float), ("s", ctypes.c_float), ("sa", ctypes.c_float), ("t", ctypes.c_float)]
 
 
-class BucketTensor(ctypes.Structure):
+class BucketTensor(_CheckedStructure):
     """pg_bucket_tensor_t: one gradient tensor of a bucket."""
+    _c_name = "pg_bucket_tensor_t"
     _fields_ = [("grad", ctypes.c_void_p), ("param", ctypes.c_void_p), ("numel", ctypes.c_int64),
                 ("rows", ctypes.c_int64)]
 
 
-class BucketDesc(ctypes.Structure):
+class BucketDesc(_CheckedStructure):
     """pg_bucket_desc_t (struct_size is filled in)."""
+    _c_name = "pg_bucket_desc_t"
     _fields_ = [
         ("struct_size", ctypes.c_size_t),
         ("device", _enum_t),
@@ -231,35 +310,55 @@ _lib = None
 _lib_path = None
 
 
-def _declare(lib):
+# The C functions: (restype, [(C parameter name, ctype), ...]) as in powergrad_c.h. The names let
+# call() name the argument that does not fit its C type.
+def _signatures():
     c = ctypes
-    vp, i64, sz = c.c_void_p, c.c_int64, c.c_size_t
+    vp, i64, sz, f32 = c.c_void_p, c.c_int64, c.c_size_t, c.c_float
     P = c.POINTER
-    sigs = {
+    ws = [("workspace", vp), ("workspace_bytes", sz)]
+    return {
         "pg_version": (c.c_int, []),
-        "pg_status_string": (c.c_char_p, [_enum_t]),
+        "pg_status_string": (c.c_char_p, [("status", _enum_t)]),
         "pg_last_error": (c.c_char_p, []),
         "pg_has_cuda": (c.c_int, []),
-        "pg_xent_workspace_bytes": (_enum_t, [i64, _enum_t, P(sz)]),
-        "pg_xent_forward_backward": (_enum_t, [P(XentProblem), P(Upstream), P(XentOutputs), vp, sz, vp]),
-        "pg_xent_backward": (_enum_t, [P(XentProblem), P(Upstream), vp, vp, i64, vp, sz, vp]),
-        "pg_xent_hook": (_enum_t, [P(XentProblem), c.c_float, vp, vp, i64, vp]),
-        "pg_xent_shard_stats": (_enum_t, [P(XentProblem), vp, vp]),
-        "pg_xent_merge_stats": (_enum_t, [_enum_t, vp, i64, i64, c.c_float, vp, vp]),
-        "pg_xent_shard_apply": (_enum_t, [P(XentProblem), vp, P(Upstream), P(XentOutputs), vp, sz, vp]),
-        "pg_bucket_plan_bytes": (_enum_t, [i64, P(sz)]),
-        "pg_bucket_plan_build": (_enum_t, [P(BucketDesc), vp, sz]),
-        "pg_bucket_tensors_from_flat": (_enum_t, [vp, _enum_t, vp, i64, vp, vp, P(BucketTensor)]),
-        "pg_bucket_workspace_bytes": (_enum_t, [vp, P(sz)]),
-        "pg_bucket_plan_upload": (_enum_t, [vp, vp, sz, vp]),
-        "pg_bucket_power": (_enum_t, [vp, c.c_float, _enum_t, _enum_t, vp, sz, vp, vp]),
-        "pg_bucket_clip_norm": (_enum_t, [vp, c.c_float, _enum_t, vp, vp, sz, vp, vp]),
-        "pg_bucket_agc": (_enum_t, [vp, c.c_float, c.c_float, c.c_float, _enum_t, vp, sz, vp, vp]),
+        "pg_xent_workspace_bytes": (_enum_t, [("rows", i64), ("reduction", _enum_t), ("bytes", P(sz))]),
+        "pg_xent_forward_backward": (_enum_t, [("problem", P(XentProblem)), ("upstream", P(Upstream)),
+                                               ("outputs", P(XentOutputs))] + ws + [("stream", vp)]),
+        "pg_xent_backward": (_enum_t, [("problem", P(XentProblem)), ("upstream", P(Upstream)),
+                                       ("saved_lse_alpha", vp), ("dlogits", vp), ("ld_dlogits", i64)] + ws
+                             + [("stream", vp)]),
+        "pg_xent_hook": (_enum_t, [("problem", P(XentProblem)), ("scale", f32), ("row_scale", vp), ("out", vp),
+                                   ("ld_out", i64), ("stream", vp)]),
+        "pg_xent_shard_stats": (_enum_t, [("problem", P(XentProblem)), ("stats", vp), ("stream", vp)]),
+        "pg_xent_merge_stats": (_enum_t, [("device", _enum_t), ("parts", vp), ("shards", i64), ("rows", i64),
+                                          ("alpha", f32), ("merged", vp), ("stream", vp)]),
+        "pg_xent_shard_apply": (_enum_t, [("problem", P(XentProblem)), ("merged", vp), ("upstream", P(Upstream)),
+                                          ("outputs", P(XentOutputs))] + ws + [("stream", vp)]),
+        "pg_bucket_plan_bytes": (_enum_t, [("count", i64), ("bytes", P(sz))]),
+        "pg_bucket_plan_build": (_enum_t, [("desc", P(BucketDesc)), ("plan", vp), ("plan_bytes", sz)]),
+        "pg_bucket_tensors_from_flat": (_enum_t, [("data", vp), ("dtype", _enum_t), ("offsets", vp), ("count", i64),
+                                                  ("params", vp), ("rows", vp), ("out", P(BucketTensor))]),
+        "pg_bucket_workspace_bytes": (_enum_t, [("plan", vp), ("bytes", P(sz))]),
+        "pg_bucket_plan_upload": (_enum_t, [("plan", vp), ("workspace", vp), ("workspace_bytes", sz),
+                                            ("stream", vp)]),
+        "pg_bucket_power": (_enum_t, [("plan", vp), ("beta", f32), ("preserve", _enum_t), ("scope", _enum_t)] + ws
+                            + [("flags", vp), ("stream", vp)]),
+        "pg_bucket_clip_norm": (_enum_t, [("plan", vp), ("max_norm", f32), ("scope", _enum_t), ("norms", vp)] + ws
+                                + [("flags", vp), ("stream", vp)]),
+        "pg_bucket_agc": (_enum_t, [("plan", vp), ("clip", f32), ("eps", f32), ("beta", f32), ("preserve", _enum_t)]
+                          + ws + [("flags", vp), ("stream", vp)]),
     }
-    for name, (restype, argtypes) in sigs.items():
+
+
+_SIGNATURES = _signatures()
+
+
+def _declare(lib):
+    for name, (restype, params) in _SIGNATURES.items():
         fn = getattr(lib, name)
         fn.restype = restype
-        fn.argtypes = argtypes
+        fn.argtypes = [t for _, t in params]
 
 
 def load_library():
@@ -316,16 +415,28 @@ def check(function, status):
                          msg.decode("utf-8", "replace") if msg else "")
 
 
+def check_args(function, args):
+    """Range-check the Python integers among ``args`` against the C parameter types of ``function``
+    (ctypes would wrap them silently); the error names the C parameter."""
+    params = _SIGNATURES[function][1]
+    if len(args) != len(params):
+        raise TypeError("powergrad: %s takes %d arguments, %d given" % (function, len(params), len(args)))
+    for (name, ctype), value in zip(params, args):
+        _check_arg("%s(%s)" % (function, name), value, ctype)
+
+
 def call(function, *args):
-    """Call a pg_* function by name and raise PowerGradError on failure."""
+    """Call a pg_* function by name and raise PowerGradError on failure (integer arguments that do not
+    fit their C type raise ArgumentRangeError first, without calling the library)."""
     lib = load_library()
+    check_args(function, args)
     check(function, getattr(lib, function)(*args))
 
 
 def workspace_bytes(rows, reduction):
     """pg_xent_workspace_bytes: device workspace a reduced call needs (0 for NONE and on the host)."""
     n = ctypes.c_size_t(0)
-    call("pg_xent_workspace_bytes", int(rows), int(reduction), ctypes.byref(n))
+    call("pg_xent_workspace_bytes", check_int("rows", rows), int(reduction), ctypes.byref(n))
     return n.value
 
 

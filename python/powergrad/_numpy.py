@@ -4,6 +4,16 @@ Logits are float32 or float16 ``[rows, cols]`` arrays (bfloat16 only through tor
 bfloat16). Class targets are integer ``[rows]`` arrays (int32/int64; other integer types are
 converted to int64); dense targets are float ``[rows, cols]`` probabilities (converted to the logits'
 dtype). The host backend needs no workspace and runs synchronously.
+
+Memory layout: the library reads ``float*`` / ``int64_t*`` pointers, so every array it receives is
+aligned to its element size, native-endian, with a unit column stride. An input that is not (a view
+at an odd byte offset, a byte-swapped array, a transposed or column-strided view, a negative or
+zero row stride, a broadcast stride-0 target or upstream) is first copied into such an array: the
+result is the same as for a contiguous copy, never a misaligned access. With ``inplace=True`` the
+gradient is written over the logits themselves, so logits that would need a copy raise ValueError
+instead. Integer arguments (``ignore_index``) that do not fit the C type (int64_t) raise
+:class:`powergrad._lib.ArgumentRangeError` (an OverflowError and a ValueError) naming the argument;
+ctypes would silently wrap them.
 """
 
 import ctypes
@@ -16,7 +26,19 @@ _DTYPES = {np.dtype(np.float32): _lib.DType.FLOAT32, np.dtype(np.float16): _lib.
 
 
 def _ptr(a):
-    return None if a is None else ctypes.c_void_p(a.ctypes.data)
+    if a is None:
+        return None
+    if not a.flags.aligned:  # every caller passes an aligned copy; never hand the library a misaligned pointer
+        raise ValueError("powergrad: internal error: a misaligned %s array reached the C call" % a.dtype)
+    return ctypes.c_void_p(a.ctypes.data)
+
+
+def _c_array(a, dtype, name):
+    """a as a C-contiguous, aligned, native-endian array of dtype (a copy only when needed)."""
+    try:
+        return np.require(a, dtype=dtype, requirements=["C", "A"])
+    except (TypeError, ValueError) as e:
+        raise TypeError("%s must be convertible to %s: %s" % (name, np.dtype(dtype), e)) from None
 
 
 def _logits_layout(x, name, writable=False):
@@ -24,9 +46,19 @@ def _logits_layout(x, name, writable=False):
     x = np.asarray(x)
     if x.ndim != 2:
         raise ValueError("%s must be 2-D [rows, cols], got shape %s" % (name, x.shape))
-    if x.dtype not in _DTYPES:
+    native = x.dtype.newbyteorder("=")
+    if x.dtype not in _DTYPES and native not in _DTYPES:
         raise TypeError("%s must be float32 or float16 (bfloat16 only through powergrad.torch), not %s"
                         % (name, x.dtype))
+    if x.dtype != native and x.dtype not in _DTYPES:  # byte-swapped
+        if writable:
+            raise ValueError("%s: in-place needs a native-endian array, not %s" % (name, x.dtype.str))
+        x = x.astype(native)
+    if not x.flags.aligned:
+        if writable:
+            raise ValueError("%s: in-place needs an array aligned to its %d-byte elements (this one starts at "
+                             "address %#x); pass an aligned array or inplace=False" % (name, x.itemsize, x.ctypes.data))
+        x = np.array(x, order="C")  # a fresh allocation: aligned
     item = x.itemsize
     ok = (x.strides[1] == item or x.shape[1] <= 1) and x.strides[0] >= 0 and x.strides[0] % item == 0 \
         and (x.shape[0] <= 1 or x.strides[0] // item >= x.shape[1])
@@ -52,22 +84,23 @@ def _problem(logits, targets, alpha, ignore_index, label_smoothing, reduction, i
             raise ValueError("targets has %d entries for %d rows" % (t.shape[0], rows))
         if not np.issubdtype(t.dtype, np.integer):
             raise TypeError("class targets must be integers, not %s" % t.dtype)
-        if t.dtype != np.int32:
-            t = t.astype(np.int64, copy=False)
-        t = np.ascontiguousarray(t)
+        if t.dtype.kind == "u" and t.dtype.itemsize == 8 and t.size and t.max() > np.iinfo(np.int64).max:
+            # astype(int64) would wrap these to negative classes (e.g. onto ignore_index).
+            raise ValueError("targets holds %d, beyond int64 (class indices are int64_t)" % t.max())
+        t = _c_array(t, np.int32 if t.dtype == np.int32 else np.int64, "targets")
         kind = _lib.TargetKind.INDEX_INT32 if t.dtype == np.int32 else _lib.TargetKind.INDEX_INT64
         target_ld = 0
     elif t.ndim == 2:
         if t.shape != logits.shape:
             raise ValueError("dense targets must have the logits' shape %s, not %s" % (logits.shape, t.shape))
-        t = np.ascontiguousarray(t, dtype=logits.dtype)
+        t = _c_array(t, logits.dtype, "targets")
         kind = _lib.TargetKind.DENSE
         target_ld = cols
     else:
         raise ValueError("targets must be 1-D class indices or 2-D dense probabilities")
     p = _lib.XentProblem(
         device=_lib.Device.HOST, dtype=_DTYPES[logits.dtype], logits=_ptr(logits), rows=rows, cols=cols, ld=ld,
-        target_kind=kind, targets=_ptr(t), target_ld=target_ld, ignore_index=int(ignore_index),
+        target_kind=kind, targets=_ptr(t), target_ld=target_ld, ignore_index=_lib.check_int("ignore_index", ignore_index),
         alpha=float(alpha), label_smoothing=float(label_smoothing), reduction=_lib.reduction_of(reduction),
         col_offset=0, total_cols=0, bad_target_count=None)
     return p, logits, ld, t
@@ -82,7 +115,7 @@ def _upstream(upstream, reduction, rows):
         return _lib.Upstream(float(u), None), None
     if _lib.reduction_of(reduction) != _lib.Reduction.NONE:
         raise ValueError("a per-row upstream needs reduction='none'")
-    u = np.ascontiguousarray(u.reshape(-1))
+    u = _c_array(u.reshape(-1), np.float32, "upstream")
     if u.shape[0] != rows:
         raise ValueError("upstream has %d values for %d rows" % (u.shape[0], rows))
     return _lib.Upstream(1.0, _ptr(u)), u
@@ -132,7 +165,7 @@ def cross_entropy_backward(logits, targets, alpha=1.0, ignore_index=-100, label_
     up, _keep = _upstream(upstream, reduction, rows)
     saved = None
     if lse_alpha is not None:
-        saved = np.ascontiguousarray(lse_alpha, dtype=np.float32).reshape(-1)
+        saved = _c_array(np.asarray(lse_alpha, dtype=np.float32).reshape(-1), np.float32, "lse_alpha")
         if saved.shape[0] != rows:
             raise ValueError("lse_alpha has %d values for %d rows" % (saved.shape[0], rows))
     if inplace:
@@ -157,7 +190,7 @@ def hook_transform(grad, targets, scale, alpha, ignore_index=-100, label_smoothi
     rows, cols = grad.shape
     rs = None
     if row_scale is not None:
-        rs = np.ascontiguousarray(row_scale, dtype=np.float32).reshape(-1)
+        rs = _c_array(np.asarray(row_scale, dtype=np.float32).reshape(-1), np.float32, "row_scale")
         if rs.shape[0] != rows:
             raise ValueError("row_scale has %d values for %d rows" % (rs.shape[0], rows))
     if inplace:

@@ -45,25 +45,28 @@ class BucketPlan:
 
     def __init__(self, tensors, grad_dtype, device=_lib.Device.HOST, units=BucketUnits.TENSOR,
                  param_dtype=None):
-        lib = _lib.load_library()
         n = len(tensors)
         arr = (_lib.BucketTensor * max(n, 1))()
         for i, t in enumerate(tensors):
             grad, numel = t[0], t[1]
             param = t[2] if len(t) > 2 else None
             rows = t[3] if len(t) > 3 else 0
-            arr[i] = _lib.BucketTensor(grad, param, int(numel), int(rows))
+            # Integers that do not fit the C fields raise (ctypes would wrap them) and name the entry.
+            what = "tensors[%d]" % i
+            arr[i] = _lib.BucketTensor(_lib.check_pointer(what + " grad", grad),
+                                       _lib.check_pointer(what + " param", param),
+                                       _lib.check_int(what + " numel", numel), _lib.check_int(what + " rows", rows))
         nbytes = ctypes.c_size_t(0)
-        _lib.check("pg_bucket_plan_bytes", lib.pg_bucket_plan_bytes(n, ctypes.byref(nbytes)))
+        _lib.call("pg_bucket_plan_bytes", n, ctypes.byref(nbytes))
         self._raw = ctypes.create_string_buffer(nbytes.value + 16)
         addr = ctypes.addressof(self._raw)
         self._ptr = ctypes.c_void_p(addr + (-addr % 16))
         desc = _lib.BucketDesc(device=int(device), grad_dtype=int(grad_dtype),
                                param_dtype=int(grad_dtype if param_dtype is None else param_dtype),
                                units=int(units), tensors=arr, count=n)
-        _lib.check("pg_bucket_plan_build", lib.pg_bucket_plan_build(ctypes.byref(desc), self._ptr, nbytes.value))
+        _lib.call("pg_bucket_plan_build", ctypes.byref(desc), self._ptr, nbytes.value)
         ws = ctypes.c_size_t(0)
-        _lib.check("pg_bucket_workspace_bytes", lib.pg_bucket_workspace_bytes(self._ptr, ctypes.byref(ws)))
+        _lib.call("pg_bucket_workspace_bytes", self._ptr, ctypes.byref(ws))
         self.workspace_bytes = ws.value
         self.count = n
         self.units = BucketUnits(units)

@@ -26,7 +26,37 @@ _DTYPES = {torch.float32: _lib.DType.FLOAT32, torch.float16: _lib.DType.FLOAT16,
 
 
 def _vp(t):
-    return None if t is None else ctypes.c_void_p(t.data_ptr())
+    if t is None:
+        return None
+    if not _aligned(t):  # the helpers below copy misaligned inputs; never hand the library such a pointer
+        raise ValueError("powergrad: internal error: a misaligned %s tensor reached the C call" % t.dtype)
+    return ctypes.c_void_p(t.data_ptr())
+
+
+def _aligned(t):
+    """Whether t's first element is aligned to its element size (torch.frombuffer / from_numpy views can
+    start at any byte; the library reads float* / int64_t*)."""
+    return t.data_ptr() % t.element_size() == 0
+
+
+def _c_tensor(t):
+    """t as a contiguous tensor aligned to its element size (a copy only when needed)."""
+    t = t.contiguous()
+    return t if _aligned(t) else t.clone()
+
+
+def _for_c(x):
+    """2-D x itself when the ABI can read it (row layout, aligned), else a contiguous aligned copy."""
+    return x if (_row_layout(x) and _aligned(x)) else _c_tensor(x)
+
+
+def _no_double_backward(what):
+    # Autograd runs backward functions (and tensor hooks) with grad mode on exactly when
+    # create_graph=True. The gradient here comes from the library, not from differentiable torch ops,
+    # so a second-order graph would silently be missing: refuse instead.
+    if torch.is_grad_enabled():
+        raise RuntimeError("powergrad %s: create_graph=True (double backward) is not supported: the PGT "
+                           "gradient is computed by the library and has no graph of its own" % what)
 
 
 def _device_and_stream(x):
@@ -64,20 +94,21 @@ def _problem(x, target, alpha, ignore_index, label_smoothing, reduction):
         if target.is_floating_point() or target.is_complex():
             raise TypeError("powergrad: class targets must be integers, not %s" % target.dtype)
         t = target if target.dtype in (torch.int32, torch.int64) else target.long()
-        t = t.contiguous()
+        t = _c_tensor(t)
         kind = _lib.TargetKind.INDEX_INT32 if t.dtype == torch.int32 else _lib.TargetKind.INDEX_INT64
         target_ld = 0
     elif target.dim() == 2:
         if tuple(target.shape) != (rows, cols):
             raise ValueError("powergrad: dense targets must have the logits' shape")
-        t = target.detach().to(x.dtype).contiguous()
+        t = _c_tensor(target.detach().to(x.dtype))
         kind = _lib.TargetKind.DENSE
         target_ld = cols
     else:
         raise ValueError("powergrad: target must be 1-D class indices or 2-D probabilities")
     p = _lib.XentProblem(
         device=device, dtype=_DTYPES[x.dtype], logits=_vp(x), rows=rows, cols=cols, ld=_ld(x), target_kind=kind,
-        targets=_vp(t), target_ld=target_ld, ignore_index=int(ignore_index), alpha=float(alpha),
+        targets=_vp(t), target_ld=target_ld, ignore_index=_lib.check_int("ignore_index", ignore_index),
+        alpha=float(alpha),
         label_smoothing=float(label_smoothing), reduction=_lib.reduction_of(reduction), col_offset=0,
         total_cols=0, bad_target_count=None)
     return p, t
@@ -130,8 +161,8 @@ def inplace_is_safe(logits):
     * the autograd nodes that produced ``logits`` (and its base) did not save that memory for their own
       backward (e.g. ``exp``/``softmax``/``sigmoid`` save their result; a Linear/matmul head saves
       only its inputs and weights, so the usual ``lm_head(h).view(-1, V)`` is safe);
-    * the layout is one the ABI accepts (unit column stride, row stride >= cols), the tensor is on
-      the CPU or a CUDA device, and has a supported dtype.
+    * the layout is one the ABI accepts (unit column stride, row stride >= cols, first element aligned
+      to the element size), the tensor is on the CPU or a CUDA device, and has a supported dtype.
 
     Uses that cannot be seen from the tensor (another operation that saved ``logits`` for its backward,
     e.g. ``logits.pow(2)`` in an auxiliary loss) are caught by autograd: the in-place write bumps the
@@ -141,7 +172,8 @@ def inplace_is_safe(logits):
     """
     if not isinstance(logits, torch.Tensor) or not logits.requires_grad or logits.is_leaf:
         return False
-    if logits.dtype not in _DTYPES or logits.device.type not in ("cpu", "cuda") or not _row_layout(logits):
+    if logits.dtype not in _DTYPES or logits.device.type not in ("cpu", "cuda") or not _row_layout(logits) \
+            or not _aligned(logits):
         return False
     base = logits._base
     if base is not None and (base.is_leaf or base.requires_grad is False):
@@ -163,53 +195,148 @@ def _bump_version(x):
         x.detach()[:0].zero_()
 
 
+# Rows per chunk when an fp16/bf16 gradient is scaled in fp32 (bounds the fp32 temporary).
+_SCALE_CHUNK_ELEMENTS = 1 << 24
+
+
+def _scale_grad_(grad, factor):
+    """grad *= factor in place, the product formed in fp32 and rounded once to grad's dtype.
+
+    factor: a 0-d fp32 tensor, or [rows, 1] for per-row factors. torch rounds a float scalar to the
+    tensor's dtype before a half-precision multiply (65536 is inf in fp16), so fp16/bf16 gradients
+    go through an fp32 copy, a chunk of rows at a time."""
+    if grad.dtype == torch.float32:
+        grad.mul_(factor)
+        return
+    rows, cols = grad.shape
+    step = max(1, _SCALE_CHUNK_ELEMENTS // max(1, cols))
+    for r0 in range(0, rows, step):
+        blk = grad[r0:r0 + step]
+        f = factor[r0:r0 + step] if factor.dim() else factor
+        blk.copy_(blk.float().mul_(f))
+
+
+def _check_grad_scale(grad_scale, red, rows):
+    """None, a positive finite float (as fp32), or a floating tensor with one element (or, for 'none',
+    one per row), read on the device."""
+    if grad_scale is None:
+        return None
+    if isinstance(grad_scale, torch.Tensor):
+        n = grad_scale.numel()
+        if not grad_scale.is_floating_point() or not (n == 1 or (red == _lib.Reduction.NONE and n == rows
+                                                                  and grad_scale.dim() == 1)):
+            raise ValueError("powergrad cross_entropy: grad_scale must be a float, a one-element floating tensor "
+                             "or (reduction='none') an [N] one; got a %s tensor of shape %s"
+                             % (grad_scale.dtype, tuple(grad_scale.shape)))
+        return grad_scale.detach()
+    try:
+        v = ctypes.c_float(float(grad_scale)).value
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError("powergrad cross_entropy: grad_scale must be a float or a one-element tensor, not %r"
+                         % (grad_scale,)) from None
+    if not (0.0 < v < float("inf")):
+        raise ValueError("powergrad cross_entropy: grad_scale must be positive and finite in float32, not %r"
+                         % (grad_scale,))
+    return v
+
+
+def _forward_upstream(grad_scale, red, rows, device):
+    """(pg_upstream_t, keep-alive tensor): the expected incoming gradient, applied in fp32 by the kernel."""
+    if grad_scale is None:
+        return _lib.Upstream(1.0, None), None
+    if not isinstance(grad_scale, torch.Tensor):
+        return _lib.Upstream(grad_scale, None), None
+    v = grad_scale.to(device=device, dtype=torch.float32).reshape(-1)
+    if red == _lib.Reduction.NONE and v.numel() == 1:
+        v = v.expand(rows)
+    v = _c_tensor(v)
+    return _lib.Upstream(1.0, _vp(v)), v
+
+
+def _row_factor(grad_output, red):
+    """The incoming gradient in fp32: 0-d for 'mean'/'sum', [rows, 1] for 'none'."""
+    go = grad_output.detach().to(torch.float32)
+    return go.reshape(-1, 1) if red == _lib.Reduction.NONE else go.reshape(())
+
+
+def _target_grad(x, lse, factor, red, label_smoothing, dtype):
+    """d(loss)/d(q) for dense targets, as PyTorch: -(1 - eps) * log_softmax(z) * g_r, with g_r the
+    incoming gradient (over rows for 'mean': dense targets count every row). One more read of the
+    logits; only done when the targets require grad."""
+    rows = x.shape[0]
+    g = factor / rows if (red == _lib.Reduction.MEAN and rows) else factor
+    logp = x.float().sub_(lse.reshape(-1, 1))
+    return logp.mul_(g * -(1.0 - label_smoothing)).to(dtype)
+
+
 class _CrossEntropy(torch.autograd.Function):
-    """Forward computes the loss and the (upstream-1) gradient in one sweep; backward scales it."""
+    """Forward computes the loss and the gradient (for the expected upstream grad_scale, 1 by default)
+    in one sweep; backward scales it by grad_output / grad_scale, in fp32."""
 
     @staticmethod
-    def forward(ctx, logits, target, alpha, ignore_index, label_smoothing, reduction, inplace):
+    def forward(ctx, logits, target, alpha, ignore_index, label_smoothing, reduction, inplace, grad_scale):
         red = _lib.reduction_of(reduction)
         want_grad = ctx.needs_input_grad[0]
-        write_over = want_grad and inplace and inplace_is_safe(logits)
-        x = logits if _row_layout(logits) else logits.contiguous()
+        want_tgrad = target.dim() == 2 and ctx.needs_input_grad[1]
+        # The target gradient needs the logits in backward: then they are not written over.
+        write_over = want_grad and inplace and not want_tgrad and inplace_is_safe(logits)
+        x = _for_c(logits)
         p, t = _problem(x, target, alpha, ignore_index, label_smoothing, reduction)
         rows, cols = x.shape
         _, stream = _device_and_stream(x)
         loss = torch.empty(rows if red == _lib.Reduction.NONE else 1, dtype=torch.float32, device=x.device)
+        lse = torch.empty(rows, dtype=torch.float32, device=x.device) if want_tgrad else None
         grad = None
         if want_grad:
             grad = x if write_over else torch.empty((rows, cols), dtype=x.dtype, device=x.device)
         ws, ws_bytes = _workspace(x, reduction) if (want_grad or red != _lib.Reduction.NONE) else (None, 0)
-        out = _lib.XentOutputs(loss=_vp(loss), lse=None, lse_alpha=None, dlogits=_vp(grad),
+        out = _lib.XentOutputs(loss=_vp(loss), lse=_vp(lse), lse_alpha=None, dlogits=_vp(grad),
                                ld_dlogits=_ld(grad) if grad is not None else 0)
-        up = _lib.Upstream(1.0, None)
+        up, scale_keep = _forward_upstream(grad_scale if want_grad else None, red, rows, x.device)
         _call(x.device, "pg_xent_forward_backward", ctypes.byref(p), ctypes.byref(up), ctypes.byref(out), _vp(ws),
                   ws_bytes, stream)
         if write_over:
             _bump_version(logits)
         ctx.grad = grad
+        ctx.had_grad = want_grad
+        ctx.grad_scale = grad_scale if want_grad else None
         ctx.reduction = red
         ctx.consumed = False
-        loss = loss.to(logits.dtype)
+        ctx.target_info = (label_smoothing, target.dtype) if want_tgrad else None
+        if want_tgrad:
+            ctx.save_for_backward(x, lse)
+        # The loss stays float32 for fp16/bf16 logits too (as F.cross_entropy under autocast): a loss
+        # scale such as 65536 times an fp16 loss overflows.
         return loss if red == _lib.Reduction.NONE else loss.reshape(())
 
     @staticmethod
     def backward(ctx, grad_output):
-        if ctx.consumed:
+        _no_double_backward("cross_entropy")
+        grad = ctx.grad
+        if ctx.consumed and ctx.had_grad:
             raise RuntimeError("powergrad cross_entropy: backward ran twice through the same graph; the "
                                "gradient buffer was scaled in place the first time (call the loss again "
                                "instead of retain_graph=True)")
-        grad = ctx.grad
-        if grad is None:
-            return (None,) * 7
+        factor = _row_factor(grad_output, ctx.reduction)
+        dlogits = None
+        if grad is not None:
+            ctx.grad = None
+            gs = ctx.grad_scale
+            if gs is None:
+                ratio = factor
+            elif isinstance(gs, torch.Tensor):
+                g = gs.to(device=factor.device, dtype=torch.float32)
+                ratio = factor / (g.reshape(-1, 1) if g.numel() > 1 else g.reshape(()))
+            else:
+                ratio = factor / gs
+            _scale_grad_(grad, ratio)  # exact when grad_output equals grad_scale (ratio 1)
+            dlogits = grad
         ctx.consumed = True
-        ctx.grad = None
-        go = grad_output.to(torch.float32)  # one rounding (of the product) for fp16/bf16 gradients
-        if ctx.reduction == _lib.Reduction.NONE:
-            grad.mul_(go.reshape(-1, 1))
-        else:
-            grad.mul_(go.reshape(()))
-        return grad, None, None, None, None, None, None
+        dtarget = None
+        if ctx.target_info is not None:
+            x, lse = ctx.saved_tensors
+            dtarget = _target_grad(x, lse, factor, ctx.reduction, *ctx.target_info)
+        return dlogits, dtarget, None, None, None, None, None, None
 
 
 class _CrossEntropyTwoPass(torch.autograd.Function):
@@ -219,54 +346,79 @@ class _CrossEntropyTwoPass(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, alpha, ignore_index, label_smoothing, reduction):
         red = _lib.reduction_of(reduction)
-        x = logits if _row_layout(logits) else logits.contiguous()
+        x = _for_c(logits)
         p, t = _problem(x, target, alpha, ignore_index, label_smoothing, reduction)
         rows = x.shape[0]
         _, stream = _device_and_stream(x)
         loss = torch.empty(rows if red == _lib.Reduction.NONE else 1, dtype=torch.float32, device=x.device)
         want_grad = ctx.needs_input_grad[0]
+        want_tgrad = target.dim() == 2 and ctx.needs_input_grad[1]
         lse_alpha = torch.empty(rows, dtype=torch.float32, device=x.device) if want_grad else None
+        lse = torch.empty(rows, dtype=torch.float32, device=x.device) if want_tgrad else None
         ws, ws_bytes = _workspace(x, reduction)
-        out = _lib.XentOutputs(loss=_vp(loss), lse=None, lse_alpha=_vp(lse_alpha), dlogits=None, ld_dlogits=0)
+        out = _lib.XentOutputs(loss=_vp(loss), lse=_vp(lse), lse_alpha=_vp(lse_alpha), dlogits=None, ld_dlogits=0)
         up = _lib.Upstream(1.0, None)
         _call(x.device, "pg_xent_forward_backward", ctypes.byref(p), ctypes.byref(up), ctypes.byref(out), _vp(ws),
                   ws_bytes, stream)
-        if want_grad:
-            ctx.save_for_backward(x, t, lse_alpha)
+        if want_grad or want_tgrad:
+            ctx.save_for_backward(x, t, lse_alpha, lse)
         ctx.args = (alpha, ignore_index, label_smoothing, reduction)
-        loss = loss.to(logits.dtype)
+        ctx.target_dtype = target.dtype
         return loss if red == _lib.Reduction.NONE else loss.reshape(())
 
     @staticmethod
     def backward(ctx, grad_output):
-        x, t, lse_alpha = ctx.saved_tensors
+        _no_double_backward("cross_entropy")
+        x, t, lse_alpha, lse = ctx.saved_tensors
         alpha, ignore_index, label_smoothing, reduction = ctx.args
-        p, t = _problem(x, t, alpha, ignore_index, label_smoothing, reduction)
-        _, stream = _device_and_stream(x)
-        go = grad_output.detach().to(torch.float32).reshape(-1).contiguous()
-        up = _lib.Upstream(1.0, _vp(go))
-        grad = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        ws, ws_bytes = _workspace(x, reduction)
-        _call(x.device, "pg_xent_backward", ctypes.byref(p), ctypes.byref(up), _vp(lse_alpha), _vp(grad), grad.shape[1],
-                  _vp(ws), ws_bytes, stream)
-        return grad, None, None, None, None, None
+        red = _lib.reduction_of(reduction)
+        grad = None
+        if lse_alpha is not None:
+            p, t = _problem(x, t, alpha, ignore_index, label_smoothing, reduction)
+            _, stream = _device_and_stream(x)
+            go = _c_tensor(grad_output.detach().to(torch.float32).reshape(-1))
+            up = _lib.Upstream(1.0, _vp(go))
+            grad = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+            ws, ws_bytes = _workspace(x, reduction)
+            _call(x.device, "pg_xent_backward", ctypes.byref(p), ctypes.byref(up), _vp(lse_alpha), _vp(grad),
+                      grad.shape[1], _vp(ws), ws_bytes, stream)
+        dtarget = None
+        if lse is not None:
+            dtarget = _target_grad(x, lse, _row_factor(grad_output, red), red, label_smoothing, ctx.target_dtype)
+        return grad, dtarget, None, None, None, None
 
 
 def cross_entropy(logits, target, alpha=1.0, ignore_index=-100, label_smoothing=0.0, reduction="mean",
-                  inplace=False, fused=True):
+                  inplace=False, fused=True, grad_scale=None):
     """PGT softmax cross-entropy: F.cross_entropy's value, with the gradient softmax(alpha z) - q.
 
     ``logits``: ``[N, C]`` float32/float16/bfloat16, on the CPU or a CUDA device (reshape ``[B, T, V]``
     to ``[B*T, V]``). ``target``: ``[N]`` class indices (int64/int32; ``ignore_index`` rows add nothing
     and are not counted by 'mean') or ``[N, C]`` probabilities. ``alpha`` = 1 is ordinary training;
-    the paper uses 0.05-0.3. ``label_smoothing`` follows PyTorch. The loss is returned in the logits'
-    dtype (0-d for 'mean'/'sum', ``[N]`` for 'none').
+    the paper uses 0.05-0.3. ``label_smoothing`` follows PyTorch. The loss is float32 for every logits
+    dtype (as F.cross_entropy under autocast; 0-d for 'mean'/'sum', ``[N]`` for 'none'), so that a
+    mixed-precision loss scale does not overflow it.
 
     Like Liger-Kernel, the gradient is computed during the forward pass (one read of the logits, one
     write) into a buffer, and backward multiplies it by the incoming gradient (a scalar for 'mean' and
-    'sum', per row for 'none'); no host synchronisation. Differences from PyTorch: 'mean' over zero
-    valid rows returns 0 (PyTorch: NaN); out-of-range class indices raise PowerGradError on the CPU and
-    give a NaN loss/gradient row on CUDA; backward may run only once per forward.
+    'sum', per row for 'none'), in fp32, with one rounding to the logits' dtype; no host
+    synchronisation. Differences from PyTorch: 'mean' over zero valid rows returns 0 (PyTorch: NaN);
+    out-of-range class indices raise PowerGradError on the CPU and give a NaN loss/gradient row on
+    CUDA; backward may run only once per forward; double backward (``create_graph=True``) raises.
+
+    ``grad_scale`` (fused form): the incoming gradient backward is expected to receive, e.g. the
+    mixed-precision loss scale (a float, or a one-element float tensor such as GradScaler's scale on
+    the device, read by the kernel without synchronisation; for 'none' also an ``[N]`` tensor, the
+    expected per-row incoming gradient). The kernel applies it in fp32 before rounding the stored
+    gradient, and backward multiplies by ``grad_output / grad_scale`` in fp32 (exact when they agree).
+    Use it with fp16 logits and a loss scale: without it the stored gradient ``(p' - q) / N`` falls
+    below fp16's range for small probabilities and those elements are lost before the scale is applied
+    (bf16 has fp32's range). Elements that overflow the dtype at ``grad_scale`` stay infinite, so do
+    not pass more than the incoming gradient will be. ``fused=False`` does not need it.
+
+    Probability targets that require grad get PyTorch's gradient, ``-(1 - label_smoothing) *
+    log_softmax(logits)`` times the incoming gradient (over N for 'mean'); that is one more read of
+    the logits in backward, which are then kept (and never written over by ``inplace``).
 
     ``inplace=True`` writes the gradient over ``logits`` (saving a logits-sized buffer) when that is
     safe, and otherwise silently uses a buffer: see :func:`inplace_is_safe` for the rule. Do not read
@@ -276,16 +428,23 @@ def cross_entropy(logits, target, alpha=1.0, ignore_index=-100, label_smoothing=
     a per-row ``lse_alpha`` and keeps the logits; backward reads them once more and writes the
     gradient with the incoming gradient applied exactly (read from device memory). It holds the logits
     instead of a gradient buffer until backward, may run backward more than once, and ignores
-    ``inplace``.
+    ``inplace`` and ``grad_scale``.
+
+    Inputs the library cannot read as they are (non-contiguous, stride-0 / expanded, or starting at a
+    byte offset that is not a multiple of the element size, e.g. from ``torch.frombuffer``) are
+    copied first. Integer arguments that do not fit int64_t (``ignore_index``) raise
+    ``powergrad._lib.ArgumentRangeError`` (an OverflowError and a ValueError) naming the argument.
     """
     if logits.dim() != 2:
         raise ValueError("powergrad cross_entropy: logits must be 2-D [N, C], got %s" % (tuple(logits.shape),))
     _lib.reduction_of(reduction)
+    ignore_index = _lib.check_int("ignore_index", ignore_index)
+    gs = _check_grad_scale(grad_scale, _lib.reduction_of(reduction), logits.shape[0])
     if not fused:
-        return _CrossEntropyTwoPass.apply(logits, target, float(alpha), int(ignore_index), float(label_smoothing),
+        return _CrossEntropyTwoPass.apply(logits, target, float(alpha), ignore_index, float(label_smoothing),
                                           reduction)
-    return _CrossEntropy.apply(logits, target, float(alpha), int(ignore_index), float(label_smoothing), reduction,
-                               bool(inplace))
+    return _CrossEntropy.apply(logits, target, float(alpha), ignore_index, float(label_smoothing), reduction,
+                               bool(inplace), gs)
 
 
 def pgt_hook(logits, target, alpha, scale=1.0, ignore_index=-100, label_smoothing=0.0, reduction="mean"):
@@ -314,12 +473,14 @@ def pgt_hook(logits, target, alpha, scale=1.0, ignore_index=-100, label_smoothin
     their per-GPU batch squared. This hook takes the scale explicitly instead.
 
     The hook form is less precise than :func:`cross_entropy` (probabilities below the gradient's
-    resolution are lost, which matters in fp16/bf16); prefer the logits form where you can. Returns the
-    hook's RemovableHandle.
+    resolution are lost, which matters in fp16/bf16); prefer the logits form where you can. The hook
+    raises under ``create_graph=True`` (its output has no second-order graph). Returns the hook's
+    RemovableHandle.
     """
     if logits.dim() != 2:
         raise ValueError("powergrad pgt_hook: logits must be 2-D [N, C]")
     red = _lib.reduction_of(reduction)
+    ignore_index = _lib.check_int("ignore_index", ignore_index)
     target = target.detach()
     rows = logits.shape[0]
 
@@ -333,10 +494,11 @@ def pgt_hook(logits, target, alpha, scale=1.0, ignore_index=-100, label_smoothin
             else:
                 n_valid = torch.tensor(float(rows), device=device)
             s = s / n_valid.clamp(min=1)
-        return s.reshape(-1).expand(rows).contiguous() if s.numel() == 1 else s.reshape(-1).contiguous()
+        return _c_tensor(s.reshape(-1).expand(rows) if s.numel() == 1 else s.reshape(-1))
 
     def hook(grad):
-        g = grad if _row_layout(grad) else grad.contiguous()
+        _no_double_backward("pgt_hook")
+        g = _for_c(grad)
         rs = row_scale_tensor(g.device)
         if rs.shape[0] != rows:
             raise ValueError("powergrad pgt_hook: scale has %d values for %d rows" % (rs.shape[0], rows))
@@ -636,7 +798,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         import torch.distributed as dist
         red = _lib.reduction_of(reduction)
         world = dist.get_world_size(group)
-        x = logits if (_row_layout(logits) and logits.shape[1] > 0) else logits.contiguous()
+        x = logits if (_row_layout(logits) and logits.shape[1] > 0 and _aligned(logits)) else _c_tensor(logits)
         rows, width = x.shape
         dev = x.device
         if check:
@@ -678,11 +840,11 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
                   _vp(ws), ws_bytes, stream)
         ctx.grad = grad[:, :0] if empty else grad
         ctx.reduction = red
-        loss = loss.to(logits.dtype)
-        return loss if red == _lib.Reduction.NONE else loss.reshape(())
+        return loss if red == _lib.Reduction.NONE else loss.reshape(())  # float32, as cross_entropy
 
     @staticmethod
     def backward(ctx, grad_output):
+        _no_double_backward("vocab_parallel_cross_entropy")
         grad = ctx.grad
         ctx.grad = None
         go = grad_output.to(torch.float32)
@@ -701,7 +863,8 @@ def vocab_parallel_cross_entropy(logits, target, vocab_start, vocab_size, alpha=
     exponential sums, target term), exchanges them with ONE ``all_gather`` on ``group`` (16 bytes per
     row per rank, whatever the vocabulary size), merges them in rank order (the same bits on every
     rank) and writes the shard's gradient and the loss; every rank returns the same loss, equal to the
-    unsharded :func:`cross_entropy` to rounding. Backward scales the gradient by the incoming one.
+    unsharded :func:`cross_entropy` to rounding (float32, as there). Backward scales the gradient by
+    the incoming one, in fp32.
 
     ``check=True`` first all-gathers eight integers per rank (and reads them on the host: one
     synchronisation; pass ``check=False`` once a setup is known good) and raises ``ValueError`` on every rank
@@ -713,6 +876,10 @@ def vocab_parallel_cross_entropy(logits, target, vocab_start, vocab_size, alpha=
     if target.dim() != 1:
         raise ValueError("powergrad vocab_parallel_cross_entropy: target must be [N] class indices")
     _lib.reduction_of(reduction)
-    return _VocabParallelCrossEntropy.apply(logits, target, int(vocab_start), int(vocab_size), float(alpha),
-                                            int(ignore_index), float(label_smoothing), reduction, group,
+    # Integers that do not fit int64_t raise here, before any collective (ctypes would wrap them).
+    vocab_start = _lib.check_int("vocab_start", vocab_start)
+    vocab_size = _lib.check_int("vocab_size", vocab_size)
+    ignore_index = _lib.check_int("ignore_index", ignore_index)
+    return _VocabParallelCrossEntropy.apply(logits, target, vocab_start, vocab_size, float(alpha),
+                                            ignore_index, float(label_smoothing), reduction, group,
                                             bool(check))
