@@ -1,9 +1,13 @@
-"""bench/compare_frameworks.py and bench/plot.py run on the CPU, check themselves and write their outputs.
+"""bench/compare_frameworks.py, bench/plot.py and tools/gpu-check.sh run on the CPU, check themselves
+and write their outputs.
 
 compare_frameworks.py runs once (``--device cpu --quick``, as a subprocess with a time limit); its JSON
 is checked row by row. These tests also run without libpowergrad.so (the powergrad rows must then be
 skipped with a reason); with the library, the powergrad rows must run and agree with the float64
 reference. The plot tests need matplotlib (Debian: python3-matplotlib) and skip with a reason without it.
+tools/gpu-check.sh is checked without a GPU and without a CUDA build: `run` on a bundle with no
+binaries (every step skipped), and `bundle --no-build` + `run` from the build folder that holds the
+library these tests load, when there is one (the README's test build).
 """
 
 import json
@@ -17,7 +21,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BENCH = os.path.join(ROOT, "bench")
 COMPARE = os.path.join(BENCH, "compare_frameworks.py")
 PLOT = os.path.join(BENCH, "plot.py")
-BENCH_JSON = os.path.join(ROOT, "bench", "results", "2026-11-26-h100-final", "bench_device.json")
+BENCH_JSON = os.path.join(ROOT, "bench", "results", "2026-11-26-h100", "bench_device.json")
+GPU_CHECK = os.path.join(ROOT, "tools", "gpu-check.sh")
+SUMMARIZE = os.path.join(ROOT, "tools", "summarize.py")
 TIMEOUT_S = 60
 
 pytestmark = pytest.mark.no_library
@@ -245,3 +251,160 @@ def test_plot_says_clearly_when_matplotlib_is_missing(tmp_path):
     assert proc.returncode == 2
     assert "matplotlib is not installed" in proc.stderr and "python3-matplotlib" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# tools/gpu-check.sh and tools/summarize.py
+# ------------------------------------------------------------------------------------------------
+
+GPU_STEPS = ["device-tests", "capi-device", "bench", "bench-bucket", "sanitizer-memcheck", "sanitizer-racecheck",
+             "sanitizer-initcheck", "sanitizer-synccheck", "demo", "trainer", "nccl", "python", "compare"]
+HOST_STEPS = ["host-tests", "host-bench"]
+RUN_FILES = {"summary.md", "env.txt", "tests.json", "bench.json", "compare.json", "sanitizer.log", "python.log",
+             "run.log"}
+# The script speaks of building and running, never of how a bundle or its results are moved.
+FOREIGN_WORDS = [r"\bcarry\b", r"travel", r"timeout_s", r"device call", r"\b8 files\b"]
+
+
+def gpu_check(args, env_extra=None, timeout=TIMEOUT_S):
+    env = dict(os.environ, PG_NO_GPU="1", **(env_extra or {}))
+    return run(["bash", GPU_CHECK] + args, timeout=timeout, env=env)
+
+
+def step_lines(summary):
+    """step name -> its line in summary.md's Steps list."""
+    lines = {}
+    body = summary.split("\n## Steps\n", 1)[1].split("\n## ", 1)[0]
+    for line in body.splitlines():
+        if line.startswith("- ") and ": " in line:
+            lines[line[2:].split(":", 1)[0]] = line
+    return lines
+
+
+def assert_speaks_only_of_the_project(text, what):
+    import re
+    for pattern in FOREIGN_WORDS:
+        assert not re.search(pattern, text, re.I), "%s mentions %r" % (what, pattern)
+
+
+def test_gpu_check_usage_names_the_verbs():
+    proc = gpu_check([])
+    assert proc.returncode == 2
+    for verb in ("bundle DIR", "run BUNDLE OUTDIR", "sass"):
+        assert verb in proc.stderr, proc.stderr
+
+
+def test_gpu_check_text_speaks_only_of_the_project():
+    with open(GPU_CHECK) as f:
+        assert_speaks_only_of_the_project(f.read(), GPU_CHECK)
+
+
+def test_gpu_check_run_without_gpu_skips_every_gpu_step(tmp_path):
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "MANIFEST.txt").write_text("powergrad GPU bundle\ncommit: 0123abc\nbuilt: 2026-01-01T00:00:00Z\n"
+                                         "nvcc: test\nfiles (bytes, sha256):\n")
+    out = tmp_path / "out"
+    proc = gpu_check(["run", str(bundle), str(out)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_speaks_only_of_the_project(proc.stdout + proc.stderr, "the output of run")
+    files = {p.name for p in out.iterdir()}
+    assert "summary.md" in files and files <= RUN_FILES, files
+    summary = (out / "summary.md").read_text()
+    assert "commit: 0123abc" in summary
+    lines = step_lines(summary)
+    for name in GPU_STEPS:
+        assert name in lines and "skipped: no GPU" in lines[name], (name, summary)
+    for name in HOST_STEPS:
+        assert name in lines and "skipped: not in the bundle" in lines[name], (name, summary)
+
+
+def test_gpu_check_run_rejects_a_folder_that_is_not_a_bundle(tmp_path):
+    proc = gpu_check(["run", str(tmp_path), str(tmp_path / "out")])
+    assert proc.returncode == 2 and "not a bundle" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_gpu_check_bundle_does_not_replace_another_folder(tmp_path):
+    keep = tmp_path / "mine" / "keep.txt"
+    keep.parent.mkdir()
+    keep.write_text("not a bundle")
+    proc = gpu_check(["bundle", str(keep.parent), "--no-build"])
+    assert proc.returncode == 2 and "not a bundle" in proc.stderr
+    assert keep.read_text() == "not a bundle"
+
+
+def test_gpu_check_bundle_and_run_from_the_test_build(tmp_path):
+    """bundle --no-build from the build folder of the library under test, then run without a GPU."""
+    if LIBRARY_ERROR is not None:
+        pytest.skip("no libpowergrad.so: %s" % LIBRARY_ERROR)
+    build = os.path.dirname(os.path.dirname(os.path.realpath(powergrad.library_path())))
+    if not os.path.isfile(os.path.join(build, "CMakeCache.txt")):
+        pytest.skip("the library under test is not in a CMake build folder (%s)" % build)
+    bundle = tmp_path / "bundle"
+    proc = gpu_check(["bundle", str(bundle), "--no-build"], {"PG_BUILD_DIR": build}, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_speaks_only_of_the_project(proc.stdout + proc.stderr, "the output of bundle")
+    for rel in ("python/powergrad/__init__.py", "tests/python/conftest.py", "bench/compare_frameworks.py",
+                "bench/plot.py", "tools/gpu-check.sh", "tools/summarize.py", "bin/powergrad_tests_host"):
+        assert (bundle / rel).is_file(), rel
+    assert [p.name for p in (bundle / "lib").glob("libpowergrad.so*")], "no libpowergrad.so in lib/"
+
+    # MANIFEST.txt lists every other file with its size and sha256.
+    import hashlib
+    manifest = (bundle / "MANIFEST.txt").read_text()
+    assert manifest.startswith("powergrad GPU bundle\ncommit: ")
+    listed = {}
+    for line in manifest.split("files (bytes, sha256):\n", 1)[1].splitlines():
+        rel, size, digest = line.split()
+        listed[rel] = (int(size), digest)
+    on_disk = {str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file()} - {"MANIFEST.txt"}
+    assert set(listed) == on_disk
+    for rel, (size, digest) in listed.items():
+        data = (bundle / rel).read_bytes()
+        assert len(data) == size and hashlib.sha256(data).hexdigest() == digest, rel
+
+    out = tmp_path / "out"
+    steps = "device-tests,python,host-bench" if (bundle / "bin" / "powergrad_bench_host").exists() else "device-tests"
+    proc = gpu_check(["run", str(bundle), str(out)], {"PG_STEPS": steps}, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = (out / "summary.md").read_text()
+    lines = step_lines(summary)
+    assert "skipped: no GPU" in lines["device-tests"]
+    assert set(steps.split(",")) <= set(lines)
+    if "host-bench" in steps:
+        assert lines["host-bench"].startswith("- host-bench: passed"), summary
+        assert "ratio_to_copy" in summary
+
+
+def test_summarize_run_summary_of_a_recorded_run(tmp_path):
+    """merge-tests, merge-bench and run-summary on the recorded H100 run."""
+    recorded = os.path.dirname(BENCH_JSON)
+    tests = tmp_path / "tests.json"
+    proc = run([sys.executable, SUMMARIZE, "merge-tests", str(tests),
+                "powergrad_tests_device=" + os.path.join(recorded, "tests_device.json"),
+                "powergrad_capi_device_tests=" + str(tmp_path / "missing.json")])
+    assert proc.returncode == 0, proc.stderr
+    bench = tmp_path / "bench.json"
+    proc = run([sys.executable, SUMMARIZE, "merge-bench", str(bench), BENCH_JSON, BENCH_JSON])
+    assert proc.returncode == 0, proc.stderr
+    with open(BENCH_JSON) as f:
+        n = len(json.load(f)["benchmarks"])
+    with open(bench) as f:
+        assert len(json.load(f)["benchmarks"]) == 2 * n
+    steps = tmp_path / "steps.tsv"
+    steps.write_text("device-tests\tpassed\t15\t\ncapi-device\tfailed (exit 1)\t2\t\nbench\tpassed\t40\t\n"
+                     "nccl\tskipped\t0\tlibnccl.so.2 not found on this machine\n")
+    proc = run([sys.executable, SUMMARIZE, "run-summary", "--steps", str(steps), "--tests", str(tests),
+                "--bench", BENCH_JSON, "--env", os.path.join(recorded, "env.txt")])
+    assert proc.returncode == 0, proc.stderr
+    summary = proc.stdout
+    lines = step_lines(summary)
+    assert lines["device-tests"].startswith("- device-tests: passed: powergrad_tests_device 29 tests: 29 passed, "
+                                            "0 failed, 0 skipped")
+    assert "capi-device: failed (exit 1): powergrad_capi_device_tests no report" in lines["capi-device"]
+    assert "bench: passed: 108 benchmarks, 0 with errors" in lines["bench"]
+    assert lines["nccl"] == "- nccl: skipped: libnccl.so.2 not found on this machine (0 s)"
+    assert "- GPU: NVIDIA H100 80GB HBM3 x 1, driver 580.159.04" in summary
+    assert "- GOAL fwd_bwd_inplace bf16 8192x128256: ratio_to_copy 0.877 (goal >= 0.85): MET" in summary
+    assert "| bf16 | 8192x128256 | 3013 | 0.877 | 0.843 | 0.970 | 0.441 | 0.091 |" in summary
