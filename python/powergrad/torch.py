@@ -265,7 +265,7 @@ def _target_grad(x, lse, factor, red, label_smoothing, dtype):
     logits; only done when the targets require grad."""
     rows = x.shape[0]
     g = factor / rows if (red == _lib.Reduction.MEAN and rows) else factor
-    logp = x.float().sub_(lse.reshape(-1, 1))
+    logp = torch.sub(x.float(), lse.reshape(-1, 1))  # never in place: x may be the caller's logits
     return logp.mul_(g * -(1.0 - label_smoothing)).to(dtype)
 
 

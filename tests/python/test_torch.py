@@ -282,3 +282,80 @@ def test_cuda_matches_cpu(dtype):
         tol = 1e-5 if dtype == torch.float32 else 1.6e-2
         torch.testing.assert_close(gpu_loss.cpu(), cpu_loss, rtol=tol, atol=tol)
         torch.testing.assert_close(gpu_grad.cpu(), cpu_grad, rtol=tol, atol=tol)
+
+
+# ---- probability targets that require grad ----------------------------------------------------------
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("alpha", [1.0, 0.3])
+def test_dense_target_gradient_matches_torch(fused, reduction, eps, alpha):
+    # d(loss)/d(q) = -(1 - eps) log_softmax(z) * upstream: the loss is ordinary CE for any alpha, so
+    # the target gradient is PyTorch's (only the logits gradient is PGT's).
+    z, _ = make(seed=20, ignored=())
+    q0 = torch.softmax(torch.randn(z.shape, generator=torch.Generator().manual_seed(21)), dim=1)
+    up = torch.rand(z.shape[0]) + 0.5 if reduction == "none" else torch.tensor(1.3)
+    kw = dict(reduction=reduction, label_smoothing=eps)
+    q = q0.clone().requires_grad_(True)
+    x = z.clone().requires_grad_(True)
+    loss = cross_entropy(x, q, alpha=alpha, fused=fused, **kw)
+    loss.backward(up)
+    q_want = q0.clone().requires_grad_(True)
+    F.cross_entropy(z, q_want, **kw).backward(up)
+    assert q.grad is not None and q.grad.dtype == q0.dtype
+    torch.testing.assert_close(q.grad, q_want.grad, rtol=1e-5, atol=1e-6)
+    # The logits gradient is unchanged by the target requiring grad.
+    want = ref.xent(z.double().numpy(), q0.double().numpy(), alpha, -100, eps, reduction, up.double().numpy())[1]
+    torch.testing.assert_close(x.grad.double(), torch.as_tensor(want), rtol=1e-5, atol=1e-6)
+
+
+def test_dense_target_gradient_alone_and_in_its_own_dtype():
+    # Logits without grad (a teacher's distribution being learned, say), float64 targets on float32 logits.
+    z, _ = make(seed=22, ignored=())
+    q0 = torch.softmax(torch.randn(z.shape, dtype=torch.float64), dim=1)
+    z_before = z.clone()
+    q = q0.clone().requires_grad_(True)
+    cross_entropy(z, q, alpha=0.3).backward()
+    assert torch.equal(z, z_before)  # the caller's logits are read, never written
+    q_want = q0.clone().requires_grad_(True)
+    F.cross_entropy(z.double(), q_want).backward()
+    assert q.grad.dtype == torch.float64
+    torch.testing.assert_close(q.grad, q_want.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_dense_target_gradient_with_inplace_keeps_the_logits():
+    # inplace=True would overwrite the logits that the target gradient needs: it falls back to a buffer.
+    torch.manual_seed(23)
+    lin = torch.nn.Linear(6, 9)
+    h = torch.randn(12, 6)
+    q0 = torch.softmax(torch.randn(12, 9), dim=1)
+    grads = []
+    for inplace in (False, True):
+        q = q0.clone().requires_grad_(True)
+        lin.zero_grad()
+        cross_entropy(lin(h), q, alpha=0.3, inplace=inplace).backward()
+        grads.append((q.grad, lin.weight.grad.clone()))
+    q_want = q0.clone().requires_grad_(True)
+    F.cross_entropy(lin(h).detach(), q_want).backward()
+    for qg, wg in grads:
+        torch.testing.assert_close(qg, q_want.grad, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(wg, grads[0][1], rtol=0, atol=0)
+
+
+# ---- double backward --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("form", ["fused", "two_pass", "hook"])
+def test_create_graph_raises(form):
+    # The PGT gradient comes from the library, so there is no second-order graph to build: refuse
+    # rather than return first-order gradients whose own gradient is silently missing.
+    z, y = make(seed=24)
+    x = z.clone().requires_grad_(True)
+    if form == "hook":
+        logits = x * 1
+        pgt_hook(logits, y, alpha=0.3)
+        loss = F.cross_entropy(logits, y)
+    else:
+        loss = cross_entropy(x, y, alpha=0.3, fused=form == "fused")
+    with pytest.raises(RuntimeError, match="create_graph"):
+        torch.autograd.grad(loss, x, create_graph=True)
