@@ -8,7 +8,7 @@ local loads/stores (LDL/STL), MUFU.EX2 (exp2) count and instruction count. No GP
 
   sass_report.py --binary NAME SASS_TXT RES_TXT [--binary ...] [--ptxas-log LOG] [--detail NAME]
 
-Python 3 standard library only. Used by tools/gpu-check.sh build.
+Python 3 standard library only. Used by tools/gpu-check.sh bundle and tools/gpu-check.sh sass.
 """
 import argparse
 import re
@@ -158,7 +158,7 @@ def main():
                           or names_all[:1])
 
     print("# Offline SASS / resource facts (sm_90)\n")
-    print("Read with cuobjdump from the binaries in build-gpu/carry/; spills from `-Xptxas -v` in the build log.")
+    print("Read with cuobjdump from the device executables of the build; spills from `-Xptxas -v` in the build log.")
     print("LDG128/STG128: 16-byte global loads/stores; narrow: any other width (scalar heads/tails,")
     print("targets, statistics). LDL/STL: local memory. EX2: MUFU.EX2 (exp2) instructions.\n")
     for name, sass, res in a.binary:

@@ -7,7 +7,7 @@
   summarize.py run-summary --steps STEPS.tsv [--env env.txt] [--manifest MANIFEST.txt]
                [--tests tests.json] [--bench bench.json] [--compare compare.json] [--host-bench H.json]
 
-The first form prints the goals first (benchmarks that carry a `goal` counter: ratio_to_copy >=
+The first form prints the goals first (benchmarks with a `goal` counter: ratio_to_copy >=
 goal), then one table row per benchmark: op, dtype, shape, time per launch, GB/s of the minimal
 bytes, and ratio_to_copy (same-run copy time / op time). A JSON file cut short by a timeout is
 repaired up to its last complete benchmark. With --benchmark_repetitions, the median aggregate is
