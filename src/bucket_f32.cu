@@ -7,7 +7,8 @@ namespace powergrad_capi {
 
 // Dtype-free, but its CUDA half is a cudaMemcpyAsync: lives in a CUDA translation unit.
 powergrad::Status bucket_upload_call(const void* plan, void* workspace, size_t workspace_bytes, void* stream) {
-  return powergrad::bucket_plan_upload(plan, workspace, workspace_bytes, static_cast<powergrad::stream_t>(stream));
+  return powergrad::detail::plan_upload(kBucketCNames, plan, workspace, workspace_bytes,
+                                         static_cast<powergrad::stream_t>(stream));
 }
 
 }  // namespace powergrad_capi

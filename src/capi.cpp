@@ -3,16 +3,15 @@
 // Each entry point: clear the thread's last error, check what the C++ API cannot see (struct
 // sizes, null struct pointers, enum values, a CUDA device in a build without CUDA), switch on the
 // dtype once, and map the C++ Status to pg_status_t. Nothing throws across this boundary.
-#include <cctype>
 #include <cstddef>
 #include <cstdio>
 #include <cstring>
-#include <string>
 #include <utility>
 #include <exception>
 #include <vector>
 
 #include "capi_internal.hpp"
+#include "capi_names.hpp"
 #include "powergrad/bucket.hpp"
 #include "powergrad/config.hpp"
 #include "powergrad/detail/xent_job.hpp"
@@ -169,68 +168,6 @@ Status read_plan_dtypes(const void* plan, powergrad_capi::BucketCall& c, int& gr
   return Status::kSuccess;
 }
 
-// The C++ API names arguments as C++ sees them (out.dlogits, targets.index, rows); a C caller
-// filled a pg_xent_problem_t / pg_xent_outputs_t / pg_bucket_desc_t. These tables rewrite the last
-// error message in the caller's terms. `anywhere` names are replaced wherever they start a word;
-// the others only at the start of the message (where the C++ API puts the argument it rejects).
-struct Rename {
-  const char* from;
-  const char* to;
-  bool anywhere;
-};
-constexpr Rename kXentNames[] = {
-    {"ld of out.dlogits", "outputs->ld_dlogits", true}, {"ld of dlogits", "ld_dlogits", true},
-    {"ld of out", "ld_out", true},                      {"out.dlogits", "outputs->dlogits", true},
-    {"out.lse_alpha", "outputs->lse_alpha", true},      {"out.lse", "outputs->lse", true},
-    {"out.loss", "outputs->loss", true},                {"targets.index", "problem->targets", true},
-    {"targets.prob", "problem->targets", true},         {"targets.ld", "problem->target_ld", true},
-    {"upstream.scale", "upstream->scale", true},        {"scale.scale", "scale", true},
-    {"logits", "problem->logits", false},               {"grad ", "problem->logits ", false},
-    {"rows", "problem->rows", false},                   {"cols", "problem->cols", false},
-    {"ld ", "problem->ld ", false},                     {"alpha", "problem->alpha", false},
-    {"label_smoothing", "problem->label_smoothing", false}, {"col_offset", "problem->col_offset", false},
-    {"total_cols", "problem->total_cols", false},       {"the hook form", "problem: the hook form", false},
-    {"xent_workspace_bytes()", "pg_xent_workspace_bytes()", true},
-};
-constexpr Rename kBucketOpNames[] = {
-    {"bucket_workspace_bytes()", "pg_bucket_workspace_bytes()", true},
-    {"bucket_plan_build", "pg_bucket_plan_build", true},
-};
-constexpr Rename kBucketDescNames[] = {
-    {"tensors[", "desc->tensors[", true}, {"tensors is null", "desc->tensors is null", false},
-    {"count", "desc->count", false},      {"units", "desc->units", false},
-    {"the gradients of tensors[", "the gradients of desc->tensors[", false},
-    {"bucket_plan_bytes()", "pg_bucket_plan_bytes()", true},
-};
-
-bool word_start(const char* buf, const char* at) {
-  if (at == buf) return true;
-  const char c = at[-1];
-  return !(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.' || c == '>' || c == '[');
-}
-
-// Rewrites the thread's last error message with `table` (first match at each position wins).
-template <size_t N>
-void rename_fields(const Rename (&table)[N]) {
-  char* msg = powergrad::detail::last_error_buffer();
-  std::string in(msg), out;
-  out.reserve(in.size() + 64);
-  for (size_t i = 0; i < in.size();) {
-    bool done = false;
-    for (const Rename& r : table) {
-      const size_t n = std::strlen(r.from);
-      if ((r.anywhere ? word_start(in.c_str(), in.c_str() + i) : i == 0) && in.compare(i, n, r.from) == 0) {
-        out += r.to;
-        i += n;
-        done = true;
-        break;
-      }
-    }
-    if (!done) out += in[i++];
-  }
-  std::snprintf(msg, 512, "%s", out.c_str());
-}
-
 // The common part of the bucket ops: the plan's dtypes, the workspace / flags / stream arguments,
 // then `set` fills in the op's own arguments.
 template <class F>
@@ -260,19 +197,6 @@ pg_status_t guarded(F&& body) noexcept {
     fail(Status::kSuccess, "internal error: unexpected C++ exception");
   }
   return PG_STATUS_INTERNAL_ERROR;
-}
-
-// guarded(), with a failure's message rewritten in the C structs' field names.
-template <size_t N, class F>
-pg_status_t guarded(const Rename (&table)[N], F&& body) noexcept {
-  const pg_status_t st = guarded(std::forward<F>(body));
-  if (st != PG_STATUS_SUCCESS && st != PG_STATUS_INTERNAL_ERROR) {
-    try {
-      rename_fields(table);
-    } catch (...) {  // keep the C++ wording
-    }
-  }
-  return st;
 }
 
 }  // namespace
@@ -308,7 +232,7 @@ PG_API pg_status_t pg_xent_workspace_bytes(int64_t rows, pg_reduction_t reductio
 PG_API pg_status_t pg_xent_forward_backward(const pg_xent_problem_t* problem, const pg_upstream_t* upstream,
                                             const pg_xent_outputs_t* outputs, void* workspace,
                                             size_t workspace_bytes, void* stream) {
-  return guarded(kXentNames, [&] {
+  return guarded([&] {
     powergrad_capi::Call c;
     c.op = powergrad_capi::Op::kForwardBackward;
     PG_TRY(check_problem(problem));
@@ -325,7 +249,7 @@ PG_API pg_status_t pg_xent_forward_backward(const pg_xent_problem_t* problem, co
 PG_API pg_status_t pg_xent_backward(const pg_xent_problem_t* problem, const pg_upstream_t* upstream,
                                     const float* saved_lse_alpha, void* dlogits, int64_t ld_dlogits,
                                     void* workspace, size_t workspace_bytes, void* stream) {
-  return guarded(kXentNames, [&] {
+  return guarded([&] {
     powergrad_capi::Call c;
     c.op = powergrad_capi::Op::kBackward;
     PG_TRY(check_problem(problem));
@@ -343,7 +267,7 @@ PG_API pg_status_t pg_xent_backward(const pg_xent_problem_t* problem, const pg_u
 
 PG_API pg_status_t pg_xent_hook(const pg_xent_problem_t* problem, float scale, const float* row_scale, void* out,
                                 int64_t ld_out, void* stream) {
-  return guarded(kXentNames, [&] {
+  return guarded([&] {
     powergrad_capi::Call c;
     c.op = powergrad_capi::Op::kHook;
     PG_TRY(check_problem(problem));
@@ -358,7 +282,7 @@ PG_API pg_status_t pg_xent_hook(const pg_xent_problem_t* problem, float scale, c
 }
 
 PG_API pg_status_t pg_xent_shard_stats(const pg_xent_problem_t* problem, pg_row_stats_t* stats, void* stream) {
-  return guarded(kXentNames, [&] {
+  return guarded([&] {
     powergrad_capi::Call c;
     c.op = powergrad_capi::Op::kShardStats;
     PG_TRY(check_problem(problem));
@@ -380,7 +304,7 @@ PG_API pg_status_t pg_xent_merge_stats(pg_device_t device, const pg_row_stats_t*
 PG_API pg_status_t pg_xent_shard_apply(const pg_xent_problem_t* problem, const pg_row_stats_t* merged,
                                        const pg_upstream_t* upstream, const pg_xent_outputs_t* outputs,
                                        void* workspace, size_t workspace_bytes, void* stream) {
-  return guarded(kXentNames, [&] {
+  return guarded([&] {
     powergrad_capi::Call c;
     c.op = powergrad_capi::Op::kShardApply;
     PG_TRY(check_problem(problem));
@@ -405,7 +329,7 @@ PG_API pg_status_t pg_bucket_plan_bytes(int64_t count, size_t* bytes) {
 }
 
 PG_API pg_status_t pg_bucket_plan_build(const pg_bucket_desc_t* desc, void* plan, size_t plan_bytes) {
-  return guarded(kBucketDescNames, [&] {
+  return guarded([&] {
     if (!desc) return fail(Status::kNullPointer, "desc is null");
     PG_TRY(check_size(desc->struct_size, sizeof(pg_bucket_desc_t), "desc", "pg_bucket_desc_t"));
     PG_TRY(check_device(desc->device, "desc->device"));
@@ -454,11 +378,11 @@ PG_API pg_status_t pg_bucket_tensors_from_flat(void* data, pg_dtype_t dtype, con
 }
 
 PG_API pg_status_t pg_bucket_workspace_bytes(const void* plan, size_t* bytes) {
-  return guarded(kBucketOpNames, [&] { return powergrad::bucket_workspace_bytes(plan, bytes); });
+  return guarded([&] { return powergrad::detail::workspace_bytes(powergrad_capi::kBucketCNames, plan, bytes); });
 }
 
 PG_API pg_status_t pg_bucket_plan_upload(const void* plan, void* workspace, size_t workspace_bytes, void* stream) {
-  return guarded(kBucketOpNames, [&] {
+  return guarded([&] {
     powergrad_capi::BucketCall c;
     int grad_dtype = 0;
     PG_TRY(read_plan_dtypes(plan, c, grad_dtype));
@@ -471,7 +395,7 @@ PG_API pg_status_t pg_bucket_plan_upload(const void* plan, void* workspace, size
 
 PG_API pg_status_t pg_bucket_power(const void* plan, float beta, pg_norm_preserve_t preserve, pg_bucket_scope_t scope,
                                    void* workspace, size_t workspace_bytes, int32_t* flags, void* stream) {
-  return guarded(kBucketOpNames, [&] {
+  return guarded([&] {
     PG_TRY(check_in_range(raw(preserve), 2, "preserve", "pg_norm_preserve_t"));
     PG_TRY(check_in_range(raw(scope), 1, "scope", "pg_bucket_scope_t"));
     return bucket_op(plan, powergrad_capi::BucketOp::kPower, workspace, workspace_bytes, flags, stream,
@@ -485,7 +409,7 @@ PG_API pg_status_t pg_bucket_power(const void* plan, float beta, pg_norm_preserv
 
 PG_API pg_status_t pg_bucket_clip_norm(const void* plan, float max_norm, pg_bucket_scope_t scope, float* norms,
                                        void* workspace, size_t workspace_bytes, int32_t* flags, void* stream) {
-  return guarded(kBucketOpNames, [&] {
+  return guarded([&] {
     PG_TRY(check_in_range(raw(scope), 1, "scope", "pg_bucket_scope_t"));
     return bucket_op(plan, powergrad_capi::BucketOp::kClipNorm, workspace, workspace_bytes, flags, stream,
                      [&](powergrad_capi::BucketCall& c) {
@@ -498,7 +422,7 @@ PG_API pg_status_t pg_bucket_clip_norm(const void* plan, float max_norm, pg_buck
 
 PG_API pg_status_t pg_bucket_agc(const void* plan, float clip, float eps, float beta, pg_norm_preserve_t preserve,
                                  void* workspace, size_t workspace_bytes, int32_t* flags, void* stream) {
-  return guarded(kBucketOpNames, [&] {
+  return guarded([&] {
     PG_TRY(check_in_range(raw(preserve), 2, "preserve", "pg_norm_preserve_t"));
     return bucket_op(plan, powergrad_capi::BucketOp::kAgc, workspace, workspace_bytes, flags, stream,
                      [&](powergrad_capi::BucketCall& c) {

@@ -378,7 +378,7 @@ std::vector<BadCase> bad_cases() {
     return pg::xent_backward(Backend::kHost, b.prob(), pg::Upstream{}, nullptr, static_cast<float*>(nullptr)); });
   add("null out (hook)", Status::kNullPointer, "out", [](Bufs& b) {
     return pg::xent_hook(Backend::kHost, b.prob(), pg::GradScale{}, static_cast<float*>(nullptr)); });
-  add("null grad input (hook)", Status::kNullPointer, "grad", [](Bufs& b) {
+  add("null grad input (hook)", Status::kNullPointer, "problem.logits", [](Bufs& b) {
     P p = b.prob(); p.logits = nullptr;
     return pg::xent_hook(Backend::kHost, p, pg::GradScale{}, b.grad.data()); });
   add("null stats (shard_stats)", Status::kNullPointer, "stats", [](Bufs& b) {

@@ -18,6 +18,7 @@
 #include <cstdint>
 
 #include "powergrad/config.hpp"
+#include "powergrad/detail/validate.hpp"
 #include "powergrad/detail/xent_job.hpp"
 #include "powergrad/host/xent_host.hpp"
 #include "powergrad/math/dtype.hpp"
@@ -36,125 +37,209 @@ inline size_t xent_workspace_bytes(int64_t rows, Reduction r) { return detail::x
 
 namespace detail {
 
-#define POWERGRAD_CHECK(cond, status, ...) \
-  do {                              \
-    if (!(cond)) return ::powergrad::detail::fail(status, __VA_ARGS__); \
-  } while (0)
+// The names under which the caller knows each argument: messages print these, so a C++ caller
+// reads "problem.rows" and a C caller "problem->rows" (src/capi_names.hpp has the C table).
+struct XentArgNames {
+  const char* backend;
+  const char* rows;
+  const char* cols;
+  const char* ld;
+  const char* col_offset;
+  const char* total_cols;
+  const char* alpha;
+  const char* label_smoothing;
+  const char* reduction;
+  const char* logits;            // the input: logits, or the incoming gradient of the hook form
+  const char* targets_index;
+  const char* targets_prob;
+  const char* targets_ld;
+  const char* bad_target_count;
+  const char* upstream_scale;
+  const char* upstream_values;
+  const char* loss;              // outputs of forward_backward / shard_apply
+  const char* lse;
+  const char* lse_alpha;
+  const char* dlogits;
+  const char* ld_dlogits;
+  const char* backward_grad;     // xent_backward's gradient and its ld
+  const char* backward_ld;
+  const char* saved_lse_alpha;
+  const char* hook_out;          // xent_hook's output, its ld and scales
+  const char* hook_ld;
+  const char* hook_scale;
+  const char* hook_row_scale;
+  const char* stats;             // shard_stats output
+  const char* merged;            // shard_apply input
+  const char* workspace_query;
+};
 
-inline long long ll(int64_t v) { return static_cast<long long>(v); }
+inline constexpr XentArgNames kXentCppNames = {
+    "backend",          "problem.rows",          "problem.cols",        "problem.ld",
+    "problem.col_offset", "problem.total_cols",  "problem.alpha",       "problem.label_smoothing",
+    "problem.reduction", "problem.logits",       "problem.targets.index", "problem.targets.prob",
+    "problem.targets.ld", "problem.bad_target_count", "upstream.scale", "upstream.values",
+    "out.loss",         "out.lse",               "out.lse_alpha",       "out.dlogits",
+    "out.ld_dlogits",   "dlogits",               "ld_dlogits",          "saved_lse_alpha",
+    "out",              "ld_out",                "scale.scale",         "scale.row_scale",
+    "stats",            "merged",                "xent_workspace_bytes()"};
 
-inline Status check_backend(Backend b) {
-  POWERGRAD_CHECK(b == Backend::kHost || b == Backend::kCuda, Status::kInvalidValue, "backend (%d) is not a Backend value",
-           static_cast<int>(b));
-#if !defined(__CUDACC__)
-  POWERGRAD_CHECK(b == Backend::kHost, Status::kNoCudaSupport,
-           "backend is kCuda but this translation unit was not compiled with CUDA (nvcc)");
-#endif
-  return Status::kSuccess;
-}
-
-// Bytes spanned by a [rows x cols] block with row stride ld (rows >= 1).
+// Bytes spanned by a [rows x cols] block of T with row stride ld (0 when rows is 0). The caller has
+// checked that rows * ld * sizeof(T) fits in int64.
 template <class T>
 uint64_t span_bytes(int64_t rows, int64_t cols, int64_t ld) {
+  if (rows <= 0) return 0;
   return (static_cast<uint64_t>(rows - 1) * static_cast<uint64_t>(ld) + static_cast<uint64_t>(cols)) * sizeof(T);
 }
 
-inline bool ranges_overlap(const void* a, uint64_t na, const void* b, uint64_t nb) {
-  const auto pa = reinterpret_cast<uintptr_t>(a), pb = reinterpret_cast<uintptr_t>(b);
-  return pa < pb + nb && pb < pa + na;
+// Whether a [rows x ld] block of `elem`-byte elements is addressable with 64-bit byte offsets.
+inline bool block_fits(int64_t rows, int64_t ld, size_t elem) {
+  return rows == 0 || ld <= INT64_MAX / static_cast<int64_t>(elem) / rows;
 }
 
-// Validates and normalises the problem (ld, total_cols, targets.ld). `grad_like` names the input
-// for messages ("logits" or "grad").
+// One buffer an op reads or writes. A non-null pointer covers at least one byte, so that two
+// arguments naming the same address are caught even when the batch is empty.
+struct Region {
+  const void* p;
+  uint64_t bytes;
+  const char* name;
+};
+
+inline bool regions_overlap(const Region& a, const Region& b) {
+  if (!a.p || !b.p) return false;
+  return ranges_overlap(a.p, a.bytes ? a.bytes : 1, b.p, b.bytes ? b.bytes : 1);
+}
+
+// Every output must be disjoint from every input and from every other output. The one exception,
+// the gradient written in place over the input, is checked by check_grad_output and left out of
+// `outs` against the input (pass skip_input_for = that output's index).
+template <size_t NI, size_t NO>
+Status check_disjoint(const Region (&ins)[NI], const Region (&outs)[NO], int in_place_out = -1) {
+  for (size_t o = 0; o < NO; ++o) {
+    for (size_t i = 0; i < NI; ++i) {
+      if (static_cast<int>(o) == in_place_out && i == 0 && outs[o].p == ins[0].p) continue;
+      POWERGRAD_REQUIRE(!regions_overlap(outs[o], ins[i]), Status::kInvalidLayout, "%s overlaps %s", outs[o].name,
+                        ins[i].name);
+    }
+    for (size_t k = o + 1; k < NO; ++k)
+      POWERGRAD_REQUIRE(!regions_overlap(outs[o], outs[k]), Status::kInvalidLayout, "%s overlaps %s", outs[o].name,
+                        outs[k].name);
+  }
+  return Status::kSuccess;
+}
+
+// Validates and normalises the problem (ld, total_cols, targets.ld). Checked whatever the number
+// of rows: an argument that is wrong for every batch size is rejected for an empty one too.
 template <class T, class Tg>
-Status check_problem(XentProblem<T, Tg>& p, const char* input_name) {
-  POWERGRAD_CHECK(p.rows >= 0, Status::kInvalidSize, "rows (%lld) is negative", ll(p.rows));
-  POWERGRAD_CHECK(p.cols >= 1, Status::kInvalidSize, "cols (%lld) must be >= 1", ll(p.cols));
+Status check_problem(const XentArgNames& n, XentProblem<T, Tg>& p) {
+  POWERGRAD_REQUIRE(p.rows >= 0, Status::kInvalidSize, "%s (%lld) is negative", n.rows, as_ll(p.rows));
+  POWERGRAD_REQUIRE(p.cols >= 1, Status::kInvalidSize, "%s (%lld) must be >= 1", n.cols, as_ll(p.cols));
+  POWERGRAD_REQUIRE(p.ld >= 0, Status::kInvalidSize, "%s (%lld) is negative", n.ld, as_ll(p.ld));
   if (p.ld == 0) p.ld = p.cols;
-  POWERGRAD_CHECK(p.ld >= p.cols, Status::kInvalidSize, "ld (%lld) is smaller than cols (%lld)", ll(p.ld), ll(p.cols));
-  POWERGRAD_CHECK(p.col_offset >= 0, Status::kInvalidSize, "col_offset (%lld) is negative", ll(p.col_offset));
-  POWERGRAD_CHECK(p.col_offset == 0 || p.total_cols != 0, Status::kInvalidSize,
-                  "total_cols must be given for a column shard (col_offset = %lld)", ll(p.col_offset));
+  POWERGRAD_REQUIRE(p.ld >= p.cols, Status::kInvalidSize, "%s (%lld) is smaller than %s (%lld)", n.ld, as_ll(p.ld),
+                    n.cols, as_ll(p.cols));
+  POWERGRAD_REQUIRE(block_fits(p.rows, p.ld, sizeof(T)), Status::kInvalidSize,
+                    "%s x %s (%lld x %lld elements) does not fit in 64-bit byte offsets", n.rows, n.ld, as_ll(p.rows),
+                    as_ll(p.ld));
+  POWERGRAD_REQUIRE(p.col_offset >= 0, Status::kInvalidSize, "%s (%lld) is negative", n.col_offset,
+                    as_ll(p.col_offset));
+  POWERGRAD_REQUIRE(p.total_cols >= 0, Status::kInvalidSize, "%s (%lld) is negative", n.total_cols,
+                    as_ll(p.total_cols));
+  POWERGRAD_REQUIRE(p.col_offset == 0 || p.total_cols != 0, Status::kInvalidSize,
+                    "%s must be given for a column shard (%s = %lld)", n.total_cols, n.col_offset, as_ll(p.col_offset));
   if (p.total_cols == 0) p.total_cols = p.cols;
-  POWERGRAD_CHECK(p.total_cols >= p.col_offset + p.cols, Status::kInvalidSize,
-           "total_cols (%lld) is smaller than col_offset + cols (%lld + %lld)", ll(p.total_cols), ll(p.col_offset),
-           ll(p.cols));
-  POWERGRAD_CHECK(std::isfinite(p.alpha) && p.alpha >= 0.f && std::isfinite(p.alpha * math::kLog2e),
-                  Status::kInvalidValue, "alpha (%g) must be finite, >= 0 and below FLT_MAX / log2(e)",
-                  static_cast<double>(p.alpha));
-  POWERGRAD_CHECK(p.label_smoothing >= 0.f && p.label_smoothing < 1.f, Status::kInvalidValue,
-           "label_smoothing (%g) must be in [0, 1)", static_cast<double>(p.label_smoothing));
-  POWERGRAD_CHECK(p.reduction == Reduction::kNone || p.reduction == Reduction::kMean || p.reduction == Reduction::kSum,
-           Status::kInvalidValue, "reduction (%d) is not a Reduction value", static_cast<int>(p.reduction));
-  if (p.rows == 0) return Status::kSuccess;
-  POWERGRAD_CHECK(p.logits != nullptr, Status::kNullPointer, "%s is null", input_name);
+  // Written as a subtraction: col_offset + cols may overflow int64.
+  POWERGRAD_REQUIRE(p.total_cols >= p.cols && p.col_offset <= p.total_cols - p.cols, Status::kInvalidSize,
+                    "%s (%lld) is smaller than %s + %s (%lld + %lld)", n.total_cols, as_ll(p.total_cols),
+                    n.col_offset, n.cols, as_ll(p.col_offset), as_ll(p.cols));
+  POWERGRAD_REQUIRE(std::isfinite(p.alpha) && p.alpha >= 0.f && std::isfinite(p.alpha * math::kLog2e),
+                    Status::kInvalidValue, "%s (%g) must be finite, >= 0 and below FLT_MAX / log2(e)", n.alpha,
+                    static_cast<double>(p.alpha));
+  POWERGRAD_REQUIRE(p.label_smoothing >= 0.f && p.label_smoothing < 1.f, Status::kInvalidValue,
+                    "%s (%g) must be in [0, 1)", n.label_smoothing, static_cast<double>(p.label_smoothing));
+  POWERGRAD_REQUIRE(p.reduction == Reduction::kNone || p.reduction == Reduction::kMean ||
+                        p.reduction == Reduction::kSum,
+                    Status::kInvalidValue, "%s (%d) is not a Reduction value", n.reduction,
+                    static_cast<int>(p.reduction));
+  POWERGRAD_REQUIRE(p.logits != nullptr, Status::kNullPointer, "%s is null", n.logits);
   if constexpr (target_traits<Tg>::hard) {
-    POWERGRAD_CHECK(p.targets.index != nullptr, Status::kNullPointer, "targets.index is null");
+    POWERGRAD_REQUIRE(p.targets.index != nullptr, Status::kNullPointer, "%s is null", n.targets_index);
   } else {
-    POWERGRAD_CHECK(p.targets.prob != nullptr, Status::kNullPointer, "targets.prob is null");
+    POWERGRAD_REQUIRE(p.targets.prob != nullptr, Status::kNullPointer, "%s is null", n.targets_prob);
+    POWERGRAD_REQUIRE(p.targets.ld >= 0, Status::kInvalidSize, "%s (%lld) is negative", n.targets_ld,
+                      as_ll(p.targets.ld));
     if (p.targets.ld == 0) p.targets.ld = p.cols;
-    POWERGRAD_CHECK(p.targets.ld >= p.cols, Status::kInvalidSize, "targets.ld (%lld) is smaller than cols (%lld)",
-             ll(p.targets.ld), ll(p.cols));
+    POWERGRAD_REQUIRE(p.targets.ld >= p.cols, Status::kInvalidSize, "%s (%lld) is smaller than %s (%lld)",
+                      n.targets_ld, as_ll(p.targets.ld), n.cols, as_ll(p.cols));
+    POWERGRAD_REQUIRE(block_fits(p.rows, p.targets.ld, sizeof(T)), Status::kInvalidSize,
+                      "%s x %s (%lld x %lld elements) does not fit in 64-bit byte offsets", n.rows, n.targets_ld,
+                      as_ll(p.rows), as_ll(p.targets.ld));
   }
   return Status::kSuccess;
 }
 
-// A gradient output must be either exactly the input (in place, same ld) or disjoint from it.
+// The buffers every op reads: the input block and the targets.
 template <class T, class Tg>
-Status check_grad_output(const XentProblem<T, Tg>& p, T*& out, int64_t& ld_out, const char* out_name) {
-  POWERGRAD_CHECK(out != nullptr, Status::kNullPointer, "%s is null", out_name);
+Region input_region(const XentArgNames& n, const XentProblem<T, Tg>& p) {
+  return {p.logits, span_bytes<T>(p.rows, p.cols, p.ld), n.logits};
+}
+template <class T, class Tg>
+Region targets_region(const XentArgNames& n, const XentProblem<T, Tg>& p) {
+  if constexpr (target_traits<Tg>::hard)
+    return {p.targets.index, static_cast<uint64_t>(p.rows) * sizeof(*p.targets.index), n.targets_index};
+  else
+    return {p.targets.prob, span_bytes<T>(p.rows, p.cols, p.targets.ld), n.targets_prob};
+}
+template <class T, class Tg>
+Region bad_count_region(const XentArgNames& n, const XentProblem<T, Tg>& p) {
+  return {p.bad_target_count, sizeof(int32_t), n.bad_target_count};
+}
+inline Region floats_region(const float* p, int64_t count, const char* name) {
+  return {p, static_cast<uint64_t>(count) * sizeof(float), name};
+}
+
+// A gradient output: required, ld >= cols (0: the input's), and either exactly the input (in place,
+// same ld) or disjoint from it (checked with the other buffers by check_disjoint).
+template <class T, class Tg>
+Status check_grad_output(const XentArgNames& n, const XentProblem<T, Tg>& p, T* out, int64_t& ld_out,
+                         const char* out_name, const char* ld_name) {
+  POWERGRAD_REQUIRE(out != nullptr, Status::kNullPointer, "%s is null", out_name);
+  POWERGRAD_REQUIRE(ld_out >= 0, Status::kInvalidSize, "%s (%lld) is negative", ld_name, as_ll(ld_out));
   if (ld_out == 0) ld_out = p.ld;
-  POWERGRAD_CHECK(ld_out >= p.cols, Status::kInvalidSize, "ld of %s (%lld) is smaller than cols (%lld)", out_name,
-           ll(ld_out), ll(p.cols));
-  if (static_cast<const void*>(out) == static_cast<const void*>(p.logits)) {
-    POWERGRAD_CHECK(ld_out == p.ld, Status::kInvalidLayout, "in-place call: ld of %s (%lld) differs from the input's ld (%lld)",
-             out_name, ll(ld_out), ll(p.ld));
-  } else {
-    POWERGRAD_CHECK(!ranges_overlap(out, span_bytes<T>(p.rows, p.cols, ld_out), p.logits, span_bytes<T>(p.rows, p.cols, p.ld)),
-             Status::kInvalidLayout, "%s partially overlaps the input (use the same pointer and ld for in place)",
-             out_name);
-  }
+  POWERGRAD_REQUIRE(ld_out >= p.cols, Status::kInvalidSize, "%s (%lld) is smaller than %s (%lld)", ld_name,
+                    as_ll(ld_out), n.cols, as_ll(p.cols));
+  POWERGRAD_REQUIRE(block_fits(p.rows, ld_out, sizeof(T)), Status::kInvalidSize,
+                    "%s x %s (%lld x %lld elements) does not fit in 64-bit byte offsets", n.rows, ld_name,
+                    as_ll(p.rows), as_ll(ld_out));
+  if (static_cast<const void*>(out) == static_cast<const void*>(p.logits))
+    POWERGRAD_REQUIRE(ld_out == p.ld, Status::kInvalidLayout, "in-place call: %s (%lld) differs from %s (%lld)",
+                      ld_name, as_ll(ld_out), n.ld, as_ll(p.ld));
   return Status::kSuccess;
 }
 
-inline Status check_upstream(const Upstream& up) {
-  POWERGRAD_CHECK(std::isfinite(up.scale), Status::kInvalidValue, "upstream.scale (%g) is not finite",
-           static_cast<double>(up.scale));
+inline Status check_upstream(const XentArgNames& n, const Upstream& up) {
+  POWERGRAD_REQUIRE(std::isfinite(up.scale), Status::kInvalidValue, "%s (%g) is not finite", n.upstream_scale,
+                    static_cast<double>(up.scale));
   return Status::kSuccess;
 }
 
-// The float outputs (loss, lse, lse_alpha) must not overlap the input or the gradient.
+// The opening checks every cross-entropy op shares.
 template <class T, class Tg>
-Status check_float_outputs(const XentJob<T, Tg>& j) {
-  const uint64_t in_bytes = span_bytes<T>(j.p.rows, j.p.cols, j.p.ld);
-  const uint64_t rows = static_cast<uint64_t>(j.p.rows);
-  const struct {
-    const float* p;
-    uint64_t n;
-    const char* name;
-  } outs[] = {{j.out.loss, j.p.reduction == Reduction::kNone ? rows : 1, "out.loss"},
-              {j.out.lse, rows, "out.lse"},
-              {j.out.lse_alpha, rows, "out.lse_alpha"}};
-  for (const auto& o : outs) {
-    if (!o.p) continue;
-    POWERGRAD_CHECK(!ranges_overlap(o.p, o.n * sizeof(float), j.p.logits, in_bytes), Status::kInvalidLayout,
-                    "%s overlaps the logits", o.name);
-    POWERGRAD_CHECK(!j.out.dlogits || !ranges_overlap(o.p, o.n * sizeof(float), j.out.dlogits,
-                                                      span_bytes<T>(j.p.rows, j.p.cols, j.out.ld_dlogits)),
-                    Status::kInvalidLayout, "%s overlaps the gradient", o.name);
-  }
-  return Status::kSuccess;
+Status open_op(const XentArgNames& n, Backend b, XentProblem<T, Tg>& p) {
+  clear_error();
+  POWERGRAD_TRY(check_backend(static_cast<int>(b), n.backend));
+  return check_problem(n, p);
 }
 
 template <class T, class Tg>
-Status check_workspace(const XentJob<T, Tg>& j, Backend b, void* ws, size_t ws_bytes) {
+Region workspace_region(const XentJob<T, Tg>& j, Backend b, void* ws, size_t ws_bytes) {
+  if (b != Backend::kCuda || !xent_job_needs_workspace(j)) return {nullptr, 0, "workspace"};
+  return {ws, ws_bytes, "workspace"};
+}
+
+template <class T, class Tg>
+Status check_workspace(const XentArgNames& n, const XentJob<T, Tg>& j, Backend b, void* ws, size_t ws_bytes) {
   if (b != Backend::kCuda || !xent_job_needs_workspace(j)) return Status::kSuccess;
-  const size_t need = xent_workspace_bytes_impl(j.p.rows, j.p.reduction);
-  POWERGRAD_CHECK(reinterpret_cast<uintptr_t>(ws) % 16 == 0, Status::kInvalidLayout,
-                  "workspace must be 16-byte aligned");
-  POWERGRAD_CHECK(ws != nullptr && ws_bytes >= need, Status::kWorkspaceTooSmall,
-           "workspace (%zu bytes%s) is smaller than xent_workspace_bytes() = %zu", ws_bytes, ws ? "" : ", null", need);
-  return Status::kSuccess;
+  return check_workspace_size(ws, ws_bytes, xent_workspace_bytes_impl(j.p.rows, j.p.reduction), XentWorkspace::kAlign, n.workspace_query);
 }
 
 template <class T, class Tg>
@@ -162,11 +247,34 @@ void init_job(XentJob<T, Tg>& j) {
   j.k = math::make_scalars(j.p.alpha, j.p.label_smoothing, j.p.total_cols);
 }
 
+// Host backend: every class index is ignore_index or in [0, total_cols) (the CUDA backend cannot
+// check without a host synchronisation: it counts bad rows instead, docs/design.md §8).
 template <class T, class Tg>
-Status dispatch(Backend b, const XentJob<T, Tg>& j, void* ws, size_t ws_bytes, stream_t stream) {
-  if (b == Backend::kHost) return host::xent_run(j);
+Status check_host_targets(const XentArgNames& n, const XentJob<T, Tg>& j) {
+  if constexpr (target_traits<Tg>::hard) {
+    const auto& t = j.p.targets;
+    for (int64_t r = 0; r < j.p.rows; ++r) {
+      const int64_t y = static_cast<int64_t>(t.index[r]);
+      POWERGRAD_REQUIRE(y == t.ignore_index || (y >= 0 && y < j.p.total_cols), Status::kInvalidTarget,
+                        "%s[%lld] = %lld is outside [0, %lld) and is not ignore_index (%lld)", n.targets_index,
+                        as_ll(r), as_ll(y), as_ll(j.p.total_cols), as_ll(t.ignore_index));
+    }
+  } else {
+    (void)n;
+    (void)j;
+  }
+  return Status::kSuccess;
+}
+
+template <XentMode MODE, class T, class Tg>
+Status dispatch(const XentArgNames& n, Backend b, const XentJob<T, Tg>& j, void* ws, size_t ws_bytes,
+                stream_t stream) {
+  if (b == Backend::kHost) {
+    POWERGRAD_TRY(check_host_targets(n, j));
+    return host::xent_run(j);
+  }
 #if defined(__CUDACC__)
-  return device::xent_run(j, ws, ws_bytes, stream);
+  return device::xent_run<MODE>(j, ws, ws_bytes, stream);
 #else
   (void)ws;
   (void)ws_bytes;
@@ -191,129 +299,152 @@ Status empty_batch(Backend b, const XentJob<T, Tg>& j, stream_t stream) {
 #endif
 }
 
-}  // namespace detail
-
-// Forward + backward: loss, optional saved statistics and the gradient in one sweep of each row.
-// out.dlogits may equal problem.logits (in place). Dtypes: float, half_t, bfloat16_t (or CUDA's
-// __half / __nv_bfloat16); targets: ClassTargets<int32_t|int64_t> or DenseTargets<T>.
+// The loss / saved statistics / gradient outputs of forward_backward and shard_apply, checked
+// against the inputs (`extra_in`: the merged statistics of shard_apply) and each other.
 template <class T, class Tg>
-[[nodiscard]] Status xent_forward_backward(Backend backend, XentProblem<T, Tg> problem, const Upstream& upstream,
-                                           XentOutputs<T> out, void* workspace = nullptr, size_t workspace_bytes = 0,
-                                           stream_t stream = nullptr) {
-  detail::clear_error();
-  Status s = detail::check_backend(backend);
-  if (s != Status::kSuccess) return s;
-  if ((s = detail::check_problem(problem, "logits")) != Status::kSuccess) return s;
-  if ((s = detail::check_upstream(upstream)) != Status::kSuccess) return s;
-  detail::XentJob<T, Tg> j;
-  j.p = problem;
-  j.mode = detail::XentMode::kFused;
-  j.up = upstream;
-  j.out = out;
-  detail::init_job(j);
-  if (problem.rows == 0) return detail::empty_batch(backend, j, stream);
-  if (out.dlogits && (s = detail::check_grad_output(j.p, j.out.dlogits, j.out.ld_dlogits, "out.dlogits")) != Status::kSuccess)
-    return s;
-  if ((s = detail::check_float_outputs(j)) != Status::kSuccess) return s;
-  if ((s = detail::check_workspace(j, backend, workspace, workspace_bytes)) != Status::kSuccess) return s;
-  return detail::dispatch(backend, j, workspace, workspace_bytes, stream);
+Status check_xent_outputs(const XentArgNames& n, XentJob<T, Tg>& j, Backend b, void* ws, size_t ws_bytes,
+                          Region extra_in) {
+  const XentProblem<T, Tg>& p = j.p;
+  if (j.out.dlogits)
+    POWERGRAD_TRY(check_grad_output(n, p, j.out.dlogits, j.out.ld_dlogits, n.dlogits, n.ld_dlogits));
+  POWERGRAD_TRY(check_upstream(n, j.up));
+  POWERGRAD_TRY(check_workspace(n, j, b, ws, ws_bytes));
+  const bool none = p.reduction == Reduction::kNone;
+  const Region ins[] = {input_region(n, p), targets_region(n, p),
+                        floats_region(j.up.values, none ? p.rows : 1, n.upstream_values), extra_in};
+  const Region outs[] = {floats_region(j.out.loss, none ? p.rows : 1, n.loss),
+                         floats_region(j.out.lse, p.rows, n.lse),
+                         floats_region(j.out.lse_alpha, p.rows, n.lse_alpha),
+                         {j.out.dlogits, j.out.dlogits ? span_bytes<T>(p.rows, p.cols, j.out.ld_dlogits) : 0, n.dlogits},
+                         bad_count_region(n, p),
+                         workspace_region(j, b, ws, ws_bytes)};
+  return check_disjoint(ins, outs, 3);
 }
 
-// Backward: dlogits = g_r (p' - q). With saved_lse_alpha (from a forward pass with the same logits
-// and alpha) it reads the logits once and writes the gradient once; without it, it recomputes the
-// row statistics. dlogits may equal problem.logits (in place).
 template <class T, class Tg>
-[[nodiscard]] Status xent_backward(Backend backend, XentProblem<T, Tg> problem, const Upstream& upstream,
-                                   const float* saved_lse_alpha, T* dlogits, int64_t ld_dlogits = 0,
-                                   void* workspace = nullptr, size_t workspace_bytes = 0, stream_t stream = nullptr) {
-  detail::clear_error();
-  Status s = detail::check_backend(backend);
-  if (s != Status::kSuccess) return s;
-  if ((s = detail::check_problem(problem, "logits")) != Status::kSuccess) return s;
-  if ((s = detail::check_upstream(upstream)) != Status::kSuccess) return s;
-  detail::XentJob<T, Tg> j;
+Status forward_backward(const XentArgNames& n, Backend backend, XentProblem<T, Tg> problem, const Upstream& upstream,
+                        XentOutputs<T> out, void* workspace, size_t workspace_bytes, stream_t stream) {
+  POWERGRAD_TRY(open_op(n, backend, problem));
+  XentJob<T, Tg> j;
   j.p = problem;
-  j.mode = saved_lse_alpha ? detail::XentMode::kApply : detail::XentMode::kFused;
+  j.mode = XentMode::kFused;
+  j.up = upstream;
+  j.out = out;
+  init_job(j);
+  POWERGRAD_TRY(check_xent_outputs(n, j, backend, workspace, workspace_bytes, Region{nullptr, 0, ""}));
+  if (problem.rows == 0) return empty_batch(backend, j, stream);
+  return dispatch<XentMode::kFused>(n, backend, j, workspace, workspace_bytes, stream);
+}
+
+template <class T, class Tg>
+Status backward(const XentArgNames& n, Backend backend, XentProblem<T, Tg> problem, const Upstream& upstream,
+                const float* saved_lse_alpha, T* dlogits, int64_t ld_dlogits, void* workspace, size_t workspace_bytes,
+                stream_t stream) {
+  POWERGRAD_TRY(open_op(n, backend, problem));
+  XentJob<T, Tg> j;
+  j.p = problem;
+  j.mode = saved_lse_alpha ? XentMode::kApplySaved : XentMode::kFused;
   j.lse_alpha_in = saved_lse_alpha;
   j.up = upstream;
   j.out.dlogits = dlogits;
   j.out.ld_dlogits = ld_dlogits;
-  detail::init_job(j);
+  init_job(j);
+  POWERGRAD_TRY(check_grad_output(n, j.p, j.out.dlogits, j.out.ld_dlogits, n.backward_grad, n.backward_ld));
+  POWERGRAD_TRY(check_upstream(n, upstream));
+  POWERGRAD_TRY(check_workspace(n, j, backend, workspace, workspace_bytes));
+  const XentProblem<T, Tg>& p = j.p;
+  const Region ins[] = {input_region(n, p), targets_region(n, p),
+                        floats_region(upstream.values, p.reduction == Reduction::kNone ? p.rows : 1,
+                                      n.upstream_values),
+                        floats_region(saved_lse_alpha, p.rows, n.saved_lse_alpha)};
+  const Region outs[] = {{dlogits, span_bytes<T>(p.rows, p.cols, j.out.ld_dlogits), n.backward_grad},
+                         bad_count_region(n, p), workspace_region(j, backend, workspace, workspace_bytes)};
+  POWERGRAD_TRY(check_disjoint(ins, outs, 0));
   if (problem.rows == 0) return Status::kSuccess;
-  if ((s = detail::check_grad_output(j.p, j.out.dlogits, j.out.ld_dlogits, "dlogits")) != Status::kSuccess) return s;
-  if ((s = detail::check_workspace(j, backend, workspace, workspace_bytes)) != Status::kSuccess) return s;
-  return detail::dispatch(backend, j, workspace, workspace_bytes, stream);
+  if (saved_lse_alpha) return dispatch<XentMode::kApplySaved>(n, backend, j, workspace, workspace_bytes, stream);
+  return dispatch<XentMode::kFused>(n, backend, j, workspace, workspace_bytes, stream);
 }
 
-// Hook form (docs/design.md §2.2): problem.logits holds an existing gradient G = s_r (p - q) with a
-// known per-row scale s_r > 0; writes s_r (p' - q) with p recovered as clamp(G/s_r + q, 0, 1).
-// Rows with s_r = 0 or an ignored target get 0; a negative or non-finite s_r gives a NaN row.
-// A recovered p of 0 acts as a masked class (p' = 0 for every alpha). problem.reduction is unused.
 template <class T, class Tg>
-[[nodiscard]] Status xent_hook(Backend backend, XentProblem<T, Tg> problem, const GradScale& scale, T* out,
-                               int64_t ld_out = 0, stream_t stream = nullptr) {
-  detail::clear_error();
-  Status s = detail::check_backend(backend);
-  if (s != Status::kSuccess) return s;
-  if ((s = detail::check_problem(problem, "grad")) != Status::kSuccess) return s;
+Status hook(const XentArgNames& n, Backend backend, XentProblem<T, Tg> problem, const GradScale& scale, T* out,
+            int64_t ld_out, stream_t stream) {
+  POWERGRAD_TRY(open_op(n, backend, problem));
   // p' = p^alpha / sum p^alpha needs the whole row: the hook form has no split form.
-  POWERGRAD_CHECK(problem.col_offset == 0 && problem.total_cols == problem.cols, Status::kInvalidSize,
-                  "the hook form needs whole rows (col_offset %lld, total_cols %lld, cols %lld)",
-                  detail::ll(problem.col_offset), detail::ll(problem.total_cols), detail::ll(problem.cols));
-  POWERGRAD_CHECK(std::isfinite(scale.scale) && scale.scale >= 0.f, Status::kInvalidValue,
-           "scale.scale (%g) must be finite and >= 0", static_cast<double>(scale.scale));
-  detail::XentJob<T, Tg> j;
+  POWERGRAD_REQUIRE(problem.col_offset == 0 && problem.total_cols == problem.cols, Status::kInvalidSize,
+                    "the hook form needs whole rows (%s %lld, %s %lld, %s %lld)", n.col_offset,
+                    as_ll(problem.col_offset), n.total_cols, as_ll(problem.total_cols), n.cols, as_ll(problem.cols));
+  POWERGRAD_REQUIRE(std::isfinite(scale.scale) && scale.scale >= 0.f, Status::kInvalidValue,
+                    "%s (%g) must be finite and >= 0", n.hook_scale, static_cast<double>(scale.scale));
+  XentJob<T, Tg> j;
   j.p = problem;
-  j.mode = detail::XentMode::kHook;
+  j.mode = XentMode::kHook;
   j.hook_scale = scale;
   j.out.dlogits = out;
   j.out.ld_dlogits = ld_out;
-  detail::init_job(j);
+  init_job(j);
+  POWERGRAD_TRY(check_grad_output(n, j.p, j.out.dlogits, j.out.ld_dlogits, n.hook_out, n.hook_ld));
+  const XentProblem<T, Tg>& p = j.p;
+  const Region ins[] = {input_region(n, p), targets_region(n, p), floats_region(scale.row_scale, p.rows, n.hook_row_scale)};
+  const Region outs[] = {{out, span_bytes<T>(p.rows, p.cols, j.out.ld_dlogits), n.hook_out}, bad_count_region(n, p)};
+  POWERGRAD_TRY(check_disjoint(ins, outs, 0));
   if (problem.rows == 0) return Status::kSuccess;
-  if ((s = detail::check_grad_output(j.p, j.out.dlogits, j.out.ld_dlogits, "out")) != Status::kSuccess) return s;
-  return detail::dispatch(backend, j, nullptr, 0, stream);
+  return dispatch<XentMode::kHook>(n, backend, j, nullptr, 0, stream);
 }
 
-// Split form, step 1: partial statistics (m, s, sa, t) of this column shard for every row.
-// problem.col_offset / total_cols place the shard in the full row.
 template <class T, class Tg>
-[[nodiscard]] Status xent_shard_stats(Backend backend, XentProblem<T, Tg> problem, RowStats* stats,
-                                      stream_t stream = nullptr) {
-  detail::clear_error();
-  Status s = detail::check_backend(backend);
-  if (s != Status::kSuccess) return s;
-  if ((s = detail::check_problem(problem, "logits")) != Status::kSuccess) return s;
+Status shard_stats(const XentArgNames& n, Backend backend, XentProblem<T, Tg> problem, RowStats* stats,
+                   stream_t stream) {
+  POWERGRAD_TRY(open_op(n, backend, problem));
+  POWERGRAD_REQUIRE(stats != nullptr, Status::kNullPointer, "%s is null", n.stats);
+  const Region ins[] = {input_region(n, problem), targets_region(n, problem)};
+  const Region outs[] = {{stats, static_cast<uint64_t>(problem.rows) * sizeof(RowStats), n.stats},
+                         bad_count_region(n, problem)};
+  POWERGRAD_TRY(check_disjoint(ins, outs));
   if (problem.rows == 0) return Status::kSuccess;
-  POWERGRAD_CHECK(stats != nullptr, Status::kNullPointer, "stats is null");
-  detail::XentJob<T, Tg> j;
+  XentJob<T, Tg> j;
   j.p = problem;
-  j.mode = detail::XentMode::kStats;
+  j.mode = XentMode::kStats;
   j.stats_out = stats;
-  detail::init_job(j);
-  return detail::dispatch(backend, j, nullptr, 0, stream);
+  init_job(j);
+  return dispatch<XentMode::kStats>(n, backend, j, nullptr, 0, stream);
 }
 
-// Split form, step 2: merges `shards` arrays of per-row statistics laid out [shard][row] (as an
-// all-gather produces them), in shard order, into merged[rows]. merged may not alias parts.
-[[nodiscard]] inline Status xent_merge_stats(Backend backend, const RowStats* parts, int64_t shards, int64_t rows,
-                                             float alpha, RowStats* merged, stream_t stream = nullptr) {
-  detail::clear_error();
-  Status s = detail::check_backend(backend);
-  if (s != Status::kSuccess) return s;
-  POWERGRAD_CHECK(rows >= 0, Status::kInvalidSize, "rows (%lld) is negative", detail::ll(rows));
-  POWERGRAD_CHECK(shards >= 1, Status::kInvalidSize, "shards (%lld) must be >= 1", detail::ll(shards));
-  POWERGRAD_CHECK(std::isfinite(alpha) && alpha >= 0.f, Status::kInvalidValue, "alpha (%g) must be finite and >= 0",
-           static_cast<double>(alpha));
-  POWERGRAD_CHECK(std::isfinite(alpha * math::kLog2e), Status::kInvalidValue, "alpha (%g) is too large",
-                  static_cast<double>(alpha));
+template <class T, class Tg>
+Status shard_apply(const XentArgNames& n, Backend backend, XentProblem<T, Tg> problem, const RowStats* merged,
+                   const Upstream& upstream, XentOutputs<T> out, void* workspace, size_t workspace_bytes,
+                   stream_t stream) {
+  POWERGRAD_TRY(open_op(n, backend, problem));
+  POWERGRAD_REQUIRE(merged != nullptr, Status::kNullPointer, "%s is null", n.merged);
+  XentJob<T, Tg> j;
+  j.p = problem;
+  j.mode = XentMode::kApplyMerged;
+  j.stats_in = merged;
+  j.up = upstream;
+  j.out = out;
+  init_job(j);
+  POWERGRAD_TRY(check_xent_outputs(n, j, backend, workspace, workspace_bytes,
+                                   Region{merged, static_cast<uint64_t>(problem.rows) * sizeof(RowStats), n.merged}));
+  if (problem.rows == 0) return empty_batch(backend, j, stream);
+  return dispatch<XentMode::kApplyMerged>(n, backend, j, workspace, workspace_bytes, stream);
+}
+
+inline Status merge_stats(Backend backend, const RowStats* parts, int64_t shards, int64_t rows, float alpha,
+                          RowStats* merged, stream_t stream) {
+  clear_error();
+  POWERGRAD_TRY(check_backend(static_cast<int>(backend), "backend"));
+  POWERGRAD_REQUIRE(rows >= 0, Status::kInvalidSize, "rows (%lld) is negative", as_ll(rows));
+  POWERGRAD_REQUIRE(shards >= 1, Status::kInvalidSize, "shards (%lld) must be >= 1", as_ll(shards));
+  POWERGRAD_REQUIRE(std::isfinite(alpha) && alpha >= 0.f && std::isfinite(alpha * math::kLog2e),
+                    Status::kInvalidValue, "alpha (%g) must be finite, >= 0 and below FLT_MAX / log2(e)",
+                    static_cast<double>(alpha));
+  POWERGRAD_REQUIRE(rows == 0 || shards <= INT64_MAX / static_cast<int64_t>(sizeof(RowStats)) / rows,
+                    Status::kInvalidSize, "shards x rows (%lld x %lld) overflows", as_ll(shards), as_ll(rows));
+  POWERGRAD_REQUIRE(parts != nullptr, Status::kNullPointer, "parts is null");
+  POWERGRAD_REQUIRE(merged != nullptr, Status::kNullPointer, "merged is null");
+  const Region ins[] = {{parts, sizeof(RowStats) * static_cast<uint64_t>(shards * rows), "parts"}};
+  const Region outs[] = {{merged, sizeof(RowStats) * static_cast<uint64_t>(rows), "merged"}};
+  POWERGRAD_TRY(check_disjoint(ins, outs));
   if (rows == 0) return Status::kSuccess;
-  POWERGRAD_CHECK(shards <= INT64_MAX / rows, Status::kInvalidSize, "shards x rows (%lld x %lld) overflows",
-                  detail::ll(shards), detail::ll(rows));
-  POWERGRAD_CHECK(parts != nullptr, Status::kNullPointer, "parts is null");
-  POWERGRAD_CHECK(merged != nullptr, Status::kNullPointer, "merged is null");
-  POWERGRAD_CHECK(!detail::ranges_overlap(parts, sizeof(RowStats) * static_cast<uint64_t>(shards * rows), merged,
-                                   sizeof(RowStats) * static_cast<uint64_t>(rows)),
-           Status::kInvalidLayout, "merged overlaps parts");
   if (backend == Backend::kHost) return host::merge_stats_run(parts, shards, rows, alpha, merged);
 #if defined(__CUDACC__)
   return device::merge_stats_run(parts, shards, rows, alpha, merged, stream);
@@ -323,6 +454,56 @@ template <class T, class Tg>
 #endif
 }
 
+}  // namespace detail
+
+// Forward + backward: loss, optional saved statistics and the gradient in one sweep of each row.
+// out.dlogits may equal problem.logits (in place). Dtypes: float, half_t, bfloat16_t (pass CUDA's
+// __half / __nv_bfloat16 buffers through a reinterpret_cast: the layouts are identical); targets:
+// ClassTargets<int32_t|int64_t> or DenseTargets<T>.
+template <class T, class Tg>
+[[nodiscard]] Status xent_forward_backward(Backend backend, XentProblem<T, Tg> problem, const Upstream& upstream,
+                                           XentOutputs<T> out, void* workspace = nullptr, size_t workspace_bytes = 0,
+                                           stream_t stream = nullptr) {
+  return detail::forward_backward(detail::kXentCppNames, backend, problem, upstream, out, workspace, workspace_bytes,
+                                  stream);
+}
+
+// Backward: dlogits = g_r (p' - q). With saved_lse_alpha (from a forward pass with the same logits
+// and alpha) it reads the logits once and writes the gradient once; without it, it recomputes the
+// row statistics. dlogits may equal problem.logits (in place).
+template <class T, class Tg>
+[[nodiscard]] Status xent_backward(Backend backend, XentProblem<T, Tg> problem, const Upstream& upstream,
+                                   const float* saved_lse_alpha, T* dlogits, int64_t ld_dlogits = 0,
+                                   void* workspace = nullptr, size_t workspace_bytes = 0, stream_t stream = nullptr) {
+  return detail::backward(detail::kXentCppNames, backend, problem, upstream, saved_lse_alpha, dlogits, ld_dlogits,
+                          workspace, workspace_bytes, stream);
+}
+
+// Hook form (docs/design.md §2.2): problem.logits holds an existing gradient G = s_r (p - q) with a
+// known per-row scale s_r > 0; writes s_r (p' - q) with p recovered as clamp(G/s_r + q, 0, 1).
+// Rows with s_r = 0 or an ignored target get 0; a negative or non-finite s_r gives a NaN row.
+// A recovered p of 0 acts as a masked class (p' = 0 for every alpha). problem.reduction is unused.
+template <class T, class Tg>
+[[nodiscard]] Status xent_hook(Backend backend, XentProblem<T, Tg> problem, const GradScale& scale, T* out,
+                               int64_t ld_out = 0, stream_t stream = nullptr) {
+  return detail::hook(detail::kXentCppNames, backend, problem, scale, out, ld_out, stream);
+}
+
+// Split form, step 1: partial statistics (m, s, sa, t) of this column shard for every row.
+// problem.col_offset / total_cols place the shard in the full row.
+template <class T, class Tg>
+[[nodiscard]] Status xent_shard_stats(Backend backend, XentProblem<T, Tg> problem, RowStats* stats,
+                                      stream_t stream = nullptr) {
+  return detail::shard_stats(detail::kXentCppNames, backend, problem, stats, stream);
+}
+
+// Split form, step 2: merges `shards` arrays of per-row statistics laid out [shard][row] (as an
+// all-gather produces them), in shard order, into merged[rows]. merged may not alias parts.
+[[nodiscard]] inline Status xent_merge_stats(Backend backend, const RowStats* parts, int64_t shards, int64_t rows,
+                                             float alpha, RowStats* merged, stream_t stream = nullptr) {
+  return detail::merge_stats(backend, parts, shards, rows, alpha, merged, stream);
+}
+
 // Split form, step 3: with the merged statistics of every row, writes this shard's gradient and,
 // optionally, the loss (per row or reduced) and lse / lse_alpha. Every shard may write the loss;
 // the values agree.
@@ -330,27 +511,8 @@ template <class T, class Tg>
 [[nodiscard]] Status xent_shard_apply(Backend backend, XentProblem<T, Tg> problem, const RowStats* merged,
                                       const Upstream& upstream, XentOutputs<T> out, void* workspace = nullptr,
                                       size_t workspace_bytes = 0, stream_t stream = nullptr) {
-  detail::clear_error();
-  Status s = detail::check_backend(backend);
-  if (s != Status::kSuccess) return s;
-  if ((s = detail::check_problem(problem, "logits")) != Status::kSuccess) return s;
-  if ((s = detail::check_upstream(upstream)) != Status::kSuccess) return s;
-  detail::XentJob<T, Tg> j;
-  j.p = problem;
-  j.mode = detail::XentMode::kApply;
-  j.stats_in = merged;
-  j.up = upstream;
-  j.out = out;
-  detail::init_job(j);
-  if (problem.rows == 0) return detail::empty_batch(backend, j, stream);
-  POWERGRAD_CHECK(merged != nullptr, Status::kNullPointer, "merged is null");
-  if (out.dlogits && (s = detail::check_grad_output(j.p, j.out.dlogits, j.out.ld_dlogits, "out.dlogits")) != Status::kSuccess)
-    return s;
-  if ((s = detail::check_float_outputs(j)) != Status::kSuccess) return s;
-  if ((s = detail::check_workspace(j, backend, workspace, workspace_bytes)) != Status::kSuccess) return s;
-  return detail::dispatch(backend, j, workspace, workspace_bytes, stream);
+  return detail::shard_apply(detail::kXentCppNames, backend, problem, merged, upstream, out, workspace, workspace_bytes,
+                             stream);
 }
 
 POWERGRAD_NS_END
-
-#undef POWERGRAD_CHECK
