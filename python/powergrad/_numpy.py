@@ -100,7 +100,8 @@ def _problem(logits, targets, alpha, ignore_index, label_smoothing, reduction, i
         raise ValueError("targets must be 1-D class indices or 2-D dense probabilities")
     p = _lib.XentProblem(
         device=_lib.Device.HOST, dtype=_DTYPES[logits.dtype], logits=_ptr(logits), rows=rows, cols=cols, ld=ld,
-        target_kind=kind, targets=_ptr(t), target_ld=target_ld, ignore_index=_lib.check_int("ignore_index", ignore_index),
+        target_kind=kind, targets=_ptr(t), target_ld=target_ld,
+        ignore_index=_lib.check_int("ignore_index", ignore_index),
         alpha=float(alpha), label_smoothing=float(label_smoothing), reduction=_lib.reduction_of(reduction),
         col_offset=0, total_cols=0, bad_target_count=None)
     return p, logits, ld, t
@@ -132,6 +133,8 @@ def cross_entropy_forward_backward(logits, targets, alpha=1.0, ignore_index=-100
     over ``logits`` (which must be writable) and ``grad`` is ``logits``. 'mean' over zero valid rows gives
     loss 0 and gradient 0 (PyTorch gives NaN). With ``return_lse_alpha=True`` a third value, the
     float32 ``[rows]`` log-sum-exp of alpha*z, is returned for :func:`cross_entropy_backward`.
+    Misaligned, byte-swapped or strided inputs are copied first (``inplace=True`` raises ValueError for
+    logits that would need a copy); see the module docstring.
     """
     p, logits, ld, t = _problem(logits, targets, alpha, ignore_index, label_smoothing, reduction, inplace)
     rows, cols = logits.shape
