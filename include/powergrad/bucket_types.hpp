@@ -6,7 +6,7 @@
 
 #include "powergrad/config.hpp"
 #include "powergrad/math/dtype.hpp"
-#include "powergrad/xent_types.hpp"
+#include "powergrad/types.hpp"  // Backend, NormPreserve, stream_t
 
 POWERGRAD_NS_BEGIN
 
@@ -30,9 +30,6 @@ struct dtype_of<bfloat16_t> {
 
 // Where a transform takes its statistics: each tensor on its own, or the whole bucket at once.
 enum class BucketScope : int { kTensor = 0, kBucket = 1 };
-
-// Which norm of the scope the power map keeps unchanged (kNone: plain sign-power).
-enum class NormPreserve : int { kNone = 0, kL1 = 1, kL2 = 2 };
 
 // How a plan splits its tensors into statistics units:
 //   kTensor: whole tensors (power, clip_norm: scope tensor or bucket);

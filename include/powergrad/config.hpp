@@ -27,11 +27,3 @@
 #else
 #define PG_KERNEL_VISIBILITY
 #endif
-
-// cudaStream_t is `struct CUstream_st*`; naming it this way keeps the API headers free of CUDA
-// includes, so a plain C++ compiler can use the host backend.
-struct CUstream_st;
-
-POWERGRAD_NS_BEGIN
-using stream_t = CUstream_st*;
-POWERGRAD_NS_END

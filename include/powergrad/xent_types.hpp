@@ -6,14 +6,9 @@
 
 #include "powergrad/config.hpp"
 #include "powergrad/math/dtype.hpp"
-#include "powergrad/math/xent_math.hpp"
+#include "powergrad/types.hpp"  // Backend, Reduction, RowStats, stream_t
 
 POWERGRAD_NS_BEGIN
-
-// Where the pointers of a call live, and so which backend runs it.
-enum class Backend : int { kHost = 0, kCuda = 1 };
-
-enum class Reduction : int { kNone = 0, kMean = 1, kSum = 2 };
 
 // Hard targets: one class index per row (int32_t or int64_t). A row whose target equals
 // ignore_index is ignored (loss 0, gradient row 0, not counted by kMean).

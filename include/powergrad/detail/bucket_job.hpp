@@ -18,7 +18,7 @@ enum class BucketOp : int { kPower = 0, kClipNorm = 1, kAgc = 2 };
 struct BucketJob {
   BucketOp op = BucketOp::kPower;
   BucketScope scope = BucketScope::kTensor;  // kRows plans: the unit
-  int preserve = 0;                          // NormPreserve
+  NormPreserve preserve = NormPreserve::kNone;
   float beta = 1.f;                          // power exponent (kPower, kAgc's optional power)
   float max_norm = 1.f;                      // kClipNorm
   float clip = 0.01f, eps = 1e-3f;           // kAgc
@@ -32,20 +32,20 @@ PG_HD int bucket_stat_mask(const BucketJob& j) {
   int m = 0;
   if (j.op == BucketOp::kClipNorm) m |= math::kStatG2;
   if (j.op == BucketOp::kAgc) m |= math::kStatG2 | math::kStatW2;
-  if (j.preserve == static_cast<int>(NormPreserve::kL1)) m |= math::kStatPow | math::kStatAbs;
-  if (j.preserve == static_cast<int>(NormPreserve::kL2)) m |= math::kStatPow | math::kStatG2;
+  if (j.preserve == NormPreserve::kL1) m |= math::kStatPow | math::kStatAbs;
+  if (j.preserve == NormPreserve::kL2) m |= math::kStatPow | math::kStatG2;
   return m;
 }
 
 // Exponent of S2's summand: |g|^beta for L1 preservation, |g|^(2 beta) for L2.
 PG_HD float bucket_pow_exponent(const BucketJob& j) {
-  return j.preserve == static_cast<int>(NormPreserve::kL2) ? 2.f * j.beta : j.beta;
+  return j.preserve == NormPreserve::kL2 ? 2.f * j.beta : j.beta;
 }
 
 // Exponent of the element map out = K * sign(g)|g|^e (1 for clip_norm: a plain scale).
 PG_HD float bucket_apply_exponent(const BucketJob& j) { return j.op == BucketOp::kClipNorm ? 1.f : j.beta; }
 
-PG_HD math::GroupCoef bucket_group_coef(const BucketJob& j, const math::GroupSums& s) {
+PG_HD math::GroupCoef bucket_group_coef(const BucketJob& j, const math::BucketSums& s) {
   math::GroupCoef c;
   switch (j.op) {
     case BucketOp::kClipNorm: return math::clip_coef(s, j.max_norm);

@@ -50,7 +50,7 @@ Status bucket_run(const detail::BucketPlanHeader& h, const detail::BucketJob& j)
     for (int64_t g = 0; g < groups; ++g) {
       int64_t first = 0, last = 0;
       detail::group_items(h, g, j.scope, first, last);
-      math::GroupSums gs;
+      math::BucketSums gs;
       for (int64_t i = first; i < last; ++i) {
         const math::BucketSums& p = part[static_cast<size_t>(i)];
         gs.g2 += p.g2;

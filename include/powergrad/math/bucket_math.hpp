@@ -12,6 +12,7 @@
 #include <cmath>
 
 #include "powergrad/config.hpp"
+#include "powergrad/types.hpp"  // NormPreserve
 
 POWERGRAD_NS_BEGIN
 namespace math {
@@ -55,14 +56,10 @@ PG_HD double abs_pow_d(float x, float e) {
   return ldexp(static_cast<double>(f), static_cast<int>(n));
 }
 
-// Four running sums of one statistics item, in double: squares of fp32 values below 1e-23 and their
-// powers do not underflow, and per-item sums of thousands of terms stay exact to ~1e-16.
+// The four sums S0..S3, in double: squares of fp32 values below 1e-23 and their powers do not
+// underflow, and sums of thousands of terms stay exact to ~1e-16. One type for both levels: the
+// per-item partials of the statistics pass and the group totals of their fixed-order reduction.
 struct BucketSums {
-  double g2 = 0, w2 = 0, pw = 0, ab = 0;
-};
-
-// Group sums in double (the fixed-order reduction over items).
-struct GroupSums {
   double g2 = 0, w2 = 0, pw = 0, ab = 0;
 };
 
@@ -77,7 +74,7 @@ struct GroupCoef {
 
 // clip_norm, as torch.nn.utils.clip_grad_norm_: coef = min(1, max_norm / (norm + 1e-6)); a NaN norm
 // gives a NaN coefficient (so NaN gradients stay NaN), an inf norm gives 0.
-PG_HD GroupCoef clip_coef(const GroupSums& s, float max_norm) {
+PG_HD GroupCoef clip_coef(const BucketSums& s, float max_norm) {
   GroupCoef c;
   const float norm = static_cast<float>(sqrt(s.g2));
   float k = max_norm / (norm + 1e-6f);
@@ -92,17 +89,17 @@ PG_HD GroupCoef clip_coef(const GroupSums& s, float max_norm) {
 // optional pre-scale `a` applied to g before the map (AGC's clip coefficient):
 // ||a g||_1 / || |a g|^beta ||_1 = a S3 / (a^beta S2), so K * a^beta = a S3 / S2 (L1) and
 // a sqrt(S0 / S2) (L2); without preservation K = a^beta. An all-zero group (S2 = 0) gets K = a^beta.
-PG_HD float power_coef(const GroupSums& s, int preserve, float beta, float a) {
+PG_HD float power_coef(const BucketSums& s, NormPreserve preserve, float beta, float a) {
   const double ab = pow(static_cast<double>(a), static_cast<double>(beta));
-  if (preserve == 0 || s.pw == 0.0) return static_cast<float>(ab);
-  if (preserve == 1) return static_cast<float>(static_cast<double>(a) * s.ab / s.pw);
+  if (preserve == NormPreserve::kNone || s.pw == 0.0) return static_cast<float>(ab);
+  if (preserve == NormPreserve::kL1) return static_cast<float>(static_cast<double>(a) * s.ab / s.pw);
   return static_cast<float>(static_cast<double>(a) * sqrt(s.g2 / s.pw));
 }
 
 // AGC (NFNets, arXiv 2102.06171), exactly timm's adaptive_clip_grad: limit = clip * max(||W_u||, eps);
 // G_u is kept when ||G_u|| < limit, else scaled by limit / max(||G_u||, 1e-6). The clamps keep NaN
 // (as torch.clamp does), so a NaN norm of either tensor gives a NaN coefficient and NaN outputs.
-PG_HD float agc_coef(const GroupSums& s, float clip, float eps, bool& non_finite) {
+PG_HD float agc_coef(const BucketSums& s, float clip, float eps, bool& non_finite) {
   const float wn = static_cast<float>(sqrt(s.w2));
   const float limit = (wn < eps ? eps : wn) * clip;
   const float gn = static_cast<float>(sqrt(s.g2));

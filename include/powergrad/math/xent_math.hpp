@@ -20,17 +20,9 @@
 #include <limits>
 
 #include "powergrad/config.hpp"
+#include "powergrad/types.hpp"  // RowStats
 
 POWERGRAD_NS_BEGIN
-
-// Partial statistics of one row (or one column shard of a row). Plain struct: 16 bytes.
-struct RowStats {
-  float m;   // running max of z (-inf when every column seen so far is masked)
-  float s;   // sum exp(z - m)
-  float sa;  // sum exp(alpha (z - m))
-  float t;   // sum q z over the columns seen
-};
-
 namespace math {
 
 constexpr float kLog2e = 1.4426950408889634f;

@@ -146,9 +146,9 @@ __global__ PG_KERNEL_VISIBILITY void __launch_bounds__(kBucketWarpsPerBlock * 32
   }
 }
 
-struct GroupSumsAdd {
-  PG_DEVICE math::GroupSums operator()(const math::GroupSums& a, const math::GroupSums& b) const {
-    math::GroupSums s;
+struct BucketSumsAdd {
+  PG_DEVICE math::BucketSums operator()(const math::BucketSums& a, const math::BucketSums& b) const {
+    math::BucketSums s;
     s.g2 = a.g2 + b.g2;
     s.w2 = a.w2 + b.w2;
     s.pw = a.pw + b.pw;
@@ -164,13 +164,13 @@ __global__ PG_KERNEL_VISIBILITY void __launch_bounds__(THREADS)
     bucket_coef_kernel(const detail::BucketPlanHeader* __restrict__ h, detail::BucketJob j,
                        const math::BucketSums* __restrict__ partials, float* __restrict__ coefs) {
   if (!bucket_plan_ok(h, j.checksum)) return;
-  using Reduce = cub::BlockReduce<math::GroupSums, THREADS, cub::BLOCK_REDUCE_RAKING_COMMUTATIVE_ONLY>;
+  using Reduce = cub::BlockReduce<math::BucketSums, THREADS, cub::BLOCK_REDUCE_RAKING_COMMUTATIVE_ONLY>;
   __shared__ typename Reduce::TempStorage tmp;
   const int64_t groups = detail::bucket_groups(*h, j.scope);
   for (int64_t g = blockIdx.x; g < groups; g += gridDim.x) {
     int64_t first = 0, last = 0;
     detail::group_items(*h, g, j.scope, first, last);
-    math::GroupSums s;
+    math::BucketSums s;
     for (int64_t i = first + threadIdx.x; i < last; i += THREADS) {
       const math::BucketSums p = partials[i];
       s.g2 += p.g2;
@@ -178,7 +178,7 @@ __global__ PG_KERNEL_VISIBILITY void __launch_bounds__(THREADS)
       s.pw += p.pw;
       s.ab += p.ab;
     }
-    s = Reduce(tmp).Reduce(s, GroupSumsAdd{});
+    s = Reduce(tmp).Reduce(s, BucketSumsAdd{});
     if (threadIdx.x == 0) {
       const math::GroupCoef c = detail::bucket_group_coef(j, s);
       coefs[g] = c.k;
