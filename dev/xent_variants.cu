@@ -70,7 +70,7 @@ struct Variant {
 template <int G, int CACHE, int MINB, int SMEM = 0, int BATCH = (device::block_threads(G) * MINB >= 1024 ? 2 : 4)>
 Variant make(const char* name) {
   return Variant{name, &device::launch_rows_config<T, Tg, XentMode::kFused, G, CACHE, MINB, SMEM, BATCH>,
-                 &device::launch_rows_config<T, Tg, XentMode::kApply, G, CACHE, MINB, SMEM, BATCH>};
+                 &device::launch_rows_config<T, Tg, XentMode::kApplySaved, G, CACHE, MINB, SMEM, BATCH>};
 }
 
 int main() {
@@ -146,7 +146,7 @@ int main() {
       // Correctness (out of place, pristine input): sampled rows vs a float64 loop.
       CK(cudaMemset(out, 0xFF, bytes));
       CK(cudaMemcpy(buf, pristine, bytes, cudaMemcpyDeviceToDevice));
-      if (device::xent_run(j, ws, 0, nullptr) != Status::kSuccess) std::printf("launch failed: %s\n", last_error_message());
+      if (device::xent_run<XentMode::kFused>(j, ws, 0, nullptr) != Status::kSuccess) std::printf("launch failed: %s\n", last_error_message());
       CK(cudaDeviceSynchronize());
       // The xent_run above counted n_valid into ws; launch variants directly after it.
       if (v.fused(j, ws, nullptr) != Status::kSuccess) std::printf("variant failed: %s\n", last_error_message());
@@ -172,7 +172,7 @@ int main() {
       ji.out.dlogits = buf;
       const float f_ms = tm.median_ms([&](int) { (void)v.fused(ji, ws, nullptr); }, 15);
       XentJob<T, Tg> ja = ji;
-      ja.mode = XentMode::kApply;
+      ja.mode = XentMode::kApplySaved;
       ja.lse_alpha_in = lse_a;
       ja.out.loss = nullptr;
       ja.out.lse_alpha = nullptr;

@@ -3,6 +3,12 @@
 #define PG_CAPI_FN xent_call_f32
 #include "xent_dtype.inc"
 
+// The device kernels this library ships for float: every mode and target kind, instantiated
+// explicitly (each op would instantiate its own; this names the whole set in one place).
+#if defined(__CUDACC__)
+POWERGRAD_XENT_INSTANTIATE(float)
+#endif
+
 namespace powergrad_capi {
 
 powergrad::Status merge_stats_call(pg_device_t device, const pg_row_stats_t* parts, int64_t shards, int64_t rows,

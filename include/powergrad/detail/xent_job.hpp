@@ -5,16 +5,22 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "powergrad/detail/xent_workspace.hpp"
+#include "powergrad/math/xent_math.hpp"
 #include "powergrad/xent_types.hpp"
 
 POWERGRAD_NS_BEGIN
 namespace detail {
 
+// What a launch computes. A compile-time parameter of the CUDA row kernels (each op instantiates
+// only the kernels of its modes); the host loops read it from the job. The numbers are part of the
+// kernels' symbol names, so existing modes keep theirs.
 enum class XentMode : int {
-  kFused = 0,  // statistics + loss + gradient in one sweep of each row (forward+backward, backward)
-  kStats = 1,  // partial row statistics of a shard only (split form, step 1)
-  kApply = 2,  // gradient (+ loss) from merged statistics or a saved lse_alpha (one read, one write)
-  kHook = 3,   // rewrite an existing gradient s*(p - q) into s*(p' - q)
+  kFused = 0,         // statistics + loss + gradient in one sweep of each row (forward+backward, backward)
+  kStats = 1,         // partial row statistics of a shard only (split form, step 1)
+  kApplyMerged = 2,   // gradient (+ loss, lse, lse_alpha) from merged statistics (split form, step 3)
+  kHook = 3,          // rewrite an existing gradient s*(p - q) into s*(p' - q)
+  kApplySaved = 4,    // gradient only, from a saved lse_alpha (backward: one read, one write)
 };
 
 template <class T, class Targets>
@@ -26,21 +32,15 @@ struct XentJob {
   GradScale hook_scale{};
   XentOutputs<T> out{};  // ld_dlogits normalised when dlogits is set
   RowStats* stats_out = nullptr;
-  const RowStats* stats_in = nullptr;    // kApply: merged statistics, or
-  const float* lse_alpha_in = nullptr;   // kApply: a saved lse_alpha
+  const RowStats* stats_in = nullptr;    // kApplyMerged: merged statistics
+  const float* lse_alpha_in = nullptr;   // kApplySaved: a saved lse_alpha
 };
-
-// Device workspace layout for reduced losses: [n_valid (float), pad to 16 bytes][rows floats].
-inline size_t xent_workspace_bytes_impl(int64_t rows, Reduction r) {
-  if (r == Reduction::kNone || rows <= 0) return 0;
-  return 16 + static_cast<size_t>(rows) * sizeof(float);
-}
 
 // Whether a job needs the reduction workspace: a reduced loss is written, or kMean scales the
 // gradient by 1/n_valid.
 template <class T, class Tg>
 bool xent_job_needs_workspace(const XentJob<T, Tg>& j) {
-  if (j.mode != XentMode::kFused && j.mode != XentMode::kApply) return false;
+  if (j.mode != XentMode::kFused && j.mode != XentMode::kApplyMerged && j.mode != XentMode::kApplySaved) return false;
   if (j.p.reduction == Reduction::kNone) return false;
   return j.out.loss != nullptr || (j.p.reduction == Reduction::kMean && j.out.dlogits != nullptr);
 }

@@ -174,13 +174,13 @@ Status xent_run(const powergrad::detail::XentJob<T, Tg>& j) {
       continue;
     }
 
-    // Statistics: computed, merged (given) or only lse_alpha (saved).
+    // Statistics: computed (kFused, kStats), merged (kApplyMerged) or only lse_alpha (kApplySaved).
     RowStats st{};
     float ref = 0.f, c2 = 0.f;
-    if (j.mode == XentMode::kApply && j.lse_alpha_in) {
+    if (j.mode == XentMode::kApplySaved) {
       c2 = j.lse_alpha_in[r] * math::kLog2e;
     } else {
-      st = (j.mode == XentMode::kApply) ? j.stats_in[r] : row_stats(j, tg, x, r, 1.f);
+      st = (j.mode == XentMode::kApplyMerged) ? j.stats_in[r] : row_stats(j, tg, x, r, 1.f);
       if (j.mode == XentMode::kStats) {
         j.stats_out[r] = st;
         continue;
@@ -208,7 +208,7 @@ Status xent_run(const powergrad::detail::XentJob<T, Tg>& j) {
     }
   }
 
-  if (reduced && j.out.loss && j.mode != XentMode::kStats && !(j.mode == XentMode::kApply && j.lse_alpha_in)) {
+  if (reduced && j.out.loss && (j.mode == XentMode::kFused || j.mode == XentMode::kApplyMerged)) {
     double l = loss_sum;
     if (j.p.reduction == Reduction::kMean) l = n_valid > 0 ? l / static_cast<double>(n_valid) : 0.0;
     j.out.loss[0] = static_cast<float>(l);

@@ -1,9 +1,10 @@
 // powergrad device kernels: PGT softmax cross-entropy (docs/design.md §2.1-2.3, §6).
 //
-// One kernel template covers the four modes of detail::XentJob (fused forward+backward, shard
-// statistics, apply with given statistics, hook form). A *group* of G threads owns one row at a
+// One kernel template covers the five modes of detail::XentMode (fused forward+backward, shard
+// statistics, apply merged statistics, apply a saved lse_alpha, hook form); the mode is a template
+// parameter from the op down, so an op instantiates only its own kernels. A *group* of G threads owns one row at a
 // time: 8 threads or a warp per row (256 / G rows per block) for short rows, a whole block per row
-// for long ones (launch_rows picks by width). Each row is swept at most twice:
+// for long ones (launch_rows picks a named RowPolicy by width). Each row is swept at most twice:
 //   pass 1  online statistics (one running max, two running sums: docs/design.md §6) over 16-byte
 //           vectors; the first CACHE vectors of each thread stay in registers (and optionally
 //           SMEM more in shared memory),
@@ -25,6 +26,7 @@
 
 #include "powergrad/config.hpp"
 #include "powergrad/detail/xent_job.hpp"
+#include "powergrad/detail/xent_workspace.hpp"
 #include "powergrad/kernels/launch.cuh"
 #include "powergrad/kernels/vec.cuh"
 #include "powergrad/math/dtype.hpp"
@@ -36,6 +38,7 @@ namespace device {
 
 using powergrad::detail::XentJob;
 using powergrad::detail::XentMode;
+using powergrad::detail::XentWorkspace;
 
 constexpr unsigned kFullMask = 0xFFFFFFFFu;
 constexpr int kSmallGroupBlock = 256;  // G <= 32: 256 / G rows per block of 256 threads
@@ -376,8 +379,8 @@ __global__ void __launch_bounds__(block_threads(G), MIN_BLOCKS)
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kRowsPerBlock;
   const float a2 = j.k.alpha_log2e;
   const bool reduced = j.p.reduction != Reduction::kNone;
-  // Per-row losses: the output itself (kNone) or the workspace [n_valid, pad x3][rows] (reduced).
-  float* row_loss = reduced ? (j.out.loss ? ws + 4 : nullptr) : j.out.loss;
+  // Per-row losses: the output itself (kNone) or the workspace's row-loss array (reduced).
+  float* row_loss = reduced ? (j.out.loss ? XentWorkspace::row_loss(ws) : nullptr) : j.out.loss;
 
   extern __shared__ uint4 stage_smem[];  // SMEM vectors per thread (dynamic; 0 bytes when SMEM = 0)
   uint4* stage = SMEM > 0 ? stage_smem + (G <= 32 ? (threadIdx.x / G) * G * SMEM : 0) : nullptr;
@@ -404,11 +407,11 @@ __global__ void __launch_bounds__(block_threads(G), MIN_BLOCKS)
     } else {
       float ref = 0.f, c2 = 0.f;
       bool cached = false;
-      if (MODE == XentMode::kApply && j.lse_alpha_in) {
+      if constexpr (MODE == XentMode::kApplySaved) {
         c2 = j.lse_alpha_in[r] * math::kLog2e;
       } else {
         RowStats st;
-        if constexpr (MODE == XentMode::kApply) {
+        if constexpr (MODE == XentMode::kApplyMerged) {
           st = j.stats_in[r];
         } else {
           st = group_merge<G>(w.pass1(tg), a2, smem);
@@ -434,7 +437,7 @@ __global__ void __launch_bounds__(block_threads(G), MIN_BLOCKS)
       }
       float g = j.up.scale * (j.up.values ? j.up.values[reduced ? 0 : r] : 1.f);
       if (j.p.reduction == Reduction::kMean) {
-        const float n_valid = ws[0];
+        const float n_valid = *XentWorkspace::mean_divisor(ws);
         g = n_valid > 0.f ? g / n_valid : 0.f;
       }
       w.pass2(cached, g, ref, c2, tg);
@@ -443,7 +446,8 @@ __global__ void __launch_bounds__(block_threads(G), MIN_BLOCKS)
 }
 
 // ---------------------------------------------------------------------------------------------
-// n_valid (rows whose target is not ignore_index) into ws[0], in one block: deterministic.
+// n_valid (rows whose target is not ignore_index), in one block: deterministic. Writes the exact
+// int64 count and its one conversion to float (the kMean divisor of the row kernels).
 template <class Tg>
 __global__ void __launch_bounds__(1024) PG_KERNEL_VISIBILITY xent_count_valid_kernel(Tg targets, int64_t rows,
                                                                                       float* ws) {
@@ -459,10 +463,14 @@ __global__ void __launch_bounds__(1024) PG_KERNEL_VISIBILITY xent_count_valid_ke
   using Reduce = cub::BlockReduce<long long, 1024>;
   __shared__ typename Reduce::TempStorage tmp;
   const long long total = Reduce(tmp).Sum(static_cast<long long>(n));
-  if (threadIdx.x == 0) ws[0] = static_cast<float>(total);
+  if (threadIdx.x == 0) {
+    *XentWorkspace::valid_count(ws) = static_cast<int64_t>(total);
+    *XentWorkspace::mean_divisor(ws) = static_cast<float>(total);
+  }
 }
 
-// Sum of the row losses in ws[4..4+rows) in a fixed order; loss = sum (kSum) or sum / n_valid.
+// Sum of the workspace's row losses in a fixed order; loss = sum (kSum) or sum / n_valid (kMean: the
+// exact int64 count, the division in double as on the host).
 // (Kernels in this header are templates, even where nothing varies, so that several translation
 // units can include it without multiple definitions.)
 template <int kUnused = 0>
@@ -471,13 +479,16 @@ __global__ void __launch_bounds__(1024) PG_KERNEL_VISIBILITY xent_reduce_loss_ke
   float acc = 0.f;
   // Unrolled for loads in flight; the additions stay in the same (fixed) order.
 #pragma unroll 8
-  for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) acc += ws[4 + r];
+  for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) acc += ws[XentWorkspace::kRowLossIndex + r];
   using Reduce = cub::BlockReduce<float, 1024>;
   __shared__ typename Reduce::TempStorage tmp;
   const float total = Reduce(tmp).Sum(acc);
   if (threadIdx.x == 0) {
     float l = total;
-    if (mean) l = ws[0] > 0.f ? total / ws[0] : 0.f;
+    if (mean) {
+      const int64_t n_valid = *XentWorkspace::valid_count(ws);
+      l = n_valid > 0 ? static_cast<float>(static_cast<double>(total) / static_cast<double>(n_valid)) : 0.f;
+    }
     loss[0] = l;
   }
 }
@@ -531,45 +542,97 @@ Status launch_rows_config(const XentJob<T, Tg>& j, float* ws, stream_t stream) {
   return check_launch("xent_rows_kernel");
 }
 
-// Strategy by row length in 16-byte vectors, from three configuration sweeps of
-// dev/xent_variants.cu on an H100 (bench/results/2026-11-26-h100*): occupancy and loads in
+// ---------------------------------------------------------------------------------------------
+// Named launch policies of the row kernel (in the manner of CUB's tuning policies and quack's
+// threads-per-row table), one per band of row widths.
+
+// One launch configuration of xent_rows_kernel.
+struct RowPolicy {
+  int threads_per_row;  // G: 4-32 (a sub-warp or warp per row, 256 / G rows per block) or 256-1024 (a block)
+  int reg_vecs;         // CACHE: 16-byte vectors per thread kept in registers between the two passes
+  int smem_vecs;        // SMEM: further vectors per thread kept in shared memory (0: re-read from L2)
+  int loads_in_flight;  // BATCH: independent 16-byte loads per thread in the streamed part
+  int min_blocks;       // MIN_BLOCKS: resident blocks per SM asked of the compiler (__launch_bounds__)
+};
+
+// One band of row widths: rows of at most max_vecs 16-byte vectors (row_vecs below) run `stats` in
+// the modes with a statistics pass (fused, stats, hook) and `apply` in the two apply modes, which
+// have no statistics pass and so their own optimum.
+struct RowBand {
+  int64_t max_vecs;  // inclusive upper end; the last band is unbounded
+  RowPolicy stats;
+  RowPolicy apply;
+};
+
+constexpr int64_t kUnboundedVecs = INT64_MAX;
+
+// Chosen from the configuration sweeps of dev/xent_variants.cu on an H100 (bench/results/
+// 2026-11-26-h100*/variants.txt; times below are run3's, bf16, ms). Overall: occupancy and loads in
 // flight beat keeping rows in registers at every width, and staging rows in shared memory gained
-// little (the L2 re-read is cheap). Configurations: <G threads per row, CACHE vectors per thread
-// in registers, MIN_BLOCKS per SM, SMEM, BATCH loads in flight>; the apply mode (no statistics
-// pass) has its own optimum.
-//   <= 4 vectors (32 bf16 / 16 fp32): 4 threads per row (64 rows per block);
-//   <= 16 (128 bf16): 8 threads per row; <= 128 (1024 bf16): 16 threads per row (apply: a warp);
-//   <= 256 (2048 bf16): a warp per row, 2 vectors per lane, 4 blocks per SM;
-//   <= 4096 (32768 bf16): a block of 256 per row, 4 blocks per SM;
-//   <= 8192 (65536 bf16): a block of 512 per row, 2 blocks per SM;
-//   longer: a block of 1024 per row and 8 loads in flight per thread, one row per SM (~32 MB of
-//       rows re-read from L2 at 128k bf16 columns: inside the H100's 50 MB).
-template <class T, class Tg, XentMode MODE>
-Status launch_rows(const XentJob<T, Tg>& j, float* ws, stream_t stream) {
-  constexpr int V = Vec<T>::kSize;
-  constexpr bool kApply = MODE == XentMode::kApply;
-  const int64_t nvec = j.p.cols / V + 1;
-  if (nvec <= 4) return launch_rows_config<T, Tg, MODE, 4, 1, 4>(j, ws, stream);
-  if (nvec <= 16) return launch_rows_config<T, Tg, MODE, 8, 2, 4>(j, ws, stream);
-  if (nvec <= 128) {
-    if constexpr (kApply) return launch_rows_config<T, Tg, MODE, 32, 4, 3>(j, ws, stream);
-    return launch_rows_config<T, Tg, MODE, 16, 2, 4>(j, ws, stream);
-  }
-  if (nvec <= 256) return launch_rows_config<T, Tg, MODE, 32, 2, 4>(j, ws, stream);
-  if (nvec <= 4096) {
-    if constexpr (kApply) return launch_rows_config<T, Tg, MODE, 256, 4, 4>(j, ws, stream);
-    return launch_rows_config<T, Tg, MODE, 256, 4, 4, 0, 4>(j, ws, stream);
-  }
-  if (nvec <= 8192) {
-    if constexpr (kApply) return launch_rows_config<T, Tg, MODE, 512, 4, 2, 0, 4>(j, ws, stream);
-    return launch_rows_config<T, Tg, MODE, 512, 1, 2, 0, 4>(j, ws, stream);
-  }
-  if constexpr (kApply) return launch_rows_config<T, Tg, MODE, 1024, 1, 1, 0, 4>(j, ws, stream);
-  return launch_rows_config<T, Tg, MODE, 1024, 0, 1, 0, 8>(j, ws, stream);
+// little (the L2 re-read is cheap), so no shipped policy uses shared memory. Columns per band are
+// for bf16 (V = 8 per vector; fp32 has V = 4, so half as many columns).
+//                        stats modes {G, reg, smem, loads, minb}   apply modes
+constexpr RowBand kRowBands[] = {
+    // <= 31 cols: 4 threads per row, 64 rows per block (65536x10 fused: 0.016 vs 0.024 for 8 threads).
+    {4, {4, 1, 0, 2, 4}, {4, 1, 0, 2, 4}},
+    // <= 127 cols: 8 threads per row. (At 65536x100 the 4-thread policy measured faster, fused 0.019
+    // vs 0.026, apply 0.015 vs 0.017: a candidate for re-tuning, not applied without a new sweep.)
+    {16, {8, 2, 0, 2, 4}, {8, 2, 0, 2, 4}},
+    // <= 1023 cols: 16 threads per row for the stats modes (65536x1000 fused: 0.122 vs 0.128 for a
+    // warp); a warp with 4 cached vectors and 3 blocks per SM for apply (0.103 vs 0.104).
+    {128, {16, 2, 0, 2, 4}, {32, 4, 0, 4, 3}},
+    // <= 2047 cols: a warp per row, 2 vectors per lane, 4 blocks per SM (65536x2048 fused: 0.223 vs
+    // 0.260 with 4 vectors per lane; apply 0.192).
+    {256, {32, 2, 0, 2, 4}, {32, 2, 0, 2, 4}},
+    // <= 32767 cols: a block of 256 per row, 4 cached vectors, 4 blocks per SM; 4 loads in flight
+    // for the stats modes (8192x32000 fused: 0.407 vs 0.411 with 2), 2 for apply (0.368 vs 0.378).
+    {4096, {256, 4, 0, 4, 4}, {256, 4, 0, 2, 4}},
+    // <= 65535 cols: a block of 512 per row, 2 blocks per SM; 1 cached vector for the stats modes
+    // (8192x50257 fused: 0.621 vs 0.659 with 2), 4 for apply (0.650; run3 also measured 0.642 with
+    // 2 and 0.594 for a 1024-thread block with 8 loads: a candidate for re-tuning).
+    {8192, {512, 1, 0, 4, 2}, {512, 4, 0, 4, 2}},
+    // longer: a block of 1024 per row, one row per SM (~32 MB of rows re-read from L2 at 128k bf16
+    // columns, inside the H100's 50 MB); the stats modes cache nothing and keep 8 loads in flight
+    // (8192x128256 fused: 1.580 vs 1.641 with 4), apply caches 1 vector with 4 loads (1.434).
+    {kUnboundedVecs, {1024, 0, 0, 8, 1}, {1024, 1, 0, 4, 1}},
+};
+constexpr int kNumRowBands = static_cast<int>(sizeof(kRowBands) / sizeof(kRowBands[0]));
+
+constexpr bool is_apply_mode(XentMode m) { return m == XentMode::kApplyMerged || m == XentMode::kApplySaved; }
+
+template <XentMode MODE>
+constexpr RowPolicy row_policy(int band) {
+  return is_apply_mode(MODE) ? kRowBands[band].apply : kRowBands[band].stats;
 }
 
-// Runs one validated job on device memory (asynchronous on `stream`).
-template <class T, class Tg>
+// Width of a row in 16-byte vectors for the band lookup: cols / V + 1, the most vectors a row of
+// `cols` elements can touch whatever its alignment (a row that does not start 16-byte aligned, as
+// with an odd ld or an offset pointer, spans one vector more than an aligned one). It is an upper
+// bound of the kernel's vector body (RowWorker::nvec <= cols / V), so one shape picks one policy
+// for every row alignment.
+template <class T>
+PG_HD constexpr int64_t row_vecs(int64_t cols) {
+  return cols / Vec<T>::kSize + 1;
+}
+
+// Launches the policy of the first band (from BAND on) that holds rows of `vecs` vectors.
+template <class T, class Tg, XentMode MODE, int BAND = 0>
+Status launch_rows_band(const XentJob<T, Tg>& j, int64_t vecs, float* ws, stream_t stream) {
+  if constexpr (BAND + 1 < kNumRowBands) {
+    if (vecs > kRowBands[BAND].max_vecs) return launch_rows_band<T, Tg, MODE, BAND + 1>(j, vecs, ws, stream);
+  }
+  constexpr RowPolicy P = row_policy<MODE>(BAND);
+  return launch_rows_config<T, Tg, MODE, P.threads_per_row, P.reg_vecs, P.min_blocks, P.smem_vecs,
+                            P.loads_in_flight>(j, ws, stream);
+}
+
+template <class T, class Tg, XentMode MODE>
+Status launch_rows(const XentJob<T, Tg>& j, float* ws, stream_t stream) {
+  return launch_rows_band<T, Tg, MODE>(j, row_vecs<T>(j.p.cols), ws, stream);
+}
+
+// Runs one validated job of mode MODE (== j.mode) on device memory (asynchronous on `stream`).
+template <XentMode MODE, class T, class Tg>
 Status xent_run(const XentJob<T, Tg>& j, void* workspace, size_t, stream_t stream) {
   float* ws = static_cast<float*>(workspace);
   const bool use_ws = powergrad::detail::xent_job_needs_workspace(j);
@@ -579,17 +642,10 @@ Status xent_run(const XentJob<T, Tg>& j, void* workspace, size_t, stream_t strea
     const Status s = check_launch("xent_count_valid_kernel");
     if (s != Status::kSuccess) return s;
   }
-  Status s = Status::kSuccess;
-  switch (j.mode) {
-    case XentMode::kFused: s = launch_rows<T, Tg, XentMode::kFused>(j, ws, stream); break;
-    case XentMode::kStats: s = launch_rows<T, Tg, XentMode::kStats>(j, ws, stream); break;
-    case XentMode::kApply: s = launch_rows<T, Tg, XentMode::kApply>(j, ws, stream); break;
-    case XentMode::kHook: s = launch_rows<T, Tg, XentMode::kHook>(j, ws, stream); break;
-  }
+  const Status s = launch_rows<T, Tg, MODE>(j, ws, stream);
   if (s != Status::kSuccess) return s;
-  const bool reduced_loss = j.out.loss && j.p.reduction != Reduction::kNone &&
-                            (j.mode == XentMode::kFused || (j.mode == XentMode::kApply && j.stats_in));
-  if (reduced_loss) {
+  constexpr bool kWritesLoss = MODE == XentMode::kFused || MODE == XentMode::kApplyMerged;
+  if (kWritesLoss && j.out.loss && j.p.reduction != Reduction::kNone) {
     xent_reduce_loss_kernel<><<<1, 1024, 0, stream>>>(ws, j.p.rows, mean, j.out.loss);
     return check_launch("xent_reduce_loss_kernel");
   }
@@ -606,3 +662,21 @@ inline Status merge_stats_run(const RowStats* parts, int64_t shards, int64_t row
 
 }  // namespace device
 POWERGRAD_NS_END
+
+// Explicit instantiation of the device kernels of every op for element type T (all five modes and
+// the three target kinds): what the shared library ships (src/xent_<dtype>.cu).
+#define POWERGRAD_XENT_INSTANTIATE_TG(T, Tg)                                                                   \
+  template ::powergrad::Status ::powergrad::device::xent_run<::powergrad::detail::XentMode::kFused, T, Tg>(       \
+      const ::powergrad::detail::XentJob<T, Tg>&, void*, size_t, ::powergrad::stream_t);                        \
+  template ::powergrad::Status ::powergrad::device::xent_run<::powergrad::detail::XentMode::kStats, T, Tg>(       \
+      const ::powergrad::detail::XentJob<T, Tg>&, void*, size_t, ::powergrad::stream_t);                        \
+  template ::powergrad::Status ::powergrad::device::xent_run<::powergrad::detail::XentMode::kApplyMerged, T, Tg>( \
+      const ::powergrad::detail::XentJob<T, Tg>&, void*, size_t, ::powergrad::stream_t);                        \
+  template ::powergrad::Status ::powergrad::device::xent_run<::powergrad::detail::XentMode::kApplySaved, T, Tg>(  \
+      const ::powergrad::detail::XentJob<T, Tg>&, void*, size_t, ::powergrad::stream_t);                        \
+  template ::powergrad::Status ::powergrad::device::xent_run<::powergrad::detail::XentMode::kHook, T, Tg>(        \
+      const ::powergrad::detail::XentJob<T, Tg>&, void*, size_t, ::powergrad::stream_t);
+#define POWERGRAD_XENT_INSTANTIATE(T)                                       \
+  POWERGRAD_XENT_INSTANTIATE_TG(T, ::powergrad::ClassTargets<int32_t>)      \
+  POWERGRAD_XENT_INSTANTIATE_TG(T, ::powergrad::ClassTargets<int64_t>)      \
+  POWERGRAD_XENT_INSTANTIATE_TG(T, ::powergrad::DenseTargets<T>)
