@@ -307,8 +307,11 @@ do_bundle() {
   cp "$ROOT"/python/powergrad/*.py "$dir/python/powergrad/"
   cp "$ROOT"/tests/python/*.py "$dir/tests/python/"
   cp "$ROOT/bench/compare_frameworks.py" "$ROOT/bench/plot.py" "$dir/bench/"
-  # The plot tests of tests/python draw this recorded run.
-  cp "$ROOT/bench/results/2026-11-26-h100/bench_device.json" "$dir/bench/results/2026-11-26-h100/" 2>/dev/null
+  # tests/python reads this recorded run (the plot and summary tests).
+  local rec
+  for rec in bench_device.json tests_device.json env.txt; do
+    cp "$ROOT/bench/results/2026-11-26-h100/$rec" "$dir/bench/results/2026-11-26-h100/" 2>/dev/null
+  done
   cp "$ROOT"/examples/python/*.py "$dir/examples/python/" 2>/dev/null
   cp "$TOOLS/gpu-check.sh" "$TOOLS/summarize.py" "$TOOLS/sass_report.py" "$dir/tools/"
 

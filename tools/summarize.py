@@ -461,7 +461,12 @@ def run_summary(a):
     rows = []
     for d in bench_docs:
         rows.extend(b for b in d.get("benchmarks", []) if b.get("run_type") != "aggregate")
-    if rows or compare_doc or a.host_bench:
+    host_rows = []
+    for p in a.host_bench or []:
+        doc, _ = load_json(p)
+        if doc:
+            host_rows.extend(b for b in doc.get("benchmarks", []) if b.get("run_type") != "aggregate")
+    if rows or (compare_doc and compare_doc.get("results")) or host_rows:
         print("## Results", file=out)
         print("", file=out)
     goals = [b for b in rows if "goal" in b and not b.get("error_occurred")]
@@ -486,11 +491,6 @@ def run_summary(a):
         print("", file=out)
     bucket_table(rows, out)
     compare_lines(compare_doc, out)
-    host_rows = []
-    for p in a.host_bench or []:
-        doc, _ = load_json(p)
-        if doc:
-            host_rows.extend(b for b in doc.get("benchmarks", []) if b.get("run_type") != "aggregate")
     if host_rows:
         print("### Host backend (small shapes: a check of the bundle, not a measurement)", file=out)
         print("", file=out)

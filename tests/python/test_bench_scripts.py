@@ -267,7 +267,9 @@ FOREIGN_WORDS = [r"\bcarry\b", r"travel", r"timeout_s", r"device call", r"\b8 fi
 
 
 def gpu_check(args, env_extra=None, timeout=TIMEOUT_S):
-    env = dict(os.environ, PG_NO_GPU="1", **(env_extra or {}))
+    # The script's knobs are PG_*: none of the caller's (a surrounding gpu-check run's) may leak in.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG_")}
+    env.update(PG_NO_GPU="1", **(env_extra or {}))
     return run(["bash", GPU_CHECK] + args, timeout=timeout, env=env)
 
 
