@@ -124,15 +124,16 @@ void run(benchmark::State& state, const std::vector<std::pair<int64_t, int64_t>>
   }
   std::vector<unsigned char> raw(powergrad::bucket_plan_bytes(static_cast<int64_t>(ts.size())) + 16);
   void* plan = raw.data() + (16 - reinterpret_cast<uintptr_t>(raw.data()) % 16) % 16;
+  const size_t plan_bytes = raw.size() - 16;
   const BucketUnits units = op == Op::kAgc ? BucketUnits::kRows : BucketUnits::kTensor;
   size_t ws_bytes = 0;
   void* ws = nullptr;
   float* norms = nullptr;
   if (powergrad::bucket_plan_build<T>(Backend::kCuda, ts.data(), static_cast<int64_t>(ts.size()), units, plan,
-                                      raw.size() - 16) != Status::kSuccess ||
-      powergrad::bucket_workspace_bytes(plan, &ws_bytes) != Status::kSuccess || cudaMalloc(&ws, ws_bytes) != cudaSuccess ||
+                                      plan_bytes) != Status::kSuccess ||
+      powergrad::bucket_workspace_bytes(plan, plan_bytes, &ws_bytes) != Status::kSuccess || cudaMalloc(&ws, ws_bytes) != cudaSuccess ||
       cudaMalloc(&norms, ts.size() * sizeof(float)) != cudaSuccess ||
-      powergrad::bucket_plan_upload(plan, ws, ws_bytes, g_stream) != Status::kSuccess) {
+      powergrad::bucket_plan_upload(plan, plan_bytes, ws, ws_bytes, g_stream) != Status::kSuccess) {
     state.SkipWithError(powergrad::last_error_message());
     return;
   }
@@ -140,10 +141,10 @@ void run(benchmark::State& state, const std::vector<std::pair<int64_t, int64_t>>
   size_t nodes = 0;
   auto launch = [&] {
     switch (op) {
-      case Op::kPower: return powergrad::bucket_power<T>(plan, 0.5f, NormPreserve::kNone, BucketScope::kTensor, ws, ws_bytes, nullptr, g_stream);
-      case Op::kPowerL1: return powergrad::bucket_power<T>(plan, 0.5f, NormPreserve::kL1, BucketScope::kTensor, ws, ws_bytes, nullptr, g_stream);
-      case Op::kClip: return powergrad::bucket_clip_norm<T>(plan, 1.f, BucketScope::kBucket, norms, ws, ws_bytes, nullptr, g_stream);
-      case Op::kAgc: return powergrad::bucket_agc<T>(plan, 0.01f, 1e-3f, 1.f, NormPreserve::kNone, ws, ws_bytes, nullptr, g_stream);
+      case Op::kPower: return powergrad::bucket_power<T>(plan, plan_bytes, 0.5f, NormPreserve::kNone, BucketScope::kTensor, ws, ws_bytes, nullptr, g_stream);
+      case Op::kPowerL1: return powergrad::bucket_power<T>(plan, plan_bytes, 0.5f, NormPreserve::kL1, BucketScope::kTensor, ws, ws_bytes, nullptr, g_stream);
+      case Op::kClip: return powergrad::bucket_clip_norm<T>(plan, plan_bytes, 1.f, BucketScope::kBucket, norms, ws, ws_bytes, nullptr, g_stream);
+      case Op::kAgc: return powergrad::bucket_agc<T>(plan, plan_bytes, 0.01f, 1e-3f, 1.f, NormPreserve::kNone, ws, ws_bytes, nullptr, g_stream);
     }
     return Status::kUnsupported;
   };

@@ -64,10 +64,10 @@ void run(benchmark::State& state, const pgbench::BucketShapes& shapes, Op op) {
   float norm = 0.f;
   auto call = [&] {
     switch (op) {
-      case Op::kPower: return powergrad::bucket_power<float>(plan.data(), 0.5f, NormPreserve::kNone, BucketScope::kTensor);
-      case Op::kPowerL1: return powergrad::bucket_power<float>(plan.data(), 0.5f, NormPreserve::kL1, BucketScope::kTensor);
-      case Op::kClip: return powergrad::bucket_clip_norm<float>(plan.data(), 1.f, BucketScope::kBucket, &norm);
-      case Op::kAgc: return powergrad::bucket_agc<float>(plan.data(), 0.01f, 1e-3f);
+      case Op::kPower: return powergrad::bucket_power<float>(plan.data(), plan.size() * 16, 0.5f, NormPreserve::kNone, BucketScope::kTensor);
+      case Op::kPowerL1: return powergrad::bucket_power<float>(plan.data(), plan.size() * 16, 0.5f, NormPreserve::kL1, BucketScope::kTensor);
+      case Op::kClip: return powergrad::bucket_clip_norm<float>(plan.data(), plan.size() * 16, 1.f, BucketScope::kBucket, &norm);
+      case Op::kAgc: return powergrad::bucket_agc<float>(plan.data(), plan.size() * 16, 0.01f, 1e-3f);
     }
     return Status::kUnsupported;
   };

@@ -6,8 +6,9 @@
 namespace powergrad_capi {
 
 // Dtype-free, but its CUDA half is a cudaMemcpyAsync: lives in a CUDA translation unit.
-powergrad::Status bucket_upload_call(const void* plan, void* workspace, size_t workspace_bytes, void* stream) {
-  return powergrad::detail::plan_upload(kBucketCNames, plan, workspace, workspace_bytes,
+powergrad::Status bucket_upload_call(const void* plan, size_t plan_bytes, void* workspace, size_t workspace_bytes,
+                                     void* stream) {
+  return powergrad::detail::plan_upload(kBucketCNames, plan, plan_bytes, workspace, workspace_bytes,
                                          static_cast<powergrad::stream_t>(stream));
 }
 

@@ -156,26 +156,24 @@ Status dispatch_bucket(int grad_dtype, const powergrad_capi::BucketCall& c) {
 }
 
 // The dtypes recorded in a plan (the typed C++ op checks the rest: checksum, units, backend).
-Status read_plan_dtypes(const void* plan, powergrad_capi::BucketCall& c, int& grad_dtype) {
-  if (!plan) return fail(Status::kNullPointer, "plan is null");
-  if (reinterpret_cast<uintptr_t>(plan) % 16 != 0) return fail(Status::kInvalidLayout, "plan must be 16-byte aligned");
-  const auto* h = static_cast<const powergrad::detail::BucketPlanHeader*>(plan);
-  if (h->magic != powergrad::detail::kBucketPlanMagic)
-    return fail(Status::kInvalidValue, "plan is not a bucket plan (build it with pg_bucket_plan_build)");
+Status read_plan_dtypes(const void* plan, size_t plan_bytes, powergrad_capi::BucketCall& c, int& grad_dtype) {
+  const powergrad::detail::BucketPlanHeader* h = nullptr;
+  PG_TRY(powergrad::detail::check_intact_plan(powergrad_capi::kBucketCNames, plan, plan_bytes, h));
   grad_dtype = h->grad_dtype;
   c.param_dtype = h->param_dtype;
   c.plan = plan;
+  c.plan_size = plan_bytes;
   return Status::kSuccess;
 }
 
 // The common part of the bucket ops: the plan's dtypes, the workspace / flags / stream arguments,
 // then `set` fills in the op's own arguments.
 template <class F>
-Status bucket_op(const void* plan, powergrad_capi::BucketOp op, void* workspace, size_t workspace_bytes, int32_t* flags,
+Status bucket_op(const void* plan, size_t plan_bytes, powergrad_capi::BucketOp op, void* workspace, size_t workspace_bytes, int32_t* flags,
                  void* stream, F&& set) {
   powergrad_capi::BucketCall c;
   int grad_dtype = 0;
-  PG_TRY(read_plan_dtypes(plan, c, grad_dtype));
+  PG_TRY(read_plan_dtypes(plan, plan_bytes, c, grad_dtype));
   c.op = op;
   c.workspace = workspace;
   c.workspace_bytes = workspace_bytes;
@@ -358,47 +356,42 @@ PG_API pg_status_t pg_bucket_tensors_from_flat(void* data, pg_dtype_t dtype, con
   return guarded([&] {
     PG_TRY(check_dtype(raw(dtype), "dtype"));
     const size_t elem = raw(dtype) == PG_DTYPE_FLOAT32 ? 4 : 2;
-    // Validated and laid out by the C++ helper on byte-sized elements scaled by the dtype's size.
-    if (count < 0) return fail(Status::kInvalidSize, "count (%lld) is negative", static_cast<long long>(count));
-    if (count == 0) return Status::kSuccess;
-    if (!out) return fail(Status::kNullPointer, "out is null");
-    std::vector<powergrad::BucketTensor<unsigned char, unsigned char>> tmp(static_cast<size_t>(count));
-    PG_TRY((powergrad::bucket_tensors_from_flat<unsigned char, unsigned char>(
-        static_cast<unsigned char*>(data), offsets, count, reinterpret_cast<const unsigned char* const*>(params), rows,
-        tmp.data())));
+    PG_TRY(powergrad::detail::check_flat_segments(data, offsets, count, out));
     unsigned char* base = static_cast<unsigned char*>(data);
     for (int64_t i = 0; i < count; ++i) {
       out[i].grad = base ? base + static_cast<size_t>(offsets[i]) * elem : nullptr;
-      out[i].param = tmp[static_cast<size_t>(i)].param;
-      out[i].numel = tmp[static_cast<size_t>(i)].numel;
-      out[i].rows = tmp[static_cast<size_t>(i)].rows;
+      out[i].param = params ? params[i] : nullptr;
+      out[i].numel = offsets[i + 1] - offsets[i];
+      out[i].rows = rows ? rows[i] : 0;
     }
     return Status::kSuccess;
   });
 }
 
-PG_API pg_status_t pg_bucket_workspace_bytes(const void* plan, size_t* bytes) {
-  return guarded([&] { return powergrad::detail::workspace_bytes(powergrad_capi::kBucketCNames, plan, bytes); });
+PG_API pg_status_t pg_bucket_workspace_bytes(const void* plan, size_t plan_bytes, size_t* bytes) {
+  return guarded(
+      [&] { return powergrad::detail::workspace_bytes(powergrad_capi::kBucketCNames, plan, plan_bytes, bytes); });
 }
 
-PG_API pg_status_t pg_bucket_plan_upload(const void* plan, void* workspace, size_t workspace_bytes, void* stream) {
+PG_API pg_status_t pg_bucket_plan_upload(const void* plan, size_t plan_bytes, void* workspace, size_t workspace_bytes,
+                                         void* stream) {
   return guarded([&] {
     powergrad_capi::BucketCall c;
     int grad_dtype = 0;
-    PG_TRY(read_plan_dtypes(plan, c, grad_dtype));
+    PG_TRY(read_plan_dtypes(plan, plan_bytes, c, grad_dtype));
     const auto* h = static_cast<const powergrad::detail::BucketPlanHeader*>(plan);
     if (h->backend == PG_DEVICE_CUDA && !POWERGRAD_CAPI_HAS_CUDA)
       return fail(Status::kNoCudaSupport, "the plan is for PG_DEVICE_CUDA but this library was built with no CUDA support");
-    return powergrad_capi::bucket_upload_call(plan, workspace, workspace_bytes, stream);
+    return powergrad_capi::bucket_upload_call(plan, plan_bytes, workspace, workspace_bytes, stream);
   });
 }
 
-PG_API pg_status_t pg_bucket_power(const void* plan, float beta, pg_norm_preserve_t preserve, pg_bucket_scope_t scope,
-                                   void* workspace, size_t workspace_bytes, int32_t* flags, void* stream) {
+PG_API pg_status_t pg_bucket_power(const void* plan, size_t plan_bytes, float beta, pg_norm_preserve_t preserve,
+                                   pg_bucket_scope_t scope, void* workspace, size_t workspace_bytes, int32_t* flags, void* stream) {
   return guarded([&] {
     PG_TRY(check_in_range(raw(preserve), 2, "preserve", "pg_norm_preserve_t"));
     PG_TRY(check_in_range(raw(scope), 1, "scope", "pg_bucket_scope_t"));
-    return bucket_op(plan, powergrad_capi::BucketOp::kPower, workspace, workspace_bytes, flags, stream,
+    return bucket_op(plan, plan_bytes, powergrad_capi::BucketOp::kPower, workspace, workspace_bytes, flags, stream,
                      [&](powergrad_capi::BucketCall& c) {
                        c.beta = beta;
                        c.preserve = raw(preserve);
@@ -407,11 +400,11 @@ PG_API pg_status_t pg_bucket_power(const void* plan, float beta, pg_norm_preserv
   });
 }
 
-PG_API pg_status_t pg_bucket_clip_norm(const void* plan, float max_norm, pg_bucket_scope_t scope, float* norms,
-                                       void* workspace, size_t workspace_bytes, int32_t* flags, void* stream) {
+PG_API pg_status_t pg_bucket_clip_norm(const void* plan, size_t plan_bytes, float max_norm, pg_bucket_scope_t scope,
+                                       float* norms, void* workspace, size_t workspace_bytes, int32_t* flags, void* stream) {
   return guarded([&] {
     PG_TRY(check_in_range(raw(scope), 1, "scope", "pg_bucket_scope_t"));
-    return bucket_op(plan, powergrad_capi::BucketOp::kClipNorm, workspace, workspace_bytes, flags, stream,
+    return bucket_op(plan, plan_bytes, powergrad_capi::BucketOp::kClipNorm, workspace, workspace_bytes, flags, stream,
                      [&](powergrad_capi::BucketCall& c) {
                        c.max_norm = max_norm;
                        c.scope = raw(scope);
@@ -420,11 +413,11 @@ PG_API pg_status_t pg_bucket_clip_norm(const void* plan, float max_norm, pg_buck
   });
 }
 
-PG_API pg_status_t pg_bucket_agc(const void* plan, float clip, float eps, float beta, pg_norm_preserve_t preserve,
-                                 void* workspace, size_t workspace_bytes, int32_t* flags, void* stream) {
+PG_API pg_status_t pg_bucket_agc(const void* plan, size_t plan_bytes, float clip, float eps, float beta,
+                                 pg_norm_preserve_t preserve, void* workspace, size_t workspace_bytes, int32_t* flags, void* stream) {
   return guarded([&] {
     PG_TRY(check_in_range(raw(preserve), 2, "preserve", "pg_norm_preserve_t"));
-    return bucket_op(plan, powergrad_capi::BucketOp::kAgc, workspace, workspace_bytes, flags, stream,
+    return bucket_op(plan, plan_bytes, powergrad_capi::BucketOp::kAgc, workspace, workspace_bytes, flags, stream,
                      [&](powergrad_capi::BucketCall& c) {
                        c.clip = clip;
                        c.eps = eps;

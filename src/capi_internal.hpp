@@ -54,6 +54,7 @@ struct BucketCall {
   void* plan_out = nullptr;                 // kBuild
   size_t plan_bytes = 0;                    // kBuild
   const void* plan = nullptr;               // ops
+  size_t plan_size = 0;                     // ops: the caller's plan buffer size
   float beta = 1.f, max_norm = 1.f, clip = 0.01f, eps = 1e-3f;
   int preserve = 0, scope = 0;
   float* norms = nullptr;
@@ -66,6 +67,7 @@ powergrad::Status bucket_call_f32(const BucketCall& c);
 powergrad::Status bucket_call_f16(const BucketCall& c);
 powergrad::Status bucket_call_bf16(const BucketCall& c);
 // Lives in bucket_f32.cu (its CUDA half is a cudaMemcpyAsync).
-powergrad::Status bucket_upload_call(const void* plan, void* workspace, size_t workspace_bytes, void* stream);
+powergrad::Status bucket_upload_call(const void* plan, size_t plan_bytes, void* workspace, size_t workspace_bytes,
+                                     void* stream);
 
 }  // namespace powergrad_capi

@@ -180,22 +180,22 @@ Status run_bucket_op(const BucketCase& c, Mem& m, BucketData<T, P>& d, std::vect
                                          plan.size() * 16);
   if (s != Status::kSuccess) return s;
   size_t ws_bytes = 0;
-  EXPECT_EQ(pg::bucket_workspace_bytes(plan.data(), &ws_bytes), Status::kSuccess);
+  EXPECT_EQ(pg::bucket_workspace_bytes(plan.data(), plan.size() * 16, &ws_bytes), Status::kSuccess);
   void* ws = m.workspace(ws_bytes);
-  if ((s = pg::bucket_plan_upload(plan.data(), ws, ws_bytes, m.stream())) != Status::kSuccess) return s;
+  if ((s = pg::bucket_plan_upload(plan.data(), plan.size() * 16, ws, ws_bytes, m.stream())) != Status::kSuccess) return s;
   std::vector<int32_t> fl(1);
   int32_t* dfl = m.out(fl);
   float* dn = m.out(norms);
   for (int rep = 0; rep < (twice ? 2 : 1); ++rep) {
     switch (c.op) {
       case BOp::kPower:
-        s = pg::bucket_power<T>(plan.data(), c.beta, c.preserve, c.scope, ws, ws_bytes, dfl, m.stream());
+        s = pg::bucket_power<T>(plan.data(), plan.size() * 16, c.beta, c.preserve, c.scope, ws, ws_bytes, dfl, m.stream());
         break;
       case BOp::kClip:
-        s = pg::bucket_clip_norm<T>(plan.data(), c.max_norm, c.scope, dn, ws, ws_bytes, dfl, m.stream());
+        s = pg::bucket_clip_norm<T>(plan.data(), plan.size() * 16, c.max_norm, c.scope, dn, ws, ws_bytes, dfl, m.stream());
         break;
       case BOp::kAgc:
-        s = pg::bucket_agc<T, P>(plan.data(), c.clip, c.eps, c.beta, c.preserve, ws, ws_bytes, dfl, m.stream());
+        s = pg::bucket_agc<T, P>(plan.data(), plan.size() * 16, c.clip, c.eps, c.beta, c.preserve, ws, ws_bytes, dfl, m.stream());
         break;
     }
     if (s != Status::kSuccess) return s;

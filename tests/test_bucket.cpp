@@ -77,11 +77,11 @@ TYPED_TEST(BucketHost, ZeroTensors) {
   ASSERT_EQ(pg::bucket_plan_build<T>(Backend::kHost, t, 2, BucketUnits::kTensor, plan.data(), plan.size() * 16),
             Status::kSuccess);
   int32_t flags = -1;
-  ASSERT_EQ(pg::bucket_power<T>(plan.data(), 0.5f, NormPreserve::kL1, BucketScope::kTensor, nullptr, 0, &flags),
+  ASSERT_EQ(pg::bucket_power<T>(plan.data(), plan.size() * 16, 0.5f, NormPreserve::kL1, BucketScope::kTensor, nullptr, 0, &flags),
             Status::kSuccess);
   EXPECT_EQ(flags, 0);
   float norms[2] = {-1, -1};
-  ASSERT_EQ(pg::bucket_clip_norm<T>(plan.data(), 1.f, BucketScope::kTensor, norms, nullptr, 0, &flags), Status::kSuccess);
+  ASSERT_EQ(pg::bucket_clip_norm<T>(plan.data(), plan.size() * 16, 1.f, BucketScope::kTensor, norms, nullptr, 0, &flags), Status::kSuccess);
   EXPECT_EQ(norms[0], 0.f);
   EXPECT_EQ(norms[1], 0.f);
   for (const T& v : g) EXPECT_EQ(DT<T>::decode(v), 0.0);
@@ -95,7 +95,7 @@ TEST(BucketHostApi, EmptyBucket) {
             Status::kSuccess);
   float norm = -1;
   int32_t flags = -1;
-  EXPECT_EQ(pg::bucket_clip_norm<float>(plan.data(), 1.f, BucketScope::kBucket, &norm, nullptr, 0, &flags),
+  EXPECT_EQ(pg::bucket_clip_norm<float>(plan.data(), plan.size() * 16, 1.f, BucketScope::kBucket, &norm, nullptr, 0, &flags),
             Status::kSuccess);
   EXPECT_EQ(norm, 0.f);
   EXPECT_EQ(flags, 0);
@@ -153,6 +153,9 @@ struct BadCall {
   Status expect;
   std::function<Status(std::vector<float>& g, std::vector<float>& w, void* plan, float* norms, int32_t* flags)> call;
 };
+
+// The plan buffer every bad call gets (BadCallsWriteNothing allocates it).
+constexpr size_t kPlanBuf = 4096;
 
 std::vector<BadCall> bad_calls() {
   using F = float;
@@ -219,7 +222,7 @@ std::vector<BadCall> bad_calls() {
   v.push_back({"flags inside a parameter (AGC)", Status::kInvalidLayout,
                [build](std::vector<F>& g, std::vector<F>& w, void* plan, float*, int32_t*) {
                  if (build(g, w, plan, BucketUnits::kRows) != Status::kSuccess) return Status::kSuccess;
-                 return pg::bucket_agc<F>(plan, 0.01f, 1e-3f, 1.f, NormPreserve::kNone, nullptr, 0,
+                 return pg::bucket_agc<F>(plan, kPlanBuf, 0.01f, 1e-3f, 1.f, NormPreserve::kNone, nullptr, 0,
                                           reinterpret_cast<int32_t*>(w.data() + 5));
                }});
   v.push_back({"negative rows", Status::kInvalidSize, with_tensors([](auto* t, auto&, auto&) { t[0].rows = -2; }, kR)});
@@ -247,65 +250,105 @@ std::vector<BadCall> bad_calls() {
   };
   const auto kTen = BucketScope::kTensor;
   v.push_back({"beta 0", Status::kInvalidValue, op_on(kT, [=](void* p, float*, int32_t* f) {
-                 return pg::bucket_power<F>(p, 0.f, NormPreserve::kL1, kTen, nullptr, 0, f);
+                 return pg::bucket_power<F>(p, kPlanBuf, 0.f, NormPreserve::kL1, kTen, nullptr, 0, f);
                })});
   v.push_back({"beta negative", Status::kInvalidValue, op_on(kT, [=](void* p, float*, int32_t* f) {
-                 return pg::bucket_power<F>(p, -1.f, NormPreserve::kNone, kTen, nullptr, 0, f);
+                 return pg::bucket_power<F>(p, kPlanBuf, -1.f, NormPreserve::kNone, kTen, nullptr, 0, f);
                })});
   v.push_back({"beta NaN", Status::kInvalidValue, op_on(kT, [=](void* p, float*, int32_t* f) {
-                 return pg::bucket_power<F>(p, NAN, NormPreserve::kNone, kTen, nullptr, 0, f);
+                 return pg::bucket_power<F>(p, kPlanBuf, NAN, NormPreserve::kNone, kTen, nullptr, 0, f);
                })});
   v.push_back({"bad preserve", Status::kInvalidValue, op_on(kT, [=](void* p, float*, int32_t* f) {
-                 return pg::bucket_power<F>(p, 0.5f, static_cast<NormPreserve>(3), kTen, nullptr, 0, f);
+                 return pg::bucket_power<F>(p, kPlanBuf, 0.5f, static_cast<NormPreserve>(3), kTen, nullptr, 0, f);
                })});
   v.push_back({"bad scope", Status::kInvalidValue, op_on(kT, [=](void* p, float* n, int32_t* f) {
-                 return pg::bucket_clip_norm<F>(p, 1.f, static_cast<BucketScope>(2), n, nullptr, 0, f);
+                 return pg::bucket_clip_norm<F>(p, kPlanBuf, 1.f, static_cast<BucketScope>(2), n, nullptr, 0, f);
                })});
   v.push_back({"max_norm 0", Status::kInvalidValue, op_on(kT, [=](void* p, float* n, int32_t* f) {
-                 return pg::bucket_clip_norm<F>(p, 0.f, kTen, n, nullptr, 0, f);
+                 return pg::bucket_clip_norm<F>(p, kPlanBuf, 0.f, kTen, n, nullptr, 0, f);
                })});
   v.push_back({"max_norm inf", Status::kInvalidValue, op_on(kT, [=](void* p, float* n, int32_t* f) {
-                 return pg::bucket_clip_norm<F>(p, INFINITY, kTen, n, nullptr, 0, f);
+                 return pg::bucket_clip_norm<F>(p, kPlanBuf, INFINITY, kTen, n, nullptr, 0, f);
                })});
   v.push_back({"clip 0", Status::kInvalidValue, op_on(kR, [=](void* p, float*, int32_t* f) {
-                 return pg::bucket_agc<F>(p, 0.f, 1e-3f, 1.f, NormPreserve::kNone, nullptr, 0, f);
+                 return pg::bucket_agc<F>(p, kPlanBuf, 0.f, 1e-3f, 1.f, NormPreserve::kNone, nullptr, 0, f);
                })});
   v.push_back({"eps negative", Status::kInvalidValue, op_on(kR, [=](void* p, float*, int32_t* f) {
-                 return pg::bucket_agc<F>(p, 0.01f, -1e-3f, 1.f, NormPreserve::kNone, nullptr, 0, f);
+                 return pg::bucket_agc<F>(p, kPlanBuf, 0.01f, -1e-3f, 1.f, NormPreserve::kNone, nullptr, 0, f);
                })});
   v.push_back({"AGC on a kTensor plan", Status::kInvalidValue, op_on(kT, [=](void* p, float*, int32_t* f) {
-                 return pg::bucket_agc<F>(p, 0.01f, 1e-3f, 1.f, NormPreserve::kNone, nullptr, 0, f);
+                 return pg::bucket_agc<F>(p, kPlanBuf, 0.01f, 1e-3f, 1.f, NormPreserve::kNone, nullptr, 0, f);
                })});
   v.push_back({"power on a kRows plan", Status::kInvalidValue, op_on(kR, [=](void* p, float*, int32_t* f) {
-                 return pg::bucket_power<F>(p, 0.5f, NormPreserve::kNone, kTen, nullptr, 0, f);
+                 return pg::bucket_power<F>(p, kPlanBuf, 0.5f, NormPreserve::kNone, kTen, nullptr, 0, f);
                })});
   v.push_back({"wrong dtype for the plan", Status::kInvalidValue, op_on(kT, [=](void* p, float*, int32_t* f) {
-                 return pg::bucket_power<bfloat16_t>(p, 0.5f, NormPreserve::kNone, kTen, nullptr, 0, f);
+                 return pg::bucket_power<bfloat16_t>(p, kPlanBuf, 0.5f, NormPreserve::kNone, kTen, nullptr, 0, f);
                })});
   v.push_back({"wrong param dtype for the plan", Status::kInvalidValue, op_on(kR, [=](void* p, float*, int32_t* f) {
-                 return pg::bucket_agc<F, half_t>(p, 0.01f, 1e-3f, 1.f, NormPreserve::kNone, nullptr, 0, f);
+                 return pg::bucket_agc<F, half_t>(p, kPlanBuf, 0.01f, 1e-3f, 1.f, NormPreserve::kNone, nullptr, 0, f);
                })});
   v.push_back({"corrupted plan", Status::kInvalidValue, op_on(kT, [=](void* p, float*, int32_t* f) {
                  reinterpret_cast<pg::detail::BucketPlanHeader*>(p)->n_items += 1;
-                 return pg::bucket_power<F>(p, 0.5f, NormPreserve::kNone, kTen, nullptr, 0, f);
+                 return pg::bucket_power<F>(p, kPlanBuf, 0.5f, NormPreserve::kNone, kTen, nullptr, 0, f);
                })});
   v.push_back({"not a plan", Status::kInvalidValue, op_on(kT, [=](void* p, float*, int32_t* f) {
                  std::memset(p, 0, 64);
-                 return pg::bucket_power<F>(p, 0.5f, NormPreserve::kNone, kTen, nullptr, 0, f);
+                 return pg::bucket_power<F>(p, kPlanBuf, 0.5f, NormPreserve::kNone, kTen, nullptr, 0, f);
                })});
   v.push_back({"null plan to an op", Status::kNullPointer, op_on(kT, [=](void*, float*, int32_t* f) {
-                 return pg::bucket_power<F>(nullptr, 0.5f, NormPreserve::kNone, kTen, nullptr, 0, f);
+                 return pg::bucket_power<F>(nullptr, kPlanBuf, 0.5f, NormPreserve::kNone, kTen, nullptr, 0, f);
                })});
   v.push_back({"norms inside a gradient", Status::kInvalidLayout,
                [build](std::vector<F>& g, std::vector<F>& w, void* plan, float*, int32_t* f) {
                  if (build(g, w, plan, BucketUnits::kTensor) != Status::kSuccess) return Status::kSuccess;
-                 return pg::bucket_clip_norm<F>(plan, 1.f, BucketScope::kTensor, g.data() + 59, nullptr, 0, f);
+                 return pg::bucket_clip_norm<F>(plan, kPlanBuf, 1.f, BucketScope::kTensor, g.data() + 59, nullptr, 0, f);
                }});
   v.push_back({"flags inside a gradient", Status::kInvalidLayout,
                [build](std::vector<F>& g, std::vector<F>& w, void* plan, float*, int32_t*) {
                  if (build(g, w, plan, BucketUnits::kTensor) != Status::kSuccess) return Status::kSuccess;
-                 return pg::bucket_power<F>(plan, 0.5f, NormPreserve::kL1, BucketScope::kTensor, nullptr, 0,
+                 return pg::bucket_power<F>(plan, kPlanBuf, 0.5f, NormPreserve::kL1, BucketScope::kTensor, nullptr, 0,
                                             reinterpret_cast<int32_t*>(g.data() + 3));
+               }});
+  // Outputs inside the host plan image: the host backend reads the tensor table while it writes.
+  v.push_back({"norms inside the plan", Status::kInvalidLayout,
+               [build](std::vector<F>& g, std::vector<F>& w, void* plan, float*, int32_t* f) {
+                 if (build(g, w, plan, BucketUnits::kTensor) != Status::kSuccess) return Status::kSuccess;
+                 float* in_plan = reinterpret_cast<float*>(static_cast<char*>(plan) + sizeof(pg::detail::BucketPlanHeader));
+                 return pg::bucket_clip_norm<F>(plan, kPlanBuf, 1.f, BucketScope::kTensor, in_plan, nullptr, 0, f);
+               }});
+  v.push_back({"flags inside the plan", Status::kInvalidLayout,
+               [build](std::vector<F>& g, std::vector<F>& w, void* plan, float*, int32_t*) {
+                 if (build(g, w, plan, BucketUnits::kTensor) != Status::kSuccess) return Status::kSuccess;
+                 int32_t* in_plan = reinterpret_cast<int32_t*>(static_cast<char*>(plan) + 8);
+                 return pg::bucket_power<F>(plan, kPlanBuf, 0.5f, NormPreserve::kL1, BucketScope::kTensor, nullptr, 0,
+                                            in_plan);
+               }});
+  // A header whose tensor count and size are enlarged consistently: its size must fit in the buffer
+  // the caller vouches for before the checksum reads past the table.
+  v.push_back({"plan header enlarged past the buffer", Status::kInvalidSize, op_on(kT, [=](void* p, float*, int32_t* f) {
+                 auto* h = reinterpret_cast<pg::detail::BucketPlanHeader*>(p);
+                 h->n_tensors = 1000;
+                 h->plan_bytes = pg::detail::bucket_plan_bytes_for(1000);
+                 return pg::bucket_power<F>(p, kPlanBuf, 0.5f, NormPreserve::kNone, kTen, nullptr, 0, f);
+               })});
+  v.push_back({"plan_bytes smaller than the plan", Status::kInvalidSize, op_on(kT, [=](void* p, float*, int32_t* f) {
+                 return pg::bucket_power<F>(p, pg::bucket_plan_bytes(2) - 16, 0.5f, NormPreserve::kNone, kTen, nullptr,
+                                            0, f);
+               })});
+  v.push_back({"plan_bytes smaller than a header", Status::kInvalidSize, op_on(kT, [=](void* p, float*, int32_t* f) {
+                 return pg::bucket_power<F>(p, 8, 0.5f, NormPreserve::kNone, kTen, nullptr, 0, f);
+               })});
+  v.push_back({"flat: count too large", Status::kInvalidSize, [](auto& g, auto&, void*, float*, int32_t*) {
+                 const int64_t off[3] = {0, 50, 60};
+                 BucketTensor<F> t[2];
+                 return pg::bucket_tensors_from_flat<F, F>(g.data(), off, int64_t(1) << 61, nullptr, nullptr, t);
+               }});
+  v.push_back({"plan_build: huge count, small plan", Status::kWorkspaceTooSmall,
+               [](auto& g, auto&, void* plan, float*, int32_t*) {
+                 BucketTensor<F> t{g.data(), nullptr, 10, 0};
+                 return pg::bucket_plan_build<F>(Backend::kHost, &t, int64_t(1) << 31, BucketUnits::kTensor, plan,
+                                                 kPlanBuf);
                }});
   return v;
 }
@@ -321,7 +364,7 @@ TEST(BucketHostApi, BadCallsWriteNothing) {
       w[static_cast<size_t>(i)] = 0.1f * static_cast<float>(i % 7);
     }
     const auto g0 = g, w0 = w;
-    std::vector<PlanBlock> plan(4096 / 16);
+    std::vector<PlanBlock> plan(kPlanBuf / 16);
     float norms[4] = {-3, -3, -3, -3};
     int32_t flags = -3;
     const Status s = bc.call(g, w, plan.data(), norms, &flags);

@@ -97,9 +97,9 @@ struct DevicePlan {
     plan.resize(pg::bucket_plan_bytes(static_cast<int64_t>(n)) / 16 + 1);
     Status s = pg::bucket_plan_build<T>(Backend::kCuda, ts.data(), static_cast<int64_t>(n), BucketUnits::kTensor,
                                         plan.data(), plan.size() * 16);
-    if (s != Status::kSuccess || (s = pg::bucket_workspace_bytes(plan.data(), &ws_bytes)) != Status::kSuccess) return s;
+    if (s != Status::kSuccess || (s = pg::bucket_workspace_bytes(plan.data(), plan.size() * 16, &ws_bytes)) != Status::kSuccess) return s;
     ws = m.workspace(ws_bytes);
-    return upload ? pg::bucket_plan_upload(plan.data(), ws, ws_bytes, m.stream()) : Status::kSuccess;
+    return upload ? pg::bucket_plan_upload(plan.data(), plan.size() * 16, ws, ws_bytes, m.stream()) : Status::kSuccess;
   }
 };
 
@@ -127,7 +127,7 @@ TEST(BucketDeviceApi, GraphCaptureAndLaunchCount) {
   float* dn = m.out(norms);
   cudaGraph_t graph = nullptr;
   PG_CUDA_EXPECT(cudaStreamBeginCapture(m.s, cudaStreamCaptureModeGlobal));
-  const Status s = pg::bucket_clip_norm<T>(plan.data(), c.max_norm, c.scope, dn, ws, ws_bytes, nullptr, m.stream());
+  const Status s = pg::bucket_clip_norm<T>(plan.data(), plan.size() * 16, c.max_norm, c.scope, dn, ws, ws_bytes, nullptr, m.stream());
   PG_CUDA_EXPECT(cudaStreamEndCapture(m.s, &graph));
   ASSERT_EQ(s, Status::kSuccess) << pg::last_error_message();
   size_t nodes = 0;
@@ -150,7 +150,7 @@ TEST(BucketDeviceApi, GraphCaptureAndLaunchCount) {
   cudaGraphDestroy(graph);
   // Plain power: statistics-free, one kernel.
   PG_CUDA_EXPECT(cudaStreamBeginCapture(m.s, cudaStreamCaptureModeGlobal));
-  const Status s2 = pg::bucket_power<T>(plan.data(), 0.5f, NormPreserve::kNone, c.scope, ws, ws_bytes, nullptr, m.stream());
+  const Status s2 = pg::bucket_power<T>(plan.data(), plan.size() * 16, 0.5f, NormPreserve::kNone, c.scope, ws, ws_bytes, nullptr, m.stream());
   PG_CUDA_EXPECT(cudaStreamEndCapture(m.s, &graph));
   ASSERT_EQ(s2, Status::kSuccess);
   PG_CUDA_EXPECT(cudaGraphGetNodes(graph, nullptr, &nodes));
@@ -184,8 +184,8 @@ TEST(BucketDeviceApi, StalePlanWritesNothing) {
     std::vector<int32_t> fl(1);
     int32_t* dfl = m.out(fl);
     const Status s = which == 0
-                         ? pg::bucket_clip_norm<T>(plan.data(), 0.1f, BucketScope::kTensor, dn, ws, ws_bytes, dfl, m.stream())
-                         : pg::bucket_power<T>(plan.data(), 0.5f, NormPreserve::kNone, BucketScope::kTensor, ws, ws_bytes,
+                         ? pg::bucket_clip_norm<T>(plan.data(), plan.size() * 16, 0.1f, BucketScope::kTensor, dn, ws, ws_bytes, dfl, m.stream())
+                         : pg::bucket_power<T>(plan.data(), plan.size() * 16, 0.5f, NormPreserve::kNone, BucketScope::kTensor, ws, ws_bytes,
                                                dfl, m.stream());
     ASSERT_EQ(s, Status::kSuccess);
     m.fetch(fl, dfl);
@@ -214,13 +214,13 @@ TEST(BucketDeviceApi, TensorPast2to31Elements) {
   ASSERT_EQ(pg::bucket_plan_build<T>(Backend::kCuda, &t, 1, BucketUnits::kTensor, plan.data(), plan.size() * 16),
             Status::kSuccess);
   size_t ws_bytes = 0;
-  ASSERT_EQ(pg::bucket_workspace_bytes(plan.data(), &ws_bytes), Status::kSuccess);
+  ASSERT_EQ(pg::bucket_workspace_bytes(plan.data(), plan.size() * 16, &ws_bytes), Status::kSuccess);
   void* ws = nullptr;
   float* dn = nullptr;
   PG_CUDA_EXPECT(cudaMalloc(&ws, ws_bytes));
   PG_CUDA_EXPECT(cudaMalloc(&dn, sizeof(float)));
-  ASSERT_EQ(pg::bucket_plan_upload(plan.data(), ws, ws_bytes, nullptr), Status::kSuccess);
-  ASSERT_EQ(pg::bucket_clip_norm<T>(plan.data(), 1000.f, BucketScope::kBucket, dn, ws, ws_bytes, nullptr, nullptr),
+  ASSERT_EQ(pg::bucket_plan_upload(plan.data(), plan.size() * 16, ws, ws_bytes, nullptr), Status::kSuccess);
+  ASSERT_EQ(pg::bucket_clip_norm<T>(plan.data(), plan.size() * 16, 1000.f, BucketScope::kBucket, dn, ws, ws_bytes, nullptr, nullptr),
             Status::kSuccess);
   const double norm = x * std::sqrt(static_cast<double>(n));
   const double coef = 1000.0 / (norm + 1e-6);

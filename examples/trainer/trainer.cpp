@@ -383,7 +383,7 @@ bool train(const Options& opt, bool cuda, float alpha, const Dataset& train_set,
 
       if (opt.clip_norm > 0.f) {  // as torch.nn.utils.clip_grad_norm_ over all four gradients
         float norm = 0.f;
-        if (!check(pg::bucket_clip_norm<float>(&plan, opt.clip_norm, pg::BucketScope::kBucket, &norm),
+        if (!check(pg::bucket_clip_norm<float>(&plan, sizeof plan, opt.clip_norm, pg::BucketScope::kBucket, &norm),
                    "bucket_clip_norm"))
           return false;
         norm_sum += norm;

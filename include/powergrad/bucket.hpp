@@ -5,9 +5,12 @@
 // Use:
 //   1. bucket_plan_bytes(count) -> build the plan once into a 16-byte-aligned host buffer with
 //      bucket_plan_build (validates every tensor; kTensor units for power / clip_norm, kRows for AGC);
-//   2. bucket_workspace_bytes(plan) -> CUDA: allocate the workspace, bucket_plan_upload once;
+//   2. bucket_workspace_bytes(plan, plan_bytes) -> CUDA: allocate the workspace, bucket_plan_upload once;
 //   3. every step: bucket_power / bucket_clip_norm / bucket_agc on the plan (at most three launches,
 //      no host synchronisation, no allocation, CUDA-graph capturable).
+// Every call that reads a plan takes the size of the caller's plan buffer (plan_bytes, as CUB's ops
+// take their temp-storage size): the plan's own size fields are checked against it before anything
+// past the header is read.
 // Every op transforms the gradients in place, writes nothing on bad input (a Status and a message in
 // last_error_message()), and gives the same bits for the same input, run after run.
 // The plan stores raw addresses: rebuild (and re-upload) it when a gradient moves.
@@ -52,24 +55,35 @@ struct BucketArgNames {
 inline constexpr BucketArgNames kBucketCppNames = {"backend", "tensors", "count", "units", "bucket_plan_build",
                                                    "bucket_plan_bytes()", "bucket_workspace_bytes()"};
 
-// Whether `plan` (non-null, 16-byte aligned) is an intact plan image of this library version. The
-// size fields are checked before the checksum reads the image.
-inline Status check_intact_plan(const BucketArgNames& n, const void* plan, const BucketPlanHeader*& h) {
+// Whether `plan` (non-null, 16-byte aligned, `plan_bytes` bytes as the caller allocated it) is an
+// intact plan image of this library version. Nothing beyond plan_bytes is read: the recorded size
+// must fit in it before the checksum reads the image (a corrupted count cannot send it further).
+inline Status check_intact_plan(const BucketArgNames& n, const void* plan, size_t plan_bytes,
+                                const BucketPlanHeader*& h) {
   POWERGRAD_REQUIRE(plan != nullptr, Status::kNullPointer, "plan is null");
   POWERGRAD_REQUIRE(reinterpret_cast<uintptr_t>(plan) % 16 == 0, Status::kInvalidLayout, "plan must be 16-byte aligned");
+  POWERGRAD_REQUIRE(plan_bytes >= sizeof(BucketPlanHeader), Status::kInvalidSize,
+                    "plan_bytes (%zu) is smaller than a plan header (%zu bytes)", plan_bytes, sizeof(BucketPlanHeader));
   h = static_cast<const BucketPlanHeader*>(plan);
   POWERGRAD_REQUIRE(h->magic == kBucketPlanMagic && h->version == kBucketPlanVersion, Status::kInvalidValue,
-                   "plan is not a bucket plan of this library version (build it with %s)", n.plan_build);
+                    "plan is not a bucket plan of this library version (build it with %s)", n.plan_build);
   POWERGRAD_REQUIRE(h->n_tensors >= 0 && h->n_tensors <= (int64_t(1) << 40) &&
-                       h->plan_bytes == bucket_plan_bytes_for(h->n_tensors) && h->checksum == bucket_plan_checksum(h),
-                   Status::kInvalidValue, "plan is corrupted (size or checksum mismatch): rebuild it");
+                        h->plan_bytes == bucket_plan_bytes_for(h->n_tensors),
+                    Status::kInvalidValue, "plan is corrupted (size mismatch): rebuild it");
+  POWERGRAD_REQUIRE(static_cast<uint64_t>(h->plan_bytes) <= plan_bytes, Status::kInvalidSize,
+                    "plan_bytes (%zu) is smaller than the plan's recorded size (%llu bytes): pass the buffer size "
+                    "the plan was built into",
+                    plan_bytes, static_cast<unsigned long long>(h->plan_bytes));
+  POWERGRAD_REQUIRE(h->checksum == bucket_plan_checksum(h), Status::kInvalidValue,
+                    "plan is corrupted (checksum mismatch): rebuild it");
   return Status::kSuccess;
 }
 
 // The plan header after checking that `plan` is an intact image for gradients T and parameters P.
 template <class T, class P>
-Status read_plan(const BucketArgNames& n, const void* plan, BucketUnits want, const BucketPlanHeader*& h) {
-  POWERGRAD_TRY(check_intact_plan(n, plan, h));
+Status read_plan(const BucketArgNames& n, const void* plan, size_t plan_bytes, BucketUnits want,
+                 const BucketPlanHeader*& h) {
+  POWERGRAD_TRY(check_intact_plan(n, plan, plan_bytes, h));
   POWERGRAD_REQUIRE(h->grad_dtype == static_cast<int32_t>(dtype_of<T>::value), Status::kInvalidValue,
                    "plan was built for gradient dtype %d, the call is for dtype %d", h->grad_dtype,
                    static_cast<int>(dtype_of<T>::value));
@@ -101,11 +115,14 @@ inline Status check_not_in_grads(const BucketPlanHeader& h, size_t elem_bytes, c
   return Status::kSuccess;
 }
 
-// An output must also stay out of the workspace and (AGC) the parameters the kernels read meanwhile.
+// An output must also stay out of the plan image (the host backend reads it while writing), the
+// workspace and (AGC) the parameters the kernels read meanwhile.
 template <class P>
 Status check_output_elsewhere(const BucketPlanHeader& h, const void* p, uint64_t bytes, const void* ws, size_t ws_bytes,
                               const char* name) {
   if (!p) return Status::kSuccess;
+  POWERGRAD_REQUIRE(!ranges_overlap(p, bytes, &h, static_cast<uint64_t>(h.plan_bytes)), Status::kInvalidLayout,
+                    "%s overlaps the plan", name);
   POWERGRAD_REQUIRE(!ws || !ranges_overlap(p, bytes, ws, ws_bytes), Status::kInvalidLayout,
                    "%s overlaps the workspace", name);
   if (h.units != static_cast<int32_t>(BucketUnits::kRows)) return Status::kSuccess;
@@ -130,9 +147,9 @@ Status bucket_dispatch(const BucketPlanHeader& h, const BucketJob& j, void* ws, 
 }
 
 template <class T, class P>
-Status bucket_prepare(const BucketArgNames& n, const void* plan, BucketUnits units, void* ws, size_t ws_bytes,
-                      int32_t* flags, const BucketPlanHeader*& h) {
-  POWERGRAD_TRY((read_plan<T, P>(n, plan, units, h)));
+Status bucket_prepare(const BucketArgNames& n, const void* plan, size_t plan_bytes, BucketUnits units, void* ws,
+                      size_t ws_bytes, int32_t* flags, const BucketPlanHeader*& h) {
+  POWERGRAD_TRY((read_plan<T, P>(n, plan, plan_bytes, units, h)));
   POWERGRAD_TRY(check_bucket_workspace(n, *h, ws, ws_bytes));
   POWERGRAD_TRY(check_not_in_grads(*h, sizeof(T), flags, sizeof(int32_t), "flags"));
   return check_output_elsewhere<P>(*h, flags, sizeof(int32_t), ws, ws_bytes, "flags");
@@ -148,8 +165,10 @@ inline size_t bucket_plan_bytes(int64_t count) { return detail::bucket_plan_byte
 // kRows: rows >= 0 dividing numel), gradients pairwise disjoint, parameters disjoint from every
 // gradient. `backend` says where the tensors live.
 namespace detail {
-template <class T, class P>
-Status plan_build(const BucketArgNames& n, Backend backend, const BucketTensor<T, P>* tensors, int64_t count,
+// `at(i)` gives tensor i as a BucketTensor<T, P> (read on demand: nothing proportional to `count` is
+// allocated before count is checked against plan_bytes); `have_tensors` says the table is non-null.
+template <class T, class P, class TensorAt>
+Status plan_build(const BucketArgNames& n, Backend backend, TensorAt&& at, bool have_tensors, int64_t count,
                   BucketUnits units, void* plan, size_t plan_bytes) {
   clear_error();
   POWERGRAD_TRY(check_backend(static_cast<int>(backend), n.backend));
@@ -157,7 +176,7 @@ Status plan_build(const BucketArgNames& n, Backend backend, const BucketTensor<T
                    "%s (%d) is not a BucketUnits value", n.units, static_cast<int>(units));
   POWERGRAD_REQUIRE(count >= 0, Status::kInvalidSize, "%s (%lld) is negative", n.count, as_ll(count));
   POWERGRAD_REQUIRE(count <= (int64_t(1) << 40), Status::kInvalidSize, "%s (%lld) is too large", n.count, as_ll(count));
-  POWERGRAD_REQUIRE(count == 0 || tensors != nullptr, Status::kNullPointer, "%s is null (%s %lld)", n.tensors, n.count,
+  POWERGRAD_REQUIRE(count == 0 || have_tensors, Status::kNullPointer, "%s is null (%s %lld)", n.tensors, n.count,
                     as_ll(count));
   POWERGRAD_REQUIRE(plan != nullptr, Status::kNullPointer, "plan is null");
   POWERGRAD_REQUIRE(reinterpret_cast<uintptr_t>(plan) % 16 == 0, Status::kInvalidLayout, "plan must be 16-byte aligned");
@@ -167,7 +186,7 @@ Status plan_build(const BucketArgNames& n, Backend backend, const BucketTensor<T
   const bool rows_mode = units == BucketUnits::kRows;
   const int64_t max_numel = INT64_MAX / 16 - kBucketItemElems;
   for (int64_t i = 0; i < count; ++i) {
-    const BucketTensor<T, P>& t = tensors[i];
+    const BucketTensor<T, P> t = at(i);
     POWERGRAD_REQUIRE(t.numel >= 0 && t.numel <= max_numel, Status::kInvalidSize, "%s[%lld].numel (%lld) is out of range",
                      n.tensors, as_ll(i), as_ll(t.numel));
     if (t.numel == 0) continue;
@@ -186,18 +205,18 @@ Status plan_build(const BucketArgNames& n, Backend backend, const BucketTensor<T
   std::vector<int64_t> order;
   order.reserve(static_cast<size_t>(count));
   for (int64_t i = 0; i < count; ++i)
-    if (tensors[i].numel > 0) order.push_back(i);
-  auto lo = [&](int64_t i) { return reinterpret_cast<uintptr_t>(tensors[i].grad); };
-  auto hi = [&](int64_t i) { return lo(i) + static_cast<uintptr_t>(tensors[i].numel) * sizeof(T); };
+    if (at(i).numel > 0) order.push_back(i);
+  auto lo = [&](int64_t i) { return reinterpret_cast<uintptr_t>(at(i).grad); };
+  auto hi = [&](int64_t i) { return lo(i) + static_cast<uintptr_t>(at(i).numel) * sizeof(T); };
   std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return lo(a) < lo(b); });
   for (size_t k = 1; k < order.size(); ++k)
     POWERGRAD_REQUIRE(hi(order[k - 1]) <= lo(order[k]), Status::kInvalidLayout,
                      "the gradients of %s[%lld] and %s[%lld] overlap", n.tensors, as_ll(order[k - 1]), n.tensors, as_ll(order[k]));
   if (rows_mode) {
     for (int64_t i = 0; i < count; ++i) {
-      if (tensors[i].numel == 0) continue;
-      const uintptr_t p0 = reinterpret_cast<uintptr_t>(tensors[i].param);
-      const uintptr_t p1 = p0 + static_cast<uintptr_t>(tensors[i].numel) * sizeof(P);
+      if (at(i).numel == 0) continue;
+      const uintptr_t p0 = reinterpret_cast<uintptr_t>(at(i).param);
+      const uintptr_t p1 = p0 + static_cast<uintptr_t>(at(i).numel) * sizeof(P);
       // The first gradient that ends after p0 is the only candidate for an overlap.
       auto it = std::upper_bound(order.begin(), order.end(), p0, [&](uintptr_t v, int64_t k) { return v < hi(k); });
       POWERGRAD_REQUIRE(it == order.end() || lo(*it) >= p1, Status::kInvalidLayout,
@@ -209,7 +228,7 @@ Status plan_build(const BucketArgNames& n, Backend backend, const BucketTensor<T
   auto* ts = reinterpret_cast<BucketPlanTensor*>(h + 1);
   int64_t items = 0, n_units = 0, total = 0;
   for (int64_t i = 0; i < count; ++i) {
-    const BucketTensor<T, P>& t = tensors[i];
+    const BucketTensor<T, P> t = at(i);
     BucketPlanTensor r{};
     r.grad = reinterpret_cast<uintptr_t>(t.grad);
     r.param = rows_mode ? reinterpret_cast<uintptr_t>(t.param) : 0;
@@ -245,8 +264,36 @@ Status plan_build(const BucketArgNames& n, Backend backend, const BucketTensor<T
 template <class T, class P = T>
 [[nodiscard]] Status bucket_plan_build(Backend backend, const BucketTensor<T, P>* tensors, int64_t count,
                                        BucketUnits units, void* plan, size_t plan_bytes) {
-  return detail::plan_build(detail::kBucketCppNames, backend, tensors, count, units, plan, plan_bytes);
+  return detail::plan_build<T, P>(
+      detail::kBucketCppNames, backend, [tensors](int64_t i) { return tensors[i]; }, tensors != nullptr, count, units,
+      plan, plan_bytes);
 }
+
+namespace detail {
+
+// The segment table of a flat buffer: count in [0, 2^40], offsets[0..count] non-decreasing from
+// offsets[0] >= 0 to at most kBucketMaxFlatOffset elements, data non-null unless every segment is
+// empty. Shared by bucket_tensors_from_flat and the C ABI (which lays out bytes, not elements).
+constexpr int64_t kBucketMaxFlatOffset = INT64_MAX / 16 - kBucketItemElems;
+
+inline Status check_flat_segments(const void* data, const int64_t* offsets, int64_t count, const void* out) {
+  POWERGRAD_REQUIRE(count >= 0, Status::kInvalidSize, "count (%lld) is negative", as_ll(count));
+  POWERGRAD_REQUIRE(count <= (int64_t(1) << 40), Status::kInvalidSize, "count (%lld) is too large", as_ll(count));
+  if (count == 0) return Status::kSuccess;
+  POWERGRAD_REQUIRE(offsets != nullptr, Status::kNullPointer, "offsets is null");
+  POWERGRAD_REQUIRE(out != nullptr, Status::kNullPointer, "out is null");
+  POWERGRAD_REQUIRE(offsets[0] >= 0, Status::kInvalidSize, "offsets[0] (%lld) is negative", as_ll(offsets[0]));
+  for (int64_t i = 0; i < count; ++i)
+    POWERGRAD_REQUIRE(offsets[i + 1] >= offsets[i], Status::kInvalidLayout,
+                      "offsets[%lld] (%lld) < offsets[%lld] (%lld): segments overlap", as_ll(i + 1),
+                      as_ll(offsets[i + 1]), as_ll(i), as_ll(offsets[i]));
+  POWERGRAD_REQUIRE(offsets[count] <= kBucketMaxFlatOffset, Status::kInvalidSize, "offsets[%lld] (%lld) is too large",
+                    as_ll(count), as_ll(offsets[count]));
+  POWERGRAD_REQUIRE(data != nullptr || offsets[count] == offsets[0], Status::kNullPointer, "data is null");
+  return Status::kSuccess;
+}
+
+}  // namespace detail
 
 // Turns a flat buffer `data` with segment offsets (count + 1 non-decreasing element offsets; tensor
 // i is data[offsets[i], offsets[i+1])) into `out[count]`. params (AGC, may be null) and rows (may be
@@ -254,18 +301,8 @@ template <class T, class P = T>
 template <class T, class P = T>
 [[nodiscard]] Status bucket_tensors_from_flat(T* data, const int64_t* offsets, int64_t count,
                                               const P* const* params, const int64_t* rows, BucketTensor<T, P>* out) {
-  using namespace detail;
-  clear_error();
-  POWERGRAD_REQUIRE(count >= 0, Status::kInvalidSize, "count (%lld) is negative", as_ll(count));
-  if (count == 0) return Status::kSuccess;
-  POWERGRAD_REQUIRE(offsets != nullptr, Status::kNullPointer, "offsets is null");
-  POWERGRAD_REQUIRE(out != nullptr, Status::kNullPointer, "out is null");
-  POWERGRAD_REQUIRE(offsets[0] >= 0, Status::kInvalidSize, "offsets[0] (%lld) is negative", as_ll(offsets[0]));
-  for (int64_t i = 0; i < count; ++i)
-    POWERGRAD_REQUIRE(offsets[i + 1] >= offsets[i], Status::kInvalidLayout,
-                     "offsets[%lld] (%lld) < offsets[%lld] (%lld): segments overlap", as_ll(i + 1), as_ll(offsets[i + 1]),
-                     as_ll(i), as_ll(offsets[i]));
-  POWERGRAD_REQUIRE(data != nullptr || offsets[count] == offsets[0], Status::kNullPointer, "data is null");
+  detail::clear_error();
+  POWERGRAD_TRY(detail::check_flat_segments(data, offsets, count, out));
   for (int64_t i = 0; i < count; ++i) {
     out[i].grad = data ? data + offsets[i] : nullptr;
     out[i].param = params ? params[i] : nullptr;
@@ -277,20 +314,20 @@ template <class T, class P = T>
 
 namespace detail {
 
-inline Status workspace_bytes(const BucketArgNames& n, const void* plan, size_t* bytes) {
+inline Status workspace_bytes(const BucketArgNames& n, const void* plan, size_t plan_bytes, size_t* bytes) {
   clear_error();
   POWERGRAD_REQUIRE(bytes != nullptr, Status::kNullPointer, "bytes is null");
   const BucketPlanHeader* h = nullptr;
-  POWERGRAD_TRY(check_intact_plan(n, plan, h));
+  POWERGRAD_TRY(check_intact_plan(n, plan, plan_bytes, h));
   *bytes = h->backend == static_cast<int32_t>(Backend::kCuda) ? bucket_workspace_layout(*h).total : 0;
   return Status::kSuccess;
 }
 
-inline Status plan_upload(const BucketArgNames& n, const void* plan, void* workspace, size_t workspace_bytes,
-                          stream_t stream) {
+inline Status plan_upload(const BucketArgNames& n, const void* plan, size_t plan_bytes, void* workspace,
+                          size_t workspace_bytes, stream_t stream) {
   clear_error();
   const BucketPlanHeader* h = nullptr;
-  POWERGRAD_TRY(check_intact_plan(n, plan, h));
+  POWERGRAD_TRY(check_intact_plan(n, plan, plan_bytes, h));
   POWERGRAD_TRY(check_backend(h->backend, "the plan's backend"));
   POWERGRAD_TRY(check_bucket_workspace(n, *h, workspace, workspace_bytes));
   if (h->backend == static_cast<int32_t>(Backend::kHost)) return Status::kSuccess;
@@ -321,14 +358,14 @@ inline Status check_beta(float beta) {
 }
 
 template <class T>
-Status power(const BucketArgNames& n, const void* plan, float beta, NormPreserve preserve, BucketScope scope,
+Status power(const BucketArgNames& n, const void* plan, size_t plan_bytes, float beta, NormPreserve preserve, BucketScope scope,
              void* workspace, size_t workspace_bytes, int32_t* flags, stream_t stream) {
   clear_error();
   POWERGRAD_TRY(check_beta(beta));
   POWERGRAD_TRY(check_preserve(preserve));
   POWERGRAD_TRY(check_scope(scope));
   const BucketPlanHeader* h = nullptr;
-  POWERGRAD_TRY((bucket_prepare<T, T>(n, plan, BucketUnits::kTensor, workspace, workspace_bytes, flags, h)));
+  POWERGRAD_TRY((bucket_prepare<T, T>(n, plan, plan_bytes, BucketUnits::kTensor, workspace, workspace_bytes, flags, h)));
   BucketJob j;
   j.op = BucketOp::kPower;
   j.scope = scope;
@@ -340,14 +377,14 @@ Status power(const BucketArgNames& n, const void* plan, float beta, NormPreserve
 }
 
 template <class T>
-Status clip_norm(const BucketArgNames& n, const void* plan, float max_norm, BucketScope scope, float* norms,
+Status clip_norm(const BucketArgNames& n, const void* plan, size_t plan_bytes, float max_norm, BucketScope scope, float* norms,
                  void* workspace, size_t workspace_bytes, int32_t* flags, stream_t stream) {
   clear_error();
   POWERGRAD_REQUIRE(std::isfinite(max_norm) && max_norm > 0.f, Status::kInvalidValue,
                     "max_norm (%g) must be finite and > 0", static_cast<double>(max_norm));
   POWERGRAD_TRY(check_scope(scope));
   const BucketPlanHeader* h = nullptr;
-  POWERGRAD_TRY((bucket_prepare<T, T>(n, plan, BucketUnits::kTensor, workspace, workspace_bytes, flags, h)));
+  POWERGRAD_TRY((bucket_prepare<T, T>(n, plan, plan_bytes, BucketUnits::kTensor, workspace, workspace_bytes, flags, h)));
   const uint64_t norms_bytes = static_cast<uint64_t>(bucket_groups(*h, scope)) * sizeof(float);
   POWERGRAD_TRY(check_not_in_grads(*h, sizeof(T), norms, norms_bytes, "norms"));
   POWERGRAD_TRY(check_output_elsewhere<T>(*h, norms, norms_bytes, workspace, workspace_bytes, "norms"));
@@ -364,7 +401,7 @@ Status clip_norm(const BucketArgNames& n, const void* plan, float max_norm, Buck
 }
 
 template <class T, class P>
-Status agc(const BucketArgNames& n, const void* plan, float clip, float eps, float beta, NormPreserve preserve,
+Status agc(const BucketArgNames& n, const void* plan, size_t plan_bytes, float clip, float eps, float beta, NormPreserve preserve,
            void* workspace, size_t workspace_bytes, int32_t* flags, stream_t stream) {
   clear_error();
   POWERGRAD_REQUIRE(std::isfinite(clip) && clip > 0.f, Status::kInvalidValue, "clip (%g) must be finite and > 0",
@@ -374,7 +411,7 @@ Status agc(const BucketArgNames& n, const void* plan, float clip, float eps, flo
   POWERGRAD_TRY(check_beta(beta));
   POWERGRAD_TRY(check_preserve(preserve));
   const BucketPlanHeader* h = nullptr;
-  POWERGRAD_TRY((bucket_prepare<T, P>(n, plan, BucketUnits::kRows, workspace, workspace_bytes, flags, h)));
+  POWERGRAD_TRY((bucket_prepare<T, P>(n, plan, plan_bytes, BucketUnits::kRows, workspace, workspace_bytes, flags, h)));
   BucketJob j;
   j.op = BucketOp::kAgc;
   j.scope = BucketScope::kTensor;
@@ -390,25 +427,25 @@ Status agc(const BucketArgNames& n, const void* plan, float clip, float eps, flo
 }  // namespace detail
 
 // Device workspace for the plan's ops (the plan image + per-item and per-group scratch); 0 on the host.
-[[nodiscard]] inline Status bucket_workspace_bytes(const void* plan, size_t* bytes) {
-  return detail::workspace_bytes(detail::kBucketCppNames, plan, bytes);
+[[nodiscard]] inline Status bucket_workspace_bytes(const void* plan, size_t plan_bytes, size_t* bytes) {
+  return detail::workspace_bytes(detail::kBucketCppNames, plan, plan_bytes, bytes);
 }
 
 // CUDA plans: copies the plan into the workspace (asynchronously on `stream`; once per plan, outside
 // graph capture). Host plans: nothing to do.
-[[nodiscard]] inline Status bucket_plan_upload(const void* plan, void* workspace, size_t workspace_bytes,
-                                               stream_t stream = nullptr) {
-  return detail::plan_upload(detail::kBucketCppNames, plan, workspace, workspace_bytes, stream);
+[[nodiscard]] inline Status bucket_plan_upload(const void* plan, size_t plan_bytes, void* workspace,
+                                               size_t workspace_bytes, stream_t stream = nullptr) {
+  return detail::plan_upload(detail::kBucketCppNames, plan, plan_bytes, workspace, workspace_bytes, stream);
 }
 
 // power: g <- K sign(g)|g|^beta, K keeping the scope's L1 or L2 norm (kNone: K = 1). beta > 0.
 // With kL1 this is the PGT map on |g| / sum|g|. Without preservation no statistics are taken and
 // `flags` only reports kBucketFlagStalePlan.
 template <class T>
-[[nodiscard]] Status bucket_power(const void* plan, float beta, NormPreserve preserve, BucketScope scope,
+[[nodiscard]] Status bucket_power(const void* plan, size_t plan_bytes, float beta, NormPreserve preserve, BucketScope scope,
                                   void* workspace = nullptr, size_t workspace_bytes = 0, int32_t* flags = nullptr,
                                   stream_t stream = nullptr) {
-  return detail::power<T>(detail::kBucketCppNames, plan, beta, preserve, scope, workspace, workspace_bytes, flags,
+  return detail::power<T>(detail::kBucketCppNames, plan, plan_bytes, beta, preserve, scope, workspace, workspace_bytes, flags,
                           stream);
 }
 
@@ -416,10 +453,10 @@ template <class T>
 // (norm + 1e-6)), g <- coef g. norms (optional): one float per group (scope kTensor: per tensor;
 // kBucket: one). A non-finite norm sets kBucketFlagNonFinite (NaN norm -> NaN gradients, inf -> 0 * g).
 template <class T>
-[[nodiscard]] Status bucket_clip_norm(const void* plan, float max_norm, BucketScope scope, float* norms = nullptr,
+[[nodiscard]] Status bucket_clip_norm(const void* plan, size_t plan_bytes, float max_norm, BucketScope scope, float* norms = nullptr,
                                       void* workspace = nullptr, size_t workspace_bytes = 0,
                                       int32_t* flags = nullptr, stream_t stream = nullptr) {
-  return detail::clip_norm<T>(detail::kBucketCppNames, plan, max_norm, scope, norms, workspace, workspace_bytes, flags,
+  return detail::clip_norm<T>(detail::kBucketCppNames, plan, plan_bytes, max_norm, scope, norms, workspace, workspace_bytes, flags,
                               stream);
 }
 
@@ -428,10 +465,10 @@ template <class T>
 // Then, in the same pass, the optional power map per unit: beta != 1 or preserve != kNone applies
 // g <- K sign(g)|g|^beta to the clipped unit (K keeping its L1 / L2 norm). beta = 1, kNone: AGC only.
 template <class T, class P = T>
-[[nodiscard]] Status bucket_agc(const void* plan, float clip, float eps, float beta = 1.f,
+[[nodiscard]] Status bucket_agc(const void* plan, size_t plan_bytes, float clip, float eps, float beta = 1.f,
                                 NormPreserve preserve = NormPreserve::kNone, void* workspace = nullptr,
                                 size_t workspace_bytes = 0, int32_t* flags = nullptr, stream_t stream = nullptr) {
-  return detail::agc<T, P>(detail::kBucketCppNames, plan, clip, eps, beta, preserve, workspace, workspace_bytes, flags,
+  return detail::agc<T, P>(detail::kBucketCppNames, plan, plan_bytes, clip, eps, beta, preserve, workspace, workspace_bytes, flags,
                            stream);
 }
 

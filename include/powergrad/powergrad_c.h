@@ -185,20 +185,23 @@ PG_API pg_status_t pg_bucket_plan_build(const pg_bucket_desc_t* desc, void* plan
 PG_API pg_status_t pg_bucket_tensors_from_flat(void* data, pg_dtype_t dtype, const int64_t* offsets, int64_t count,
                                                const void* const* params, const int64_t* rows,
                                                pg_bucket_tensor_t* out);
+/* Every call below takes the plan and plan_bytes, the size of the buffer it was built into: the plan's
+ * own size fields are checked against plan_bytes before anything past its header is read. */
 /* Workspace bytes of the plan's ops (0 for a host plan). */
-PG_API pg_status_t pg_bucket_workspace_bytes(const void* plan, size_t* bytes);
+PG_API pg_status_t pg_bucket_workspace_bytes(const void* plan, size_t plan_bytes, size_t* bytes);
 /* CUDA plans: copies the plan into the workspace (once, outside graph capture). Host plans: no-op. */
-PG_API pg_status_t pg_bucket_plan_upload(const void* plan, void* workspace, size_t workspace_bytes, void* stream);
+PG_API pg_status_t pg_bucket_plan_upload(const void* plan, size_t plan_bytes, void* workspace, size_t workspace_bytes,
+                                         void* stream);
 
 /* power: g <- K sign(g)|g|^beta, K keeping the scope's L1 / L2 norm (NONE: K = 1); beta > 0. */
-PG_API pg_status_t pg_bucket_power(const void* plan, float beta, pg_norm_preserve_t preserve, pg_bucket_scope_t scope,
-                                   void* workspace, size_t workspace_bytes, int32_t* flags, void* stream);
+PG_API pg_status_t pg_bucket_power(const void* plan, size_t plan_bytes, float beta, pg_norm_preserve_t preserve,
+                                   pg_bucket_scope_t scope, void* workspace, size_t workspace_bytes, int32_t* flags, void* stream);
 /* clip_norm as torch.nn.utils.clip_grad_norm_; norms (optional): one float per scope group. */
-PG_API pg_status_t pg_bucket_clip_norm(const void* plan, float max_norm, pg_bucket_scope_t scope, float* norms,
-                                       void* workspace, size_t workspace_bytes, int32_t* flags, void* stream);
+PG_API pg_status_t pg_bucket_clip_norm(const void* plan, size_t plan_bytes, float max_norm, pg_bucket_scope_t scope,
+                                       float* norms, void* workspace, size_t workspace_bytes, int32_t* flags, void* stream);
 /* AGC as timm's adaptive_clip_grad per unit, then (beta != 1 or preserve != NONE) the power map per unit. */
-PG_API pg_status_t pg_bucket_agc(const void* plan, float clip, float eps, float beta, pg_norm_preserve_t preserve,
-                                 void* workspace, size_t workspace_bytes, int32_t* flags, void* stream);
+PG_API pg_status_t pg_bucket_agc(const void* plan, size_t plan_bytes, float clip, float eps, float beta,
+                                 pg_norm_preserve_t preserve, void* workspace, size_t workspace_bytes, int32_t* flags, void* stream);
 
 #ifdef __cplusplus
 }

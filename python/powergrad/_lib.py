@@ -339,14 +339,14 @@ def _signatures():
         "pg_bucket_plan_build": (_enum_t, [("desc", P(BucketDesc)), ("plan", vp), ("plan_bytes", sz)]),
         "pg_bucket_tensors_from_flat": (_enum_t, [("data", vp), ("dtype", _enum_t), ("offsets", vp), ("count", i64),
                                                   ("params", vp), ("rows", vp), ("out", P(BucketTensor))]),
-        "pg_bucket_workspace_bytes": (_enum_t, [("plan", vp), ("bytes", P(sz))]),
-        "pg_bucket_plan_upload": (_enum_t, [("plan", vp), ("workspace", vp), ("workspace_bytes", sz),
+        "pg_bucket_workspace_bytes": (_enum_t, [("plan", vp), ("plan_bytes", sz), ("bytes", P(sz))]),
+        "pg_bucket_plan_upload": (_enum_t, [("plan", vp), ("plan_bytes", sz), ("workspace", vp), ("workspace_bytes", sz),
                                             ("stream", vp)]),
-        "pg_bucket_power": (_enum_t, [("plan", vp), ("beta", f32), ("preserve", _enum_t), ("scope", _enum_t)] + ws
+        "pg_bucket_power": (_enum_t, [("plan", vp), ("plan_bytes", sz), ("beta", f32), ("preserve", _enum_t), ("scope", _enum_t)] + ws
                             + [("flags", vp), ("stream", vp)]),
-        "pg_bucket_clip_norm": (_enum_t, [("plan", vp), ("max_norm", f32), ("scope", _enum_t), ("norms", vp)] + ws
+        "pg_bucket_clip_norm": (_enum_t, [("plan", vp), ("plan_bytes", sz), ("max_norm", f32), ("scope", _enum_t), ("norms", vp)] + ws
                                 + [("flags", vp), ("stream", vp)]),
-        "pg_bucket_agc": (_enum_t, [("plan", vp), ("clip", f32), ("eps", f32), ("beta", f32), ("preserve", _enum_t)]
+        "pg_bucket_agc": (_enum_t, [("plan", vp), ("plan_bytes", sz), ("clip", f32), ("eps", f32), ("beta", f32), ("preserve", _enum_t)]
                           + ws + [("flags", vp), ("stream", vp)]),
     }
 

@@ -64,9 +64,10 @@ class BucketPlan:
         desc = _lib.BucketDesc(device=int(device), grad_dtype=int(grad_dtype),
                                param_dtype=int(grad_dtype if param_dtype is None else param_dtype),
                                units=int(units), tensors=arr, count=n)
-        _lib.call("pg_bucket_plan_build", ctypes.byref(desc), self._ptr, nbytes.value)
+        self.plan_bytes = nbytes.value
+        _lib.call("pg_bucket_plan_build", ctypes.byref(desc), self._ptr, self.plan_bytes)
         ws = ctypes.c_size_t(0)
-        _lib.call("pg_bucket_workspace_bytes", self._ptr, ctypes.byref(ws))
+        _lib.call("pg_bucket_workspace_bytes", self._ptr, self.plan_bytes, ctypes.byref(ws))
         self.workspace_bytes = ws.value
         self.count = n
         self.units = BucketUnits(units)
@@ -82,16 +83,16 @@ class BucketPlan:
 
     def upload(self, workspace, stream=None):
         """Copies the plan into the device workspace (a pointer); a no-op for host plans."""
-        _lib.call("pg_bucket_plan_upload", self._ptr, workspace, self.workspace_bytes, stream)
+        _lib.call("pg_bucket_plan_upload", self._ptr, self.plan_bytes, workspace, self.workspace_bytes, stream)
 
     def power(self, beta, preserve=None, scope="tensor", workspace=None, flags=None, stream=None):
-        _lib.call("pg_bucket_power", self._ptr, float(beta), int(preserve_of(preserve)), int(scope_of(scope)),
+        _lib.call("pg_bucket_power", self._ptr, self.plan_bytes, float(beta), int(preserve_of(preserve)), int(scope_of(scope)),
                   workspace, self.workspace_bytes if workspace else 0, flags, stream)
 
     def clip_norm(self, max_norm, scope="bucket", norms=None, workspace=None, flags=None, stream=None):
-        _lib.call("pg_bucket_clip_norm", self._ptr, float(max_norm), int(scope_of(scope)), norms, workspace,
+        _lib.call("pg_bucket_clip_norm", self._ptr, self.plan_bytes, float(max_norm), int(scope_of(scope)), norms, workspace,
                   self.workspace_bytes if workspace else 0, flags, stream)
 
     def agc(self, clip=0.01, eps=1e-3, beta=1.0, preserve=None, workspace=None, flags=None, stream=None):
-        _lib.call("pg_bucket_agc", self._ptr, float(clip), float(eps), float(beta), int(preserve_of(preserve)),
+        _lib.call("pg_bucket_agc", self._ptr, self.plan_bytes, float(clip), float(eps), float(beta), int(preserve_of(preserve)),
                   workspace, self.workspace_bytes if workspace else 0, flags, stream)

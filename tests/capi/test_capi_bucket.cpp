@@ -50,15 +50,15 @@ std::vector<float> via_cpp(Env& e, int op) {
   EXPECT_EQ(powergrad::bucket_plan_build<float>(powergrad::Backend::kHost, ts.data(), 3, units, plan.data(), 1024),
             powergrad::Status::kSuccess);
   if (op == 0) {
-    EXPECT_EQ(powergrad::bucket_power<float>(plan.data(), 0.4f, powergrad::NormPreserve::kL2, powergrad::BucketScope::kBucket),
+    EXPECT_EQ(powergrad::bucket_power<float>(plan.data(), plan.size() * 16, 0.4f, powergrad::NormPreserve::kL2, powergrad::BucketScope::kBucket),
               powergrad::Status::kSuccess);
   }
   if (op == 1) {
-    EXPECT_EQ(powergrad::bucket_clip_norm<float>(plan.data(), 0.5f, powergrad::BucketScope::kTensor),
+    EXPECT_EQ(powergrad::bucket_clip_norm<float>(plan.data(), plan.size() * 16, 0.5f, powergrad::BucketScope::kTensor),
               powergrad::Status::kSuccess);
   }
   if (op == 2) {
-    EXPECT_EQ(powergrad::bucket_agc<float>(plan.data(), 0.05f, 1e-3f, 0.5f, powergrad::NormPreserve::kL1),
+    EXPECT_EQ(powergrad::bucket_agc<float>(plan.data(), plan.size() * 16, 0.05f, 1e-3f, 0.5f, powergrad::NormPreserve::kL1),
               powergrad::Status::kSuccess);
   }
   return g;
@@ -72,19 +72,19 @@ TEST(CapiBucket, EveryOpMatchesTheCppApiBitwise) {
     ASSERT_EQ(pg_bucket_plan_bytes(3, &bytes), PG_STATUS_SUCCESS);
     ASSERT_LE(bytes, e.plan.size() * 16);
     ASSERT_EQ(pg_bucket_plan_build(&e.desc, e.p(), bytes), PG_STATUS_SUCCESS) << pg_last_error();
-    ASSERT_EQ(pg_bucket_workspace_bytes(e.p(), &ws), PG_STATUS_SUCCESS);
+    ASSERT_EQ(pg_bucket_workspace_bytes(e.p(), e.plan.size() * 16, &ws), PG_STATUS_SUCCESS);
     EXPECT_EQ(ws, 0u);  // host plans need no workspace
-    ASSERT_EQ(pg_bucket_plan_upload(e.p(), nullptr, 0, nullptr), PG_STATUS_SUCCESS);
+    ASSERT_EQ(pg_bucket_plan_upload(e.p(), e.plan.size() * 16, nullptr, 0, nullptr), PG_STATUS_SUCCESS);
     float norms[3] = {-1, -1, -1};
     int32_t flags = -1;
     if (op == 0) {
-      ASSERT_EQ(pg_bucket_power(e.p(), 0.4f, PG_PRESERVE_L2, PG_BUCKET_SCOPE_BUCKET, nullptr, 0, &flags, nullptr), PG_STATUS_SUCCESS);
+      ASSERT_EQ(pg_bucket_power(e.p(), e.plan.size() * 16, 0.4f, PG_PRESERVE_L2, PG_BUCKET_SCOPE_BUCKET, nullptr, 0, &flags, nullptr), PG_STATUS_SUCCESS);
     }
     if (op == 1) {
-      ASSERT_EQ(pg_bucket_clip_norm(e.p(), 0.5f, PG_BUCKET_SCOPE_TENSOR, norms, nullptr, 0, &flags, nullptr), PG_STATUS_SUCCESS);
+      ASSERT_EQ(pg_bucket_clip_norm(e.p(), e.plan.size() * 16, 0.5f, PG_BUCKET_SCOPE_TENSOR, norms, nullptr, 0, &flags, nullptr), PG_STATUS_SUCCESS);
     }
     if (op == 2) {
-      ASSERT_EQ(pg_bucket_agc(e.p(), 0.05f, 1e-3f, 0.5f, PG_PRESERVE_L1, nullptr, 0, &flags, nullptr), PG_STATUS_SUCCESS);
+      ASSERT_EQ(pg_bucket_agc(e.p(), e.plan.size() * 16, 0.05f, 1e-3f, 0.5f, PG_PRESERVE_L1, nullptr, 0, &flags, nullptr), PG_STATUS_SUCCESS);
     }
     EXPECT_EQ(flags, 0);
     EXPECT_EQ(std::memcmp(want.data(), e.g.data(), want.size() * sizeof(float)), 0) << "op " << op;
@@ -123,27 +123,27 @@ TEST(CapiBucket, BadCallsWriteNothing) {
       {"plan bytes: null out", PG_STATUS_NULL_POINTER, "bytes", [](Env&) { return pg_bucket_plan_bytes(3, nullptr); }},
       {"plan bytes: negative", PG_STATUS_INVALID_SIZE, "count", [](Env&) { size_t b; return pg_bucket_plan_bytes(-1, &b); }},
       {"power: null plan", PG_STATUS_NULL_POINTER, "plan",
-       [](Env&) { return pg_bucket_power(nullptr, 0.5f, PG_PRESERVE_L1, PG_BUCKET_SCOPE_TENSOR, nullptr, 0, nullptr, nullptr); }},
+       [](Env&) { return pg_bucket_power(nullptr, 1024, 0.5f, PG_PRESERVE_L1, PG_BUCKET_SCOPE_TENSOR, nullptr, 0, nullptr, nullptr); }},
       {"power: unbuilt plan", PG_STATUS_INVALID_VALUE, "plan",
-       [](Env& e) { return pg_bucket_power(e.p(), 0.5f, PG_PRESERVE_L1, PG_BUCKET_SCOPE_TENSOR, nullptr, 0, nullptr, nullptr); }},
+       [](Env& e) { return pg_bucket_power(e.p(), e.plan.size() * 16, 0.5f, PG_PRESERVE_L1, PG_BUCKET_SCOPE_TENSOR, nullptr, 0, nullptr, nullptr); }},
       {"power: preserve enum", PG_STATUS_INVALID_VALUE, "preserve",
        [](Env& e) { pg_bucket_plan_build(&e.desc, e.p(), 1024); pg_norm_preserve_t p; std::memset(&p, 0x7f, sizeof p);
-                    return pg_bucket_power(e.p(), 0.5f, p, PG_BUCKET_SCOPE_TENSOR, nullptr, 0, nullptr, nullptr); }},
+                    return pg_bucket_power(e.p(), e.plan.size() * 16, 0.5f, p, PG_BUCKET_SCOPE_TENSOR, nullptr, 0, nullptr, nullptr); }},
       {"power: beta", PG_STATUS_INVALID_VALUE, "beta",
        [](Env& e) { pg_bucket_plan_build(&e.desc, e.p(), 1024);
-                    return pg_bucket_power(e.p(), -0.5f, PG_PRESERVE_L1, PG_BUCKET_SCOPE_TENSOR, nullptr, 0, nullptr, nullptr); }},
+                    return pg_bucket_power(e.p(), e.plan.size() * 16, -0.5f, PG_PRESERVE_L1, PG_BUCKET_SCOPE_TENSOR, nullptr, 0, nullptr, nullptr); }},
       {"clip: scope enum", PG_STATUS_INVALID_VALUE, "scope",
        [](Env& e) { pg_bucket_plan_build(&e.desc, e.p(), 1024); pg_bucket_scope_t s; std::memset(&s, 0x7f, sizeof s);
-                    return pg_bucket_clip_norm(e.p(), 1.f, s, nullptr, nullptr, 0, nullptr, nullptr); }},
+                    return pg_bucket_clip_norm(e.p(), e.plan.size() * 16, 1.f, s, nullptr, nullptr, 0, nullptr, nullptr); }},
       {"clip: max_norm", PG_STATUS_INVALID_VALUE, "max_norm",
        [](Env& e) { pg_bucket_plan_build(&e.desc, e.p(), 1024);
-                    return pg_bucket_clip_norm(e.p(), 0.f, PG_BUCKET_SCOPE_BUCKET, nullptr, nullptr, 0, nullptr, nullptr); }},
+                    return pg_bucket_clip_norm(e.p(), e.plan.size() * 16, 0.f, PG_BUCKET_SCOPE_BUCKET, nullptr, nullptr, 0, nullptr, nullptr); }},
       {"agc: on a tensor plan", PG_STATUS_INVALID_VALUE, "units",
        [](Env& e) { pg_bucket_plan_build(&e.desc, e.p(), 1024);
-                    return pg_bucket_agc(e.p(), 0.01f, 1e-3f, 1.f, PG_PRESERVE_NONE, nullptr, 0, nullptr, nullptr); }},
+                    return pg_bucket_agc(e.p(), e.plan.size() * 16, 0.01f, 1e-3f, 1.f, PG_PRESERVE_NONE, nullptr, 0, nullptr, nullptr); }},
       {"agc: eps", PG_STATUS_INVALID_VALUE, "eps",
        [](Env& e) { e.desc.units = PG_BUCKET_UNITS_ROWS; pg_bucket_plan_build(&e.desc, e.p(), 1024);
-                    return pg_bucket_agc(e.p(), 0.01f, -1.f, 1.f, PG_PRESERVE_NONE, nullptr, 0, nullptr, nullptr); }},
+                    return pg_bucket_agc(e.p(), e.plan.size() * 16, 0.01f, -1.f, 1.f, PG_PRESERVE_NONE, nullptr, 0, nullptr, nullptr); }},
       {"flat: overlapping segments", PG_STATUS_INVALID_LAYOUT, "overlap",
        [](Env& e) { const int64_t off[3] = {0, 20, 10}; pg_bucket_tensor_t out[2];
                     return pg_bucket_tensors_from_flat(e.g.data(), PG_DTYPE_FLOAT32, off, 2, nullptr, nullptr, out); }},
