@@ -489,6 +489,49 @@ std::vector<BadCase> bad_cases() {
   add("target out of range (shard_stats)", Status::kInvalidTarget, "targets.index", [](Bufs& b) {
     P p = b.prob(); p.cols = 5; p.total_cols = 5; b.y[3] = 7;
     return pg::xent_shard_stats(Backend::kHost, p, b.parts.data()); });
+  // Shard range arithmetic that would overflow int64 (col_offset + cols).
+  add("col_offset + cols overflows", Status::kInvalidSize, "problem.total_cols", [](Bufs& b) {
+    P p = b.prob(); p.col_offset = INT64_MAX - 1; p.total_cols = INT64_MAX; return fb(b, p); });
+  add("rows x ld overflows", Status::kInvalidSize, "problem.ld", [](Bufs& b) {
+    P p = b.prob(); p.ld = INT64_MAX / 2; return fb(b, p); });
+  // Aliasing: every output against every input and every other output.
+  add("loss aliases upstream.values (none)", Status::kInvalidLayout, "out.loss", [](Bufs& b) {
+    P p = b.prob(); p.reduction = pg::Reduction::kNone;
+    pg::XentOutputs<float> o = b.outs(); o.loss = b.up.data();
+    return pg::xent_forward_backward(Backend::kHost, p, pg::Upstream{1.f, b.up.data()}, o); });
+  add("lse overlaps lse_alpha", Status::kInvalidLayout, "out.lse", [](Bufs& b) {
+    pg::XentOutputs<float> o = b.outs(); o.lse_alpha = b.lse.data() + 1;
+    return pg::xent_forward_backward(Backend::kHost, b.prob(), pg::Upstream{}, o); });
+  add("loss overlaps dlogits", Status::kInvalidLayout, "out.loss", [](Bufs& b) {
+    pg::XentOutputs<float> o = b.outs(); o.loss = b.grad.data() + 5;
+    return pg::xent_forward_backward(Backend::kHost, b.prob(), pg::Upstream{}, o); });
+  add("dlogits over the targets", Status::kInvalidLayout, "out.dlogits", [](Bufs& b) {
+    auto p = b.dprob(); pg::XentOutputs<float> o = b.outs(); o.dlogits = b.dense.data();
+    return pg::xent_forward_backward(Backend::kHost, p, pg::Upstream{}, o); });
+  add("dlogits over saved_lse_alpha (backward)", Status::kInvalidLayout, "saved_lse_alpha", [](Bufs& b) {
+    return pg::xent_backward(Backend::kHost, b.prob(), pg::Upstream{}, b.grad.data(), b.grad.data()); });
+  add("stats over the logits (shard_stats)", Status::kInvalidLayout, "stats", [](Bufs& b) {
+    return pg::xent_shard_stats(Backend::kHost, b.prob(), reinterpret_cast<RowStats*>(b.logits.data())); });
+  add("loss over merged (shard_apply)", Status::kInvalidLayout, "out.loss", [](Bufs& b) {
+    pg::XentOutputs<float> o = b.outs(); o.loss = reinterpret_cast<float*>(b.parts.data());
+    return pg::xent_shard_apply(Backend::kHost, b.prob(), b.parts.data(), pg::Upstream{}, o); });
+  add("hook out over row_scale", Status::kInvalidLayout, "out", [](Bufs& b) {
+    return pg::xent_hook(Backend::kHost, b.prob(), pg::GradScale{1.f, b.grad.data()}, b.grad.data()); });
+  // Zero rows: arguments wrong whatever the batch size are still rejected.
+  add("rows 0: null dlogits (backward)", Status::kNullPointer, "dlogits", [](Bufs& b) {
+    P p = b.prob(); p.rows = 0;
+    return pg::xent_backward(Backend::kHost, p, pg::Upstream{}, nullptr, static_cast<float*>(nullptr)); });
+  add("rows 0: null out (hook)", Status::kNullPointer, "out", [](Bufs& b) {
+    P p = b.prob(); p.rows = 0;
+    return pg::xent_hook(Backend::kHost, p, pg::GradScale{}, static_cast<float*>(nullptr)); });
+  add("rows 0: negative ld", Status::kInvalidSize, "problem.ld", [](Bufs& b) {
+    P p = b.prob(); p.rows = 0; p.ld = -7; return fb(b, p); });
+  add("rows 0: negative ld_dlogits", Status::kInvalidSize, "out.ld_dlogits", [](Bufs& b) {
+    P p = b.prob(); p.rows = 0; pg::XentOutputs<float> o = b.outs(); o.ld_dlogits = -7;
+    return pg::xent_forward_backward(Backend::kHost, p, pg::Upstream{}, o); });
+  add("rows 0: dlogits == loss", Status::kInvalidLayout, "overlaps", [](Bufs& b) {
+    P p = b.prob(); p.rows = 0; pg::XentOutputs<float> o = b.outs(); o.dlogits = o.loss;
+    return pg::xent_forward_backward(Backend::kHost, p, pg::Upstream{}, o); });
   // A device call from a translation unit compiled without CUDA.
   add("kCuda without CUDA (forward_backward)", Status::kNoCudaSupport, "CUDA", [](Bufs& b) { return fb(b, b.prob(), Backend::kCuda); });
   add("kCuda without CUDA (backward)", Status::kNoCudaSupport, "CUDA", [](Bufs& b) {
