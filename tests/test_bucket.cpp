@@ -87,6 +87,24 @@ TYPED_TEST(BucketHost, ZeroTensors) {
   for (const T& v : g) EXPECT_EQ(DT<T>::decode(v), 0.0);
 }
 
+// Finite fp32 gradients whose L2 norm exceeds FLT_MAX: the fp32 norm is inf, the gradients are zeroed
+// (torch: coef = max_norm / (inf + 1e-6) = 0) and the non-finite flag is raised.
+TEST(BucketHostApi, ClipNormOverflowingNormIsFlagged) {
+  std::vector<float> g = {3e38f, -3e38f, 3e38f, 1.f};
+  BucketTensor<float> t{g.data(), nullptr, 4, 0};
+  std::vector<PlanBlock> plan(pg::bucket_plan_bytes(1) / 16 + 1);
+  ASSERT_EQ(pg::bucket_plan_build<float>(Backend::kHost, &t, 1, BucketUnits::kTensor, plan.data(), plan.size() * 16),
+            Status::kSuccess);
+  float norm = -1;
+  int32_t flags = 0;
+  ASSERT_EQ(pg::bucket_clip_norm<float>(plan.data(), plan.size() * 16, 1.f, BucketScope::kBucket, &norm, nullptr, 0,
+                                        &flags),
+            Status::kSuccess);
+  EXPECT_EQ(norm, HUGE_VALF);
+  EXPECT_NE(flags & pg::kBucketFlagNonFinite, 0) << "an infinite norm must set the non-finite flag";
+  for (float v : g) EXPECT_EQ(v, 0.f);
+}
+
 // An empty bucket is valid and does nothing.
 TEST(BucketHostApi, EmptyBucket) {
   std::vector<PlanBlock> plan(pg::bucket_plan_bytes(0) / 16 + 1);

@@ -73,7 +73,7 @@ struct GroupCoef {
 };
 
 // clip_norm, as torch.nn.utils.clip_grad_norm_: coef = min(1, max_norm / (norm + 1e-6)); a NaN norm
-// gives a NaN coefficient (so NaN gradients stay NaN), an inf norm gives 0.
+// gives a NaN coefficient (so NaN gradients stay NaN), an inf norm gives 0. Either is non-finite.
 PG_HD GroupCoef clip_coef(const BucketSums& s, float max_norm) {
   GroupCoef c;
   const float norm = static_cast<float>(sqrt(s.g2));
@@ -81,7 +81,9 @@ PG_HD GroupCoef clip_coef(const BucketSums& s, float max_norm) {
   if (k > 1.f) k = 1.f;  // a NaN k is kept (the comparison is false)
   c.k = k;
   c.norm = norm;
-  c.non_finite = !finite_d(s.g2);
+  // Finite fp32 gradients whose L2 norm exceeds FLT_MAX have a finite double sum but an infinite
+  // fp32 norm: the gradients are zeroed (as torch does), so the flag must say so too.
+  c.non_finite = !finite_d(s.g2) || !(norm < HUGE_VALF);
   return c;
 }
 
@@ -103,7 +105,7 @@ PG_HD float agc_coef(const BucketSums& s, float clip, float eps, bool& non_finit
   const float wn = static_cast<float>(sqrt(s.w2));
   const float limit = (wn < eps ? eps : wn) * clip;
   const float gn = static_cast<float>(sqrt(s.g2));
-  non_finite = !finite_d(s.g2) || !finite_d(s.w2);
+  non_finite = !finite_d(s.g2) || !finite_d(s.w2) || !(gn < HUGE_VALF) || !(wn < HUGE_VALF);
   if (gn < limit) return 1.f;
   return limit / (gn < 1e-6f ? 1e-6f : gn);
 }
