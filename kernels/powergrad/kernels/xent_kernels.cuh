@@ -665,18 +665,18 @@ POWERGRAD_NS_END
 
 // Explicit instantiation of the device kernels of every op for element type T (all five modes and
 // the three target kinds): what the shared library ships (src/xent_<dtype>.cu).
-#define POWERGRAD_XENT_INSTANTIATE_TG(T, Tg)                                                                   \
-  template ::powergrad::Status ::powergrad::device::xent_run<::powergrad::detail::XentMode::kFused, T, Tg>(       \
-      const ::powergrad::detail::XentJob<T, Tg>&, void*, size_t, ::powergrad::stream_t);                        \
-  template ::powergrad::Status ::powergrad::device::xent_run<::powergrad::detail::XentMode::kStats, T, Tg>(       \
-      const ::powergrad::detail::XentJob<T, Tg>&, void*, size_t, ::powergrad::stream_t);                        \
-  template ::powergrad::Status ::powergrad::device::xent_run<::powergrad::detail::XentMode::kApplyMerged, T, Tg>( \
-      const ::powergrad::detail::XentJob<T, Tg>&, void*, size_t, ::powergrad::stream_t);                        \
-  template ::powergrad::Status ::powergrad::device::xent_run<::powergrad::detail::XentMode::kApplySaved, T, Tg>(  \
-      const ::powergrad::detail::XentJob<T, Tg>&, void*, size_t, ::powergrad::stream_t);                        \
-  template ::powergrad::Status ::powergrad::device::xent_run<::powergrad::detail::XentMode::kHook, T, Tg>(        \
-      const ::powergrad::detail::XentJob<T, Tg>&, void*, size_t, ::powergrad::stream_t);
-#define POWERGRAD_XENT_INSTANTIATE(T)                                       \
-  POWERGRAD_XENT_INSTANTIATE_TG(T, ::powergrad::ClassTargets<int32_t>)      \
-  POWERGRAD_XENT_INSTANTIATE_TG(T, ::powergrad::ClassTargets<int64_t>)      \
-  POWERGRAD_XENT_INSTANTIATE_TG(T, ::powergrad::DenseTargets<T>)
+#define POWERGRAD_XENT_INSTANTIATE_MODE(MODE, T, Tg) \
+  template Status xent_run<XentMode::MODE, T, Tg>(const XentJob<T, Tg>&, void*, size_t, stream_t);
+#define POWERGRAD_XENT_INSTANTIATE_TG(T, Tg)              \
+  POWERGRAD_XENT_INSTANTIATE_MODE(kFused, T, Tg)          \
+  POWERGRAD_XENT_INSTANTIATE_MODE(kStats, T, Tg)          \
+  POWERGRAD_XENT_INSTANTIATE_MODE(kApplyMerged, T, Tg)    \
+  POWERGRAD_XENT_INSTANTIATE_MODE(kApplySaved, T, Tg)     \
+  POWERGRAD_XENT_INSTANTIATE_MODE(kHook, T, Tg)
+#define POWERGRAD_XENT_INSTANTIATE(T)                       \
+  POWERGRAD_NS_BEGIN namespace device {                     \
+  POWERGRAD_XENT_INSTANTIATE_TG(T, ClassTargets<int32_t>)   \
+  POWERGRAD_XENT_INSTANTIATE_TG(T, ClassTargets<int64_t>)   \
+  POWERGRAD_XENT_INSTANTIATE_TG(T, DenseTargets<T>)         \
+  }                                                         \
+  POWERGRAD_NS_END
