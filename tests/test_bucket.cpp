@@ -87,6 +87,52 @@ TYPED_TEST(BucketHost, ZeroTensors) {
   for (const T& v : g) EXPECT_EQ(DT<T>::decode(v), 0.0);
 }
 
+// Norm-preserving power on a tensor of equal magnitudes is the identity for any beta whose powers fit
+// in double: the coefficient K = S3 / S2 (L1) or sqrt(S0 / S2) (L2) spans hundreds of binary orders
+// here (1e5 with beta 10: K = 1e-45; 1e-20 with beta 3: K = 1e40) and must not be rounded or flushed
+// in fp32 on its way to the elements.
+TEST(BucketHostApi, PowerPreservesEqualMagnitudes) {
+  for (const float mag : {1e5f, 1e-20f, 1.f, 3e-30f, 7.5e30f}) {
+    for (const float beta : {0.1f, 0.5f, 3.f, 10.f, 25.f}) {
+      for (const NormPreserve pr : {NormPreserve::kL1, NormPreserve::kL2}) {
+        // The contract's range: S2's summand |g|^beta (L1) or |g|^(2 beta) (L2) inside double's.
+        const double log2_summand = (pr == NormPreserve::kL2 ? 2.0 : 1.0) * beta * std::log2(static_cast<double>(mag));
+        if (std::fabs(log2_summand) > 1000.0) continue;
+        SCOPED_TRACE(::testing::Message() << "magnitude " << mag << " beta " << beta << " preserve " << int(pr));
+        std::vector<float> g = {mag, -mag, mag, mag, -mag};
+        BucketTensor<float> t{g.data(), nullptr, 5, 0};
+        std::vector<PlanBlock> plan(pg::bucket_plan_bytes(1) / 16 + 1);
+        ASSERT_EQ(pg::bucket_plan_build<float>(Backend::kHost, &t, 1, BucketUnits::kTensor, plan.data(),
+                                               plan.size() * 16),
+                  Status::kSuccess);
+        int32_t flags = -1;
+        ASSERT_EQ(pg::bucket_power<float>(plan.data(), plan.size() * 16, beta, pr, BucketScope::kTensor, nullptr, 0,
+                                          &flags),
+                  Status::kSuccess);
+        EXPECT_EQ(flags, 0);
+        for (size_t i = 0; i < g.size(); ++i) {
+          const double want = (i == 1 || i == 4) ? -static_cast<double>(mag) : static_cast<double>(mag);
+          EXPECT_NEAR(g[i], want, 1.2e-7 * static_cast<double>(mag)) << "element " << i;  // within 1 ulp
+        }
+      }
+    }
+  }
+}
+
+// Beyond that range (1e-20 with beta 25: |g|^beta = 1e-500) the norm cannot be preserved: flagged.
+TEST(BucketHostApi, PowerOutOfRangeIsFlagged) {
+  std::vector<float> g = {1e-20f, -1e-20f, 1e-20f};
+  BucketTensor<float> t{g.data(), nullptr, 3, 0};
+  std::vector<PlanBlock> plan(pg::bucket_plan_bytes(1) / 16 + 1);
+  ASSERT_EQ(pg::bucket_plan_build<float>(Backend::kHost, &t, 1, BucketUnits::kTensor, plan.data(), plan.size() * 16),
+            Status::kSuccess);
+  int32_t flags = 0;
+  ASSERT_EQ(pg::bucket_power<float>(plan.data(), plan.size() * 16, 25.f, NormPreserve::kL1, BucketScope::kTensor,
+                                    nullptr, 0, &flags),
+            Status::kSuccess);
+  EXPECT_NE(flags & pg::kBucketFlagNonFinite, 0);
+}
+
 // Finite fp32 gradients whose L2 norm exceeds FLT_MAX: the fp32 norm is inf, the gradients are zeroed
 // (torch: coef = max_norm / (inf + 1e-6) = 0) and the non-finite flag is raised.
 TEST(BucketHostApi, ClipNormOverflowingNormIsFlagged) {

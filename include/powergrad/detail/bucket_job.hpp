@@ -37,9 +37,12 @@ PG_HD int bucket_stat_mask(const BucketJob& j) {
   return m;
 }
 
-// Exponent of S2's summand: |g|^beta for L1 preservation, |g|^(2 beta) for L2.
-PG_HD float bucket_pow_exponent(const BucketJob& j) {
-  return j.preserve == NormPreserve::kL2 ? 2.f * j.beta : j.beta;
+// S2's summand: |g|^beta for L1 preservation, (|g|^beta)^2 for L2 — the square of the very value the
+// apply pass forms (math::abs_pow_d with the same fp32 exponent), so that K and the element powers
+// cancel exactly for equal magnitudes.
+PG_HD double bucket_pow_summand(const BucketJob& j, float x) {
+  const double p = math::abs_pow_d(x, j.beta);
+  return j.preserve == NormPreserve::kL2 ? p * p : p;
 }
 
 // Exponent of the element map out = K * sign(g)|g|^e (1 for clip_norm: a plain scale).
@@ -61,7 +64,11 @@ PG_HD math::GroupCoef bucket_group_coef(const BucketJob& j, const math::BucketSu
     }
   }
   c.norm = static_cast<float>(sqrt(s.g2));
-  if (!(c.k - c.k == 0.f)) c.non_finite = true;
+  if (!(c.k - c.k == 0.0)) c.non_finite = true;
+  // S2 out of double's range (|g|^beta or its square over- or underflowed while |g| did not): the
+  // norm cannot be preserved; report it rather than return silently scaled gradients.
+  if (j.preserve != NormPreserve::kNone && (!math::finite_d(s.pw) || (s.pw == 0.0 && s.g2 + s.ab > 0.0)))
+    c.non_finite = true;
   return c;
 }
 

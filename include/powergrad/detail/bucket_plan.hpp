@@ -81,7 +81,7 @@ inline BucketWorkspaceLayout bucket_workspace_layout(const BucketPlanHeader& h) 
   l.partials = round_up(static_cast<size_t>(h.plan_bytes), kBucketAlign);
   l.coefs = round_up(l.partials + static_cast<size_t>(h.n_items) * sizeof(math::BucketSums), kBucketAlign);
   const int64_t groups = h.n_units > h.n_tensors ? h.n_units : (h.n_tensors > 0 ? h.n_tensors : 1);
-  l.total = round_up(l.coefs + static_cast<size_t>(groups) * sizeof(float), kBucketAlign);
+  l.total = round_up(l.coefs + static_cast<size_t>(groups) * sizeof(math::BucketCoef), kBucketAlign);
   return l;
 }
 

@@ -20,11 +20,10 @@ Status bucket_run(const detail::BucketPlanHeader& h, const detail::BucketJob& j)
   const detail::BucketPlanTensor* ts = detail::plan_tensors(&h);
   const int mask = detail::bucket_stat_mask(j);
   const int64_t groups = detail::bucket_groups(h, j.scope);
-  std::vector<float> coef(static_cast<size_t>(groups), 1.f);
+  std::vector<math::BucketCoef> coef(static_cast<size_t>(groups));  // K = 1
   bool non_finite = false;
   if (mask != 0) {
     // Pass 1: one partial per item (what one warp sums on the device).
-    const float e = detail::bucket_pow_exponent(j);
     std::vector<math::BucketSums> part(static_cast<size_t>(h.n_items));
     for (int64_t i = 0; i < h.n_items; ++i) {
       const detail::BucketItem it = detail::locate_item(h, i, j.scope);
@@ -34,7 +33,7 @@ Status bucket_run(const detail::BucketPlanHeader& h, const detail::BucketJob& j)
         const float x = to_float(g[k]);
         const double xd = x;
         if (mask & math::kStatG2) s.g2 += xd * xd;
-        if (mask & math::kStatPow) s.pw += math::abs_pow_d(x, e);
+        if (mask & math::kStatPow) s.pw += detail::bucket_pow_summand(j, x);
         if (mask & math::kStatAbs) s.ab += std::fabs(xd);
       }
       if (mask & math::kStatW2) {
@@ -59,7 +58,7 @@ Status bucket_run(const detail::BucketPlanHeader& h, const detail::BucketJob& j)
         gs.ab += p.ab;
       }
       const math::GroupCoef c = detail::bucket_group_coef(j, gs);
-      coef[static_cast<size_t>(g)] = c.k;
+      coef[static_cast<size_t>(g)] = math::bucket_coef_of(c.k);
       non_finite = non_finite || c.non_finite;
       if (j.norms) j.norms[g] = c.norm;
     }
@@ -69,7 +68,7 @@ Status bucket_run(const detail::BucketPlanHeader& h, const detail::BucketJob& j)
   for (int64_t i = 0; i < h.n_items; ++i) {
     const detail::BucketItem it = detail::locate_item(h, i, j.scope);
     T* g = reinterpret_cast<T*>(ts[it.tensor].grad);
-    const float k = coef[static_cast<size_t>(it.group)];
+    const math::BucketCoef k = coef[static_cast<size_t>(it.group)];
     for (int64_t x = it.begin; x < it.end; ++x) g[x] = from_float<T>(math::scaled_signed_pow(to_float(g[x]), e, k));
   }
   if (j.flags) *j.flags = non_finite ? kBucketFlagNonFinite : 0;

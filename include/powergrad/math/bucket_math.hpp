@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
 
 #include "powergrad/config.hpp"
 #include "powergrad/types.hpp"  // NormPreserve
@@ -20,16 +21,77 @@ namespace math {
 // Which sums a bucket op needs from the statistics pass (bit mask).
 enum BucketStat : int { kStatG2 = 1, kStatW2 = 2, kStatPow = 4, kStatAbs = 8 };
 
-// k * sign(x)|x|^e for e > 0 and a coefficient k >= 0 (or NaN), formed as 2^(log2 k + e log2|x|) so
-// that neither |x|^e nor k over- or underflows on its own (norm preservation of a tiny-magnitude
-// tensor has |x|^e -> 0 and k -> huge). e == 1 is a plain product (bit-exact identity for k = 1).
-// 0 -> 0 (sign kept), inf -> inf, NaN -> NaN; k = 0 with an inf x gives NaN, like 0 * inf.
-PG_HD float scaled_signed_pow(float x, float e, float k) {
-  if (e == 1.f) return k * x;
+// A group's coefficient K, kept as K = m * 2^e with the mantissa m in double (frexp form) so that
+// neither a huge nor a tiny K (norm preservation of very large or very small magnitudes with a large
+// beta: K = S3 / S2 spans hundreds of binary orders) is rounded or flushed in fp32 before it meets
+// |g|^beta. `f` is K rounded to float, the plain scale of clip_norm and AGC (e = 1). Non-finite K:
+// m is K itself and e = 0.
+struct BucketCoef {
+  double m = 0.5;
+  int32_t e = 1;
+  float f = 1.f;
+};
+
+PG_HD BucketCoef bucket_coef_of(double k) {
+  BucketCoef c;
+  c.f = static_cast<float>(k);
+  if (k - k == 0.0) {
+    int e = 0;
+    c.m = frexp(k, &e);
+    c.e = e;
+  } else {
+    c.m = k;
+    c.e = 0;
+  }
+  return c;
+}
+
+// K * sign(x)|x|^e for e > 0 and K >= 0 (or NaN). e == 1 is a plain product with K in float (bit-exact
+// identity for K = 1). Otherwise |x|^e = 2^y, y = e log2|x| split as 2^(y - floor y) * 2^floor(y), and
+// K's mantissa and both binary exponents are combined in double with a single final rounding: a group of
+// equal magnitudes comes back as itself for any beta whose powers fit in double (the statistics pass
+// forms |x|^e with the same fp32 y, so the two cancel). 0 -> 0 (sign kept), inf -> inf, NaN -> NaN;
+// K = 0 with an inf x gives NaN, like 0 * inf; a NaN or inf K gives NaN or inf.
+PG_HD float scaled_signed_pow(float x, float e, const BucketCoef& k) {
+  if (e == 1.f) return k.f * x;
 #if defined(__CUDA_ARCH__)
-  return copysignf(exp2f(log2f(k) + e * log2f(fabsf(x))), x);
+  const float a = fabsf(x);
+  const float y = e * log2f(a);
 #else
-  return std::copysign(std::exp2(std::log2(k) + e * std::log2(std::fabs(x))), x);
+  const float a = std::fabs(x);
+  const float y = e * std::log2(a);
+#endif
+  const bool k_finite = k.m - k.m == 0.0;
+  if (!(y - y == 0.f) || !k_finite) {
+    // x = 0, inf or NaN, |x|^e beyond fp32's exponent range, or an infinite or NaN K: IEEE products.
+    if (y != y) return y;
+    if (k.m != k.m) return static_cast<float>(k.m);
+#if defined(__CUDA_ARCH__)
+    const float pw = y == HUGE_VALF ? HUGE_VALF : (y == -HUGE_VALF ? 0.f : exp2f(y));
+#else
+    const float pw = y == HUGE_VALF ? HUGE_VALF : (y == -HUGE_VALF ? 0.f : std::exp2(y));
+#endif
+    // K reduced to its class: 0, positive finite (its size cannot matter next to 0 or inf), or inf.
+    const float kc = !k_finite ? HUGE_VALF : (k.m == 0.0 ? 0.f : 1.f);
+#if defined(__CUDA_ARCH__)
+    return copysignf(kc * pw, x);
+#else
+    return std::copysign(kc * pw, x);
+#endif
+  }
+#if defined(__CUDA_ARCH__)
+  const float n = floorf(y);
+  const double frac = static_cast<double>(exp2f(y - n));
+#else
+  const float n = std::floor(y);
+  const double frac = static_cast<double>(std::exp2(y - n));
+#endif
+  const int ex = static_cast<int>(n < -4000.f ? -4000.f : (n > 4000.f ? 4000.f : n)) + k.e;
+  const float r = static_cast<float>(ldexp(frac * k.m, ex));
+#if defined(__CUDA_ARCH__)
+  return copysignf(r, x);
+#else
+  return std::copysign(r, x);
 #endif
 }
 
@@ -67,7 +129,7 @@ PG_HD bool finite_d(double v) { return v - v == 0.0; }
 
 // The coefficient and the scope norm of one group. `norm` is what clip_norm reports (sqrt S0).
 struct GroupCoef {
-  float k = 1.f;
+  double k = 1.0;
   float norm = 0.f;
   bool non_finite = false;
 };
@@ -91,11 +153,11 @@ PG_HD GroupCoef clip_coef(const BucketSums& s, float max_norm) {
 // optional pre-scale `a` applied to g before the map (AGC's clip coefficient):
 // ||a g||_1 / || |a g|^beta ||_1 = a S3 / (a^beta S2), so K * a^beta = a S3 / S2 (L1) and
 // a sqrt(S0 / S2) (L2); without preservation K = a^beta. An all-zero group (S2 = 0) gets K = a^beta.
-PG_HD float power_coef(const BucketSums& s, NormPreserve preserve, float beta, float a) {
+PG_HD double power_coef(const BucketSums& s, NormPreserve preserve, float beta, float a) {
   const double ab = pow(static_cast<double>(a), static_cast<double>(beta));
-  if (preserve == NormPreserve::kNone || s.pw == 0.0) return static_cast<float>(ab);
-  if (preserve == NormPreserve::kL1) return static_cast<float>(static_cast<double>(a) * s.ab / s.pw);
-  return static_cast<float>(static_cast<double>(a) * sqrt(s.g2 / s.pw));
+  if (preserve == NormPreserve::kNone || s.pw == 0.0) return ab;
+  if (preserve == NormPreserve::kL1) return static_cast<double>(a) * s.ab / s.pw;
+  return static_cast<double>(a) * sqrt(s.g2 / s.pw);
 }
 
 // AGC (NFNets, arXiv 2102.06171), exactly timm's adaptive_clip_grad: limit = clip * max(||W_u||, eps);

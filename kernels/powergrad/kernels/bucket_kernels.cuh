@@ -119,12 +119,11 @@ __global__ PG_KERNEL_VISIBILITY void __launch_bounds__(kBucketWarpsPerBlock * 32
   const int lane = threadIdx.x % 32;
   const detail::BucketItem it = detail::locate_item(*h, item, j.scope);
   const detail::BucketPlanTensor& t = detail::plan_tensors(h)[it.tensor];
-  const float e = detail::bucket_pow_exponent(j);
   double g2 = 0, pw = 0, ab = 0, w2 = 0;
   warp_for_each(reinterpret_cast<const T*>(t.grad), it.begin, it.end, lane, [&](float x) {
     const double xd = x;
     if (G2) g2 = fma(xd, xd, g2);
-    if (POW) pw += math::abs_pow_d(x, e);
+    if (POW) pw += detail::bucket_pow_summand(j, x);
     if (ABS) ab += fabs(xd);
   });
   if (with_param)
@@ -162,7 +161,7 @@ struct BucketSumsAdd {
 template <int THREADS>
 __global__ PG_KERNEL_VISIBILITY void __launch_bounds__(THREADS)
     bucket_coef_kernel(const detail::BucketPlanHeader* __restrict__ h, detail::BucketJob j,
-                       const math::BucketSums* __restrict__ partials, float* __restrict__ coefs) {
+                       const math::BucketSums* __restrict__ partials, math::BucketCoef* __restrict__ coefs) {
   if (!bucket_plan_ok(h, j.checksum)) return;
   using Reduce = cub::BlockReduce<math::BucketSums, THREADS, cub::BLOCK_REDUCE_RAKING_COMMUTATIVE_ONLY>;
   __shared__ typename Reduce::TempStorage tmp;
@@ -181,7 +180,7 @@ __global__ PG_KERNEL_VISIBILITY void __launch_bounds__(THREADS)
     s = Reduce(tmp).Reduce(s, BucketSumsAdd{});
     if (threadIdx.x == 0) {
       const math::GroupCoef c = detail::bucket_group_coef(j, s);
-      coefs[g] = c.k;
+      coefs[g] = math::bucket_coef_of(c.k);
       if (j.norms) j.norms[g] = c.norm;
       if (c.non_finite && j.flags) atomicOr(j.flags, static_cast<int>(kBucketFlagNonFinite));
     }
@@ -194,7 +193,7 @@ __global__ PG_KERNEL_VISIBILITY void __launch_bounds__(THREADS)
 template <class T, bool HAS_COEF>
 __global__ PG_KERNEL_VISIBILITY void __launch_bounds__(kBucketWarpsPerBlock * 32)
     bucket_apply_kernel(const detail::BucketPlanHeader* __restrict__ h, detail::BucketJob j,
-                        const float* __restrict__ coefs) {
+                        const math::BucketCoef* __restrict__ coefs) {
   const bool first_thread = blockIdx.x == 0 && threadIdx.x == 0;
   if (!bucket_plan_ok(h, j.checksum)) {
     if (!HAS_COEF && first_thread && j.flags) *j.flags = kBucketFlagStalePlan;
@@ -205,7 +204,7 @@ __global__ PG_KERNEL_VISIBILITY void __launch_bounds__(kBucketWarpsPerBlock * 32
   if (item >= h->n_items) return;
   const detail::BucketItem it = detail::locate_item(*h, item, j.scope);
   const detail::BucketPlanTensor& t = detail::plan_tensors(h)[it.tensor];
-  const float k = HAS_COEF ? coefs[it.group] : 1.f;
+  const math::BucketCoef k = HAS_COEF ? coefs[it.group] : math::BucketCoef{};
   const float e = detail::bucket_apply_exponent(j);
   warp_transform(reinterpret_cast<T*>(t.grad), it.begin, it.end, threadIdx.x % 32,
                  [&](float x) { return math::scaled_signed_pow(x, e, k); });
@@ -231,7 +230,7 @@ Status bucket_run(const detail::BucketPlanHeader& plan, const detail::BucketJob&
   auto* base = static_cast<unsigned char*>(ws);
   const auto* dh = reinterpret_cast<const detail::BucketPlanHeader*>(base);
   auto* partials = reinterpret_cast<math::BucketSums*>(base + l.partials);
-  auto* coefs = reinterpret_cast<float*>(base + l.coefs);
+  auto* coefs = reinterpret_cast<math::BucketCoef*>(base + l.coefs);
   const int64_t blocks = (plan.n_items + kBucketWarpsPerBlock - 1) / kBucketWarpsPerBlock;
   const unsigned grid = static_cast<unsigned>(blocks > 0 ? blocks : 1);
   if (detail::bucket_stat_mask(j) == 0) {
