@@ -16,8 +16,8 @@
 #                 listed in MANIFEST.txt, not copied, and `run` looks for them on the GPU machine
 #     python/     the powergrad package
 #     tests/python, bench/compare_frameworks.py, bench/plot.py, examples/python, tools/
-#     wheels/     Liger-Kernel, pytest and compute-sanitizer wheels when `pip download` works here;
-#                 `run` unpacks them only when the GPU machine lacks the module or tool
+#     wheels/     Liger-Kernel and pytest wheels when `pip download` works here (and compute-sanitizer
+#                 with PG_SANITIZER_WHEEL=1); `run` unpacks them only when the GPU machine lacks them
 #     sass_report.md, MANIFEST.txt (commit, date, nvcc, build status, every file's size and sha256)
 #   `bundle DIR --no-build` assembles DIR from the existing build folder (no configure, no build, no
 #   download). DIR must be new, empty, or an earlier bundle (it is replaced).
@@ -36,6 +36,7 @@
 # Environment:
 #   PG_BUILD_DIR      build folder of `bundle` and `sass` (default build-gpu)
 #   PG_WHEELS=0       `bundle` downloads no wheel
+#   PG_SANITIZER_WHEEL=1  `bundle` adds the compute-sanitizer wheel (14 MB) of nvcc's release
 #   PG_STEPS          comma-separated steps for `run` (default: all; names as in summary.md)
 #   PG_BUDGET_S       total seconds for `run` (default 330); a step gets the smaller of its own
 #                     limit and what is left
@@ -188,8 +189,9 @@ fetch_wheels() {  # $1: cache folder. Best effort: a wheel that cannot be downlo
   mkdir -p "$cache"
   nvcc_ver=$(nvcc --version 2>/dev/null | sed -n 's/.*release \([0-9]*\.[0-9]*\).*/\1/p')
   local -a specs=("liger-kernel" "pytest")
-  # compute-sanitizer of the toolkit's own release (a newer one may need a newer driver).
-  [ -n "$nvcc_ver" ] && specs+=("nvidia-cuda-sanitizer-api==${nvcc_ver}.*")
+  # compute-sanitizer of the toolkit's own release (a newer one may need a newer driver): 14 MB,
+  # so only on request, for GPU machines without a CUDA toolkit.
+  [ -n "$nvcc_ver" ] && [ "${PG_SANITIZER_WHEEL:-0}" = 1 ] && specs+=("nvidia-cuda-sanitizer-api==${nvcc_ver}.*")
   local spec deps
   for spec in "${specs[@]}"; do
     deps=--no-deps
@@ -321,7 +323,12 @@ do_bundle() {
   fi
   if [ -d "$build/wheels" ] && [ "$no_build" = 0 ] && [ "${PG_WHEELS:-1}" != 0 ]; then
     mkdir -p "$dir/wheels"
-    cp "$build"/wheels/*.whl "$dir/wheels/" 2>/dev/null
+    local w
+    for w in "$build"/wheels/*.whl; do
+      [ -f "$w" ] || continue
+      case "$(basename "$w")" in nvidia_cuda_sanitizer_api-*) [ "${PG_SANITIZER_WHEEL:-0}" = 1 ] || continue ;; esac
+      cp "$w" "$dir/wheels/"
+    done
   fi
 
   say "bundle: SASS report (offline)"
@@ -332,7 +339,7 @@ do_bundle() {
   fi
   if sass_report "$build" "$build/sass_report.md"; then
     cp "$build/sass_report.md" "$dir/"
-    sed -n '/^## /,/^$/p' "$build/sass_report.md"
+    sed -n '/^## /,/^| kernel/p' "$build/sass_report.md" | grep -v '^| kernel' | cut -c1-200
   fi
 
   write_manifest "$dir" "$build"
