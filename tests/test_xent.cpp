@@ -547,6 +547,34 @@ std::vector<BadCase> bad_cases() {
   return v;
 }
 
+// A row whose every logit is masked has no distribution: its loss and gradient are NaN whatever the
+// target, including a dense target row with no mass (lse - sum q z would be -inf - 0 = -inf).
+TEST(XentEdge, AllMaskedRowWithEmptyDenseTargetIsNaN) {
+  constexpr int64_t R = 2, C = 5;
+  const float ninf = -std::numeric_limits<float>::infinity();
+  std::vector<float> z = {ninf, ninf, ninf, ninf, ninf, 0.5f, -1.f, 2.f, 0.f, 1.f};
+  std::vector<float> q = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 1.f, 0.f, 0.f};
+  std::vector<float> loss(R, -7.f), grad(R * C, -7.f);
+  pg::XentProblem<float, pg::DenseTargets<float>> p;
+  p.logits = z.data();
+  p.rows = R;
+  p.cols = C;
+  p.targets.prob = q.data();
+  p.alpha = 0.5f;
+  p.reduction = pg::Reduction::kNone;
+  pg::XentOutputs<float> o;
+  o.loss = loss.data();
+  o.dlogits = grad.data();
+  ASSERT_EQ(pg::xent_forward_backward(Backend::kHost, p, pg::Upstream{}, o), Status::kSuccess)
+      << pg::last_error_message();
+  EXPECT_TRUE(std::isnan(loss[0])) << "loss of the all-masked row: " << loss[0];
+  for (int64_t c = 0; c < C; ++c) EXPECT_TRUE(std::isnan(grad[c])) << "column " << c;
+  // Row 1 from the definition: lse - z_y.
+  double se = 0;
+  for (int64_t c = 0; c < C; ++c) se += std::exp(static_cast<double>(z[C + c]));
+  EXPECT_NEAR(loss[1], std::log(se) - 2.0, 1e-6);
+}
+
 class XentBadInput : public ::testing::TestWithParam<size_t> {};
 
 TEST_P(XentBadInput, ReturnsStatusNamesArgumentWritesNothing) {

@@ -189,7 +189,7 @@ Status xent_run(const powergrad::detail::XentJob<T, Tg>& j) {
       c2 = math::fast_log2(st.sa);
       if (j.out.lse) j.out.lse[r] = math::lse_of(st);
       if (j.out.lse_alpha) j.out.lse_alpha[r] = math::lse_alpha_of(st, j.k.alpha);
-      const float row_loss = tg.ignored ? 0.f : math::lse_of(st) - st.t;
+      const float row_loss = tg.ignored ? 0.f : math::row_loss_of(math::lse_of(st), st);
       if (!reduced && j.out.loss) j.out.loss[r] = row_loss;
       loss_sum += static_cast<double>(row_loss);
     }

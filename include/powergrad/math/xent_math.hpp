@@ -156,6 +156,17 @@ PG_HD float pgt_prob(float z, float alpha_log2e, float ref, float c2) {
   return z == neg_inf() ? 0.f * fabsf(c2) : fast_exp2(fmaf(z - ref, alpha_log2e, -c2));
 }
 
+// The row's loss lse - sum q z. A row whose every column is masked (m = -inf) has no distribution:
+// NaN, whatever the targets (a dense target with no mass would otherwise give -inf - 0 = -inf).
+PG_HD float row_loss_of(float lse, const RowStats& st) {
+#if defined(__CUDA_ARCH__)
+  const float nan = __int_as_float(0x7fffffff);
+#else
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+#endif
+  return st.m == neg_inf() ? nan : lse - st.t;
+}
+
 // Target probability of column j (global index) for a hard target y (already known valid).
 PG_HD float hard_q(int64_t j, int64_t y, const XentScalars& k) {
   return (j == y ? k.smooth_on : 0.f) + k.smooth_off;

@@ -427,7 +427,7 @@ __global__ void __launch_bounds__(block_threads(G), MIN_BLOCKS)
           const float lse = math::lse_of(st);
           if (j.out.lse) j.out.lse[r] = lse;
           if (j.out.lse_alpha) j.out.lse_alpha[r] = math::lse_alpha_of(st, j.k.alpha);
-          if (row_loss) row_loss[r] = tg.ignored ? 0.f : (tg.bad ? nan : lse - st.t);
+          if (row_loss) row_loss[r] = tg.ignored ? 0.f : (tg.bad ? nan : math::row_loss_of(lse, st));
         }
       }
       if (!w.out) continue;
