@@ -29,7 +29,7 @@ def demangle(names):
         return {n: n for n in names}
 
 
-MODES = {"0": "fused", "1": "stats", "2": "apply", "3": "hook"}
+MODES = {"0": "fused", "1": "stats", "2": "apply_merged", "3": "hook", "4": "apply_saved"}
 DTYPES = {"float": "fp32", "half_t": "fp16", "bfloat16_t": "bf16"}
 
 
