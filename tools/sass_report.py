@@ -54,17 +54,21 @@ def short(name):
     name = strip_params(name)
     if name.startswith("void "):
         name = name[5:]
-    m = re.match(r"device::xent_rows_kernel<(\w+), ClassTargets<(\w+(?: \w+)?)>, (\d+), (\d+), (\d+), "
-                 r"\(detail::XentMode\)(\d)>", name)
+    # xent_rows_kernel<T, Targets, G, CACHE, SMEM, BATCH, MIN_BLOCKS, MODE>
+    num = r"(\d+), (\d+), (\d+), (\d+), (\d+)"
+    m = re.match(r"device::xent_rows_kernel<(\w+), ClassTargets<(\w+(?: \w+)?)>, " + num +
+                 r", \(detail::XentMode\)(\d)>", name)
     if m:
-        dt, idx, g, cache, mb, mode = m.groups()
+        dt, idx, g, cache, smem, batch, mb, mode = m.groups()
         idx = {"int": "i32", "long": "i64", "long long": "i64"}.get(idx, idx)
-        return f"xent_rows<{DTYPES.get(dt, dt)}, {idx}, {MODES.get(mode, mode)}, G={g}, CACHE={cache}, MINB={mb}>"
-    m = re.match(r"device::xent_rows_kernel<(\w+), DenseTargets<\w+>, (\d+), (\d+), (\d+), \(detail::XentMode\)(\d)>",
+        return (f"xent_rows<{DTYPES.get(dt, dt)}, {idx}, {MODES.get(mode, mode)}, G={g}, CACHE={cache}, "
+                f"SMEM={smem}, BATCH={batch}, MINB={mb}>")
+    m = re.match(r"device::xent_rows_kernel<(\w+), DenseTargets<\w+>, " + num + r", \(detail::XentMode\)(\d)>",
                  name)
     if m:
-        dt, g, cache, mb, mode = m.groups()
-        return f"xent_rows<{DTYPES.get(dt, dt)}, dense, {MODES.get(mode, mode)}, G={g}, CACHE={cache}, MINB={mb}>"
+        dt, g, cache, smem, batch, mb, mode = m.groups()
+        return (f"xent_rows<{DTYPES.get(dt, dt)}, dense, {MODES.get(mode, mode)}, G={g}, CACHE={cache}, "
+                f"SMEM={smem}, BATCH={batch}, MINB={mb}>")
     return name
 
 
