@@ -24,6 +24,9 @@ import subprocess
 import sys
 from collections import OrderedDict
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sass_report import demangle  # noqa: E402  (one c++filt wrapper for both tools)
+
 FN_RE = re.compile(r"^\s*Function\s*:\s*(\S+)")
 ADDR_RE = re.compile(r"/\*[0-9a-f]{4,}\*/")
 ENC_RE = re.compile(r"/\*\s*0x[0-9a-f]{16}\s*\*/")
@@ -36,18 +39,6 @@ def sass_text(path):
     if out.returncode != 0:
         sys.exit(f"sass_diff: {tool} -sass {path} failed: {out.stderr.strip()}")
     return out.stdout
-
-
-def demangle(names):
-    names = list(names)
-    if not names:
-        return {}
-    try:
-        out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True, check=True).stdout
-        lines = out.split("\n")
-        return {n: (lines[i] or n) for i, n in enumerate(names)}
-    except (OSError, subprocess.CalledProcessError):
-        return {n: n for n in names}
 
 
 def split_kernels(text):

@@ -65,6 +65,21 @@ def split_name(name):
     return name, "", ""
 
 
+def print_goals(rows, out, prefix):
+    """The benchmark rows that carry a goal, each MET or MISSED, as a markdown list."""
+    goals = [b for b in rows if "goal" in b and not b.get("error_occurred")]
+    if not goals:
+        return
+    print("### Goals", file=out)
+    print("", file=out)
+    for b in goals:
+        op, dt, shape = split_name(b["name"])
+        r, g = b.get("ratio_to_copy", 0.0), b["goal"]
+        print(f"- {prefix}{op} {dt} {shape}: ratio_to_copy {r:.3f} (goal >= {g:.2f}): {'MET' if r >= g else 'MISSED'}",
+              file=out)
+    print("", file=out)
+
+
 def summarize(docs, out):
     # One row per benchmark: its median aggregate when it ran with --benchmark_repetitions, else
     # its (last) iteration row.
@@ -96,16 +111,7 @@ def summarize(docs, out):
           file=out)
     print("", file=out)
 
-    goals = [b for b in rows if "goal" in b and not b.get("error_occurred")]
-    if goals:
-        print("### Goals", file=out)
-        print("", file=out)
-        for b in goals:
-            op, dt, shape = split_name(b["name"])
-            r, g = b.get("ratio_to_copy", 0.0), b["goal"]
-            print(f"- {op} {dt} {shape}: ratio_to_copy {r:.3f} (goal >= {g:.2f}): {'MET' if r >= g else 'MISSED'}",
-                  file=out)
-        print("", file=out)
+    print_goals(rows, out, prefix="")
 
     times = {}
     for b in rows:
@@ -469,16 +475,7 @@ def run_summary(a):
     if rows or (compare_doc and compare_doc.get("results")) or host_rows:
         print("## Results", file=out)
         print("", file=out)
-    goals = [b for b in rows if "goal" in b and not b.get("error_occurred")]
-    if goals:
-        print("### Goals", file=out)
-        print("", file=out)
-        for b in goals:
-            op, dt, shape = split_name(b["name"])
-            r, g = b.get("ratio_to_copy", 0.0), b["goal"]
-            print(f"- GOAL {op} {dt} {shape}: ratio_to_copy {r:.3f} (goal >= {g:.2f}): {'MET' if r >= g else 'MISSED'}",
-                  file=out)
-        print("", file=out)
+    print_goals(rows, out, prefix="GOAL ")
     pivot_xent(rows, out)
     unfused = [b for b in rows if "/unfused/" in b["name"] and not b.get("error_occurred")]
     for b in unfused:
