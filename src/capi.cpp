@@ -320,6 +320,8 @@ PG_API pg_status_t pg_xent_shard_apply(const pg_xent_problem_t* problem, const p
 PG_API pg_status_t pg_bucket_plan_bytes(int64_t count, size_t* bytes) {
   return guarded([&] {
     if (count < 0) return fail(Status::kInvalidSize, "count (%lld) is negative", static_cast<long long>(count));
+    if (count > powergrad::detail::kBucketMaxTensors)
+      return fail(Status::kInvalidSize, "count (%lld) is larger than 2^40", static_cast<long long>(count));
     if (!bytes) return fail(Status::kNullPointer, "bytes is null");
     *bytes = powergrad::bucket_plan_bytes(count);
     return Status::kSuccess;
@@ -356,7 +358,7 @@ PG_API pg_status_t pg_bucket_tensors_from_flat(void* data, pg_dtype_t dtype, con
   return guarded([&] {
     PG_TRY(check_dtype(raw(dtype), "dtype"));
     const size_t elem = raw(dtype) == PG_DTYPE_FLOAT32 ? 4 : 2;
-    PG_TRY(powergrad::detail::check_flat_segments(data, offsets, count, out));
+    PG_TRY(powergrad::detail::check_flat_segments(data, offsets, count, params, rows, out, sizeof(pg_bucket_tensor_t)));
     unsigned char* base = static_cast<unsigned char*>(data);
     for (int64_t i = 0; i < count; ++i) {
       out[i].grad = base ? base + static_cast<size_t>(offsets[i]) * elem : nullptr;

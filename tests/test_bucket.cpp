@@ -133,6 +133,14 @@ TEST(BucketHostApi, PowerOutOfRangeIsFlagged) {
   EXPECT_NE(flags & pg::kBucketFlagNonFinite, 0);
 }
 
+// The plan size query never wraps: a count beyond 2^40 gets SIZE_MAX (plan_build then rejects it).
+TEST(BucketHostApi, PlanBytesOfHugeCountsDoNotWrap) {
+  EXPECT_EQ(pg::bucket_plan_bytes(INT64_MAX), SIZE_MAX);
+  EXPECT_EQ(pg::bucket_plan_bytes((int64_t(1) << 58) + 1), SIZE_MAX);
+  EXPECT_EQ(pg::bucket_plan_bytes(-1), SIZE_MAX);
+  EXPECT_GE(pg::bucket_plan_bytes(int64_t(1) << 40), size_t(64) << 40);
+}
+
 // Finite fp32 gradients whose L2 norm exceeds FLT_MAX: the fp32 norm is inf, the gradients are zeroed
 // (torch: coef = max_norm / (inf + 1e-6) = 0) and the non-finite flag is raised.
 TEST(BucketHostApi, ClipNormOverflowingNormIsFlagged) {
@@ -408,6 +416,18 @@ std::vector<BadCall> bad_calls() {
                  const int64_t off[3] = {0, 50, 60};
                  BucketTensor<F> t[2];
                  return pg::bucket_tensors_from_flat<F, F>(g.data(), off, int64_t(1) << 61, nullptr, nullptr, t);
+               }});
+  v.push_back({"flat: out overlaps offsets", Status::kInvalidLayout, [](auto& g, auto&, void*, float*, int32_t*) {
+                 // out[0] would overwrite offsets[1..] before they are read.
+                 alignas(16) int64_t buf[16] = {0, 10, 20, 30};
+                 return pg::bucket_tensors_from_flat<F, F>(g.data(), buf, 3, nullptr, nullptr,
+                                                           reinterpret_cast<BucketTensor<F>*>(buf));
+               }});
+  v.push_back({"flat: out overlaps rows", Status::kInvalidLayout, [](auto& g, auto&, void*, float*, int32_t*) {
+                 const int64_t off[3] = {0, 50, 60};
+                 alignas(16) int64_t buf[16] = {1, 1};
+                 return pg::bucket_tensors_from_flat<F, F>(g.data(), off, 2, nullptr, buf + 2,
+                                                           reinterpret_cast<BucketTensor<F>*>(buf));
                }});
   v.push_back({"plan_build: huge count, small plan", Status::kWorkspaceTooSmall,
                [](auto& g, auto&, void* plan, float*, int32_t*) {

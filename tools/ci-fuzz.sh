@@ -7,7 +7,6 @@
 #      a scratch copy of it, with one job per core (FUZZ_JOBS, default nproc).
 # Exits non-zero on any crash, sanitizer report or contract violation; the failing input is left
 # in build-fuzz/artifacts/ and printed in base64 (reproduce: build-fuzz/tests/fuzz/powergrad_fuzz_capi FILE).
-# POWERGRAD_FUZZ_KNOWN=name,... turns off the checks of defects already reported (see fuzz_capi.cpp).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

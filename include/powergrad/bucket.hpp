@@ -67,7 +67,7 @@ inline Status check_intact_plan(const BucketArgNames& n, const void* plan, size_
   h = static_cast<const BucketPlanHeader*>(plan);
   POWERGRAD_REQUIRE(h->magic == kBucketPlanMagic && h->version == kBucketPlanVersion, Status::kInvalidValue,
                     "plan is not a bucket plan of this library version (build it with %s)", n.plan_build);
-  POWERGRAD_REQUIRE(h->n_tensors >= 0 && h->n_tensors <= (int64_t(1) << 40) &&
+  POWERGRAD_REQUIRE(h->n_tensors >= 0 && h->n_tensors <= kBucketMaxTensors &&
                         h->plan_bytes == bucket_plan_bytes_for(h->n_tensors),
                     Status::kInvalidValue, "plan is corrupted (size mismatch): rebuild it");
   POWERGRAD_REQUIRE(static_cast<uint64_t>(h->plan_bytes) <= plan_bytes, Status::kInvalidSize,
@@ -157,8 +157,12 @@ Status bucket_prepare(const BucketArgNames& n, const void* plan, size_t plan_byt
 
 }  // namespace detail
 
-// Host bytes of a plan for `count` tensors.
-inline size_t bucket_plan_bytes(int64_t count) { return detail::bucket_plan_bytes_for(count < 0 ? 0 : count); }
+// Host bytes of a plan for `count` tensors; SIZE_MAX (no buffer is that large: plan_build then
+// reports the count) for a count outside [0, 2^40].
+inline size_t bucket_plan_bytes(int64_t count) {
+  if (count < 0 || count > detail::kBucketMaxTensors) return SIZE_MAX;
+  return detail::bucket_plan_bytes_for(count);
+}
 
 // Builds the plan of `count` tensors into `plan` (bucket_plan_bytes(count) bytes, 16-byte aligned).
 // Checks: pointers (grad, and param for kRows, non-null when numel > 0), sizes (numel >= 0;
@@ -175,7 +179,8 @@ Status plan_build(const BucketArgNames& n, Backend backend, TensorAt&& at, bool 
   POWERGRAD_REQUIRE(units == BucketUnits::kTensor || units == BucketUnits::kRows, Status::kInvalidValue,
                    "%s (%d) is not a BucketUnits value", n.units, static_cast<int>(units));
   POWERGRAD_REQUIRE(count >= 0, Status::kInvalidSize, "%s (%lld) is negative", n.count, as_ll(count));
-  POWERGRAD_REQUIRE(count <= (int64_t(1) << 40), Status::kInvalidSize, "%s (%lld) is too large", n.count, as_ll(count));
+  POWERGRAD_REQUIRE(count <= kBucketMaxTensors, Status::kInvalidSize, "%s (%lld) is larger than 2^40", n.count,
+                    as_ll(count));
   POWERGRAD_REQUIRE(count == 0 || have_tensors, Status::kNullPointer, "%s is null (%s %lld)", n.tensors, n.count,
                     as_ll(count));
   POWERGRAD_REQUIRE(plan != nullptr, Status::kNullPointer, "plan is null");
@@ -273,15 +278,26 @@ namespace detail {
 
 // The segment table of a flat buffer: count in [0, 2^40], offsets[0..count] non-decreasing from
 // offsets[0] >= 0 to at most kBucketMaxFlatOffset elements, data non-null unless every segment is
-// empty. Shared by bucket_tensors_from_flat and the C ABI (which lays out bytes, not elements).
+// empty, and `out` (count entries of out_elem bytes) disjoint from offsets, params and rows, which
+// are still read while it is written. Shared by bucket_tensors_from_flat and the C ABI (which lays
+// out bytes, not elements).
 constexpr int64_t kBucketMaxFlatOffset = INT64_MAX / 16 - kBucketItemElems;
 
-inline Status check_flat_segments(const void* data, const int64_t* offsets, int64_t count, const void* out) {
+inline Status check_flat_segments(const void* data, const int64_t* offsets, int64_t count, const void* params,
+                                  const int64_t* rows, const void* out, size_t out_elem) {
   POWERGRAD_REQUIRE(count >= 0, Status::kInvalidSize, "count (%lld) is negative", as_ll(count));
-  POWERGRAD_REQUIRE(count <= (int64_t(1) << 40), Status::kInvalidSize, "count (%lld) is too large", as_ll(count));
+  POWERGRAD_REQUIRE(count <= kBucketMaxTensors, Status::kInvalidSize, "count (%lld) is larger than 2^40",
+                    as_ll(count));
   if (count == 0) return Status::kSuccess;
   POWERGRAD_REQUIRE(offsets != nullptr, Status::kNullPointer, "offsets is null");
   POWERGRAD_REQUIRE(out != nullptr, Status::kNullPointer, "out is null");
+  const uint64_t n = static_cast<uint64_t>(count), out_bytes = n * out_elem;
+  POWERGRAD_REQUIRE(!ranges_overlap(out, out_bytes, offsets, (n + 1) * sizeof(int64_t)), Status::kInvalidLayout,
+                    "out overlaps offsets");
+  POWERGRAD_REQUIRE(!params || !ranges_overlap(out, out_bytes, params, n * sizeof(void*)), Status::kInvalidLayout,
+                    "out overlaps params");
+  POWERGRAD_REQUIRE(!rows || !ranges_overlap(out, out_bytes, rows, n * sizeof(int64_t)), Status::kInvalidLayout,
+                    "out overlaps rows");
   POWERGRAD_REQUIRE(offsets[0] >= 0, Status::kInvalidSize, "offsets[0] (%lld) is negative", as_ll(offsets[0]));
   for (int64_t i = 0; i < count; ++i)
     POWERGRAD_REQUIRE(offsets[i + 1] >= offsets[i], Status::kInvalidLayout,
@@ -302,7 +318,7 @@ template <class T, class P = T>
 [[nodiscard]] Status bucket_tensors_from_flat(T* data, const int64_t* offsets, int64_t count,
                                               const P* const* params, const int64_t* rows, BucketTensor<T, P>* out) {
   detail::clear_error();
-  POWERGRAD_TRY(detail::check_flat_segments(data, offsets, count, out));
+  POWERGRAD_TRY(detail::check_flat_segments(data, offsets, count, params, rows, out, sizeof(BucketTensor<T, P>)));
   for (int64_t i = 0; i < count; ++i) {
     out[i].grad = data ? data + offsets[i] : nullptr;
     out[i].param = params ? params[i] : nullptr;

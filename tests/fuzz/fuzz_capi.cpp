@@ -162,17 +162,6 @@ void note(const char* fmt, ...) {
   std::abort();
 }
 
-// Checks of defects already reported can be turned off by name while they are being fixed, so that
-// a fuzzing run gets past them: POWERGRAD_FUZZ_KNOWN=name,name,...
-bool known(const char* name) {
-  static const char* list = std::getenv("POWERGRAD_FUZZ_KNOWN");
-  if (!list) return false;
-  const size_t n = std::strlen(name);
-  for (const char* p = list; (p = std::strstr(p, name)) != nullptr; p += n)
-    if ((p == list || p[-1] == ',') && (p[n] == '\0' || p[n] == ',')) return true;
-  return false;
-}
-
 // ---- The contract model --------------------------------------------------------------------------
 constexpr unsigned kAny = 1u << 15;  // any failure status is acceptable
 unsigned bit(pg_status_t s) { return 1u << static_cast<int>(s); }
@@ -1593,7 +1582,7 @@ void raw_plan_bytes_query(Reader& r) {
   const int st = pg_bucket_plan_bytes(count, bytes);
   check_outcome("pg_bucket_plan_bytes", st, &e);
   // A size that wrapped around would let a caller allocate too little for the plan.
-  if (st == PG_STATUS_SUCCESS && static_cast<u128>(*bytes) < static_cast<u128>(count) * 16 && !known("plan-bytes-wrap"))
+  if (st == PG_STATUS_SUCCESS && static_cast<u128>(*bytes) < static_cast<u128>(count) * 16)
     oracle_failure("pg_bucket_plan_bytes(%lld) = %zu: smaller than 16 bytes per tensor (wrapped?)", (long long)count,
                    *bytes);
 }
@@ -1685,9 +1674,6 @@ void raw_from_flat(Reader& r) {
     const Region ro{out, n * sizeof(pg_bucket_tensor_t), "out"};
     const bool alias = overlap(ro, {offs, (n + 1) * 8, ""}) || overlap(ro, {params, n * 8, ""}) ||
                        overlap(ro, {rows, n * 8, ""});
-    // Reported: accepted, and then out[i] overwrites the offsets still to be read (wrong tensors,
-    // and signed overflow in the numel subtraction). While it is known, such calls are not made.
-    if (alias && known("flat-out-alias")) return;
     e.rule(alias, PG_STATUS_INVALID_LAYOUT, "out overlaps offsets, params or rows", false);
   }
   if (!e.early && !e.reads_ok) return;

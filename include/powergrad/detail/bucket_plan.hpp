@@ -59,6 +59,9 @@ static_assert(sizeof(BucketPlanHeader) == 80 && sizeof(BucketPlanTensor) == 64, 
 
 PG_HD size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
+// The most tensors one plan may hold: the plan's byte size and every index stay far from overflow.
+constexpr int64_t kBucketMaxTensors = int64_t(1) << 40;
+
 inline size_t bucket_plan_bytes_for(int64_t n_tensors) {
   return sizeof(BucketPlanHeader) + static_cast<size_t>(n_tensors) * sizeof(BucketPlanTensor);
 }
