@@ -4,6 +4,7 @@
 # package here: when /usr/local/cuda exists, CMake finds nvcc there (or on PATH).
 #
 #   .ci/deps.sh            the C++ build: cmake, ninja-build, g++, libgtest-dev, libbenchmark-dev
+#   .ci/deps.sh --fuzz     also clang and libclang-rt-14-dev (libFuzzer), for tools/ci-fuzz.sh
 #   .ci/deps.sh --python   also what the Python binding tests need, for Debian's /usr/bin/python3:
 #                          python3-numpy, python3-pytest, python3-matplotlib (bench/plot.py),
 #                          python3-torch (Debian 12: torch 1.13, CPU only;
@@ -14,7 +15,8 @@ packages=(cmake ninja-build g++ libgtest-dev libbenchmark-dev)
 for arg in "$@"; do
   case "$arg" in
     --python) packages+=(python3 python3-numpy python3-pytest python3-torch python3-matplotlib) ;;
-    *) echo "deps.sh: unknown argument '$arg' (accepted: --python)" >&2; exit 2 ;;
+    --fuzz) packages+=(clang libclang-rt-14-dev) ;;
+    *) echo "deps.sh: unknown argument '$arg' (accepted: --python, --fuzz)" >&2; exit 2 ;;
   esac
 done
 missing=()
