@@ -13,6 +13,7 @@ the current stream (no host synchronisation, device workspace from the caching a
 import collections
 import contextlib
 import ctypes
+import itertools
 
 import torch
 
@@ -25,9 +26,19 @@ _DTYPES = {torch.float32: _lib.DType.FLOAT32, torch.float16: _lib.DType.FLOAT16,
            torch.bfloat16: _lib.DType.BFLOAT16}
 
 
+# Distinct, aligned, never-dereferenced stand-ins for the data pointer of empty tensors (torch gives
+# them address 0): the library rejects null required pointers whatever the batch size, and reads or
+# writes nothing of an empty buffer; distinct addresses keep its aliasing checks quiet.
+_EMPTY_STANDINS = [ctypes.create_string_buffer(48) for _ in range(64)]
+_EMPTY_NEXT = itertools.count()
+
+
 def _vp(t):
     if t is None:
         return None
+    if t.numel() == 0 and t.data_ptr() == 0:
+        buf = _EMPTY_STANDINS[next(_EMPTY_NEXT) % len(_EMPTY_STANDINS)]
+        return ctypes.c_void_p((ctypes.addressof(buf) + 15) // 16 * 16)
     if not _aligned(t):  # the helpers below copy misaligned inputs; never hand the library such a pointer
         raise ValueError("powergrad: internal error: a misaligned %s tensor reached the C call" % t.dtype)
     return ctypes.c_void_p(t.data_ptr())

@@ -52,9 +52,9 @@ inline Status check_backend(int backend, const char* name) {
 }
 
 // A caller-provided CUDA workspace: 16-byte aligned and at least `need` bytes (`query` names the size
-// query the caller should have used).
+// query the caller should have used); null is fine when nothing is needed.
 inline Status check_workspace_size(const void* ws, size_t ws_bytes, size_t need, size_t align, const char* query) {
-  POWERGRAD_REQUIRE(ws != nullptr && ws_bytes >= need, Status::kWorkspaceTooSmall,
+  POWERGRAD_REQUIRE((ws != nullptr || need == 0) && ws_bytes >= need, Status::kWorkspaceTooSmall,
                     "workspace (%zu bytes%s) is smaller than %s = %zu", ws_bytes, ws ? "" : ", null", query, need);
   POWERGRAD_REQUIRE(reinterpret_cast<uintptr_t>(ws) % align == 0, Status::kInvalidLayout,
                     "workspace must be %zu-byte aligned", align);
