@@ -220,6 +220,8 @@ PG_API pg_status_t pg_xent_workspace_bytes(int64_t rows, pg_reduction_t reductio
   return guarded([&] {
     PG_TRY(check_reduction(reduction, "reduction"));
     if (rows < 0) return fail(Status::kInvalidSize, "rows (%lld) is negative", static_cast<long long>(rows));
+    if (rows > powergrad::detail::kXentMaxRows)
+      return fail(Status::kInvalidSize, "rows (%lld) is larger than 2^59", static_cast<long long>(rows));
     if (!bytes) return fail(Status::kNullPointer, "bytes is null");
     // Same as powergrad::xent_workspace_bytes (xent.hpp), without the whole API in this TU.
     *bytes = powergrad::detail::xent_workspace_bytes_impl(rows, static_cast<powergrad::Reduction>(reduction));
@@ -331,6 +333,9 @@ PG_API pg_status_t pg_bucket_plan_bytes(int64_t count, size_t* bytes) {
 PG_API pg_status_t pg_bucket_plan_build(const pg_bucket_desc_t* desc, void* plan, size_t plan_bytes) {
   return guarded([&] {
     if (!desc) return fail(Status::kNullPointer, "desc is null");
+    // desc is read while the plan is written.
+    if (plan && powergrad::detail::ranges_overlap(desc, sizeof(pg_bucket_desc_t), plan, plan_bytes))
+      return fail(Status::kInvalidLayout, "desc overlaps the plan");
     PG_TRY(check_size(desc->struct_size, sizeof(pg_bucket_desc_t), "desc", "pg_bucket_desc_t"));
     PG_TRY(check_device(desc->device, "desc->device"));
     PG_TRY(check_dtype(raw(desc->grad_dtype), "desc->grad_dtype"));

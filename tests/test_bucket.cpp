@@ -429,6 +429,22 @@ std::vector<BadCall> bad_calls() {
                  return pg::bucket_tensors_from_flat<F, F>(g.data(), off, 2, nullptr, buf + 2,
                                                            reinterpret_cast<BucketTensor<F>*>(buf));
                }});
+  // The tensor table and the gradients must stay out of the plan the build writes (and the ops read).
+  v.push_back({"tensor table inside the plan", Status::kInvalidLayout, [](auto& g, auto&, void* plan, float*, int32_t*) {
+                 auto* t = reinterpret_cast<BucketTensor<F>*>(static_cast<char*>(plan) + 256);
+                 for (int i = 0; i < 4; ++i) t[i] = BucketTensor<F>{g.data() + 20 * i, nullptr, 20, 0};
+                 return pg::bucket_plan_build<F>(Backend::kHost, t, 4, BucketUnits::kTensor, plan, kPlanBuf);
+               }});
+  v.push_back({"gradient inside the plan", Status::kInvalidLayout, [](auto& g, auto&, void* plan, float*, int32_t*) {
+                 BucketTensor<F> t[2] = {{reinterpret_cast<F*>(static_cast<char*>(plan) + 144), nullptr, 16, 0},
+                                         {g.data(), nullptr, 10, 0}};
+                 return pg::bucket_plan_build<F>(Backend::kHost, t, 2, BucketUnits::kTensor, plan, kPlanBuf);
+               }});
+  v.push_back({"gradient range wraps the address space", Status::kInvalidLayout,
+               [](auto&, auto&, void* plan, float*, int32_t*) {
+                 BucketTensor<F> t{reinterpret_cast<F*>(uintptr_t(0xFFFFFFFFFFFFF000ull)), nullptr, int64_t(1) << 40, 0};
+                 return pg::bucket_plan_build<F>(Backend::kHost, &t, 1, BucketUnits::kTensor, plan, kPlanBuf);
+               }});
   v.push_back({"plan_build: huge count, small plan", Status::kWorkspaceTooSmall,
                [](auto& g, auto&, void* plan, float*, int32_t*) {
                  BucketTensor<F> t{g.data(), nullptr, 10, 0};

@@ -492,6 +492,8 @@ std::vector<BadCase> bad_cases() {
   // Shard range arithmetic that would overflow int64 (col_offset + cols).
   add("col_offset + cols overflows", Status::kInvalidSize, "problem.total_cols", [](Bufs& b) {
     P p = b.prob(); p.col_offset = INT64_MAX - 1; p.total_cols = INT64_MAX; return fb(b, p); });
+  add("rows beyond 2^59", Status::kInvalidSize, "problem.rows", [](Bufs& b) {
+    P p = b.prob(); p.rows = (int64_t{1} << 59) + 1; p.cols = 1; return fb(b, p); });
   add("rows x ld overflows", Status::kInvalidSize, "problem.ld", [](Bufs& b) {
     P p = b.prob(); p.ld = INT64_MAX / 2; return fb(b, p); });
   // Aliasing: every output against every input and every other output.
@@ -545,6 +547,14 @@ std::vector<BadCase> bad_cases() {
   add("kCuda without CUDA (shard_apply)", Status::kNoCudaSupport, "CUDA", [](Bufs& b) {
     return pg::xent_shard_apply(Backend::kCuda, b.prob(), b.parts.data(), pg::Upstream{}, b.outs()); });
   return v;
+}
+
+// The workspace size query never wraps (rows beyond 2^59: SIZE_MAX, which the ops reject).
+TEST(XentApi, WorkspaceBytesDoNotWrap) {
+  EXPECT_EQ(pg::xent_workspace_bytes(INT64_MAX, pg::Reduction::kMean), SIZE_MAX);
+  EXPECT_EQ(pg::xent_workspace_bytes(int64_t{1} << 62, pg::Reduction::kSum), SIZE_MAX);
+  EXPECT_EQ(pg::xent_workspace_bytes(1000, pg::Reduction::kMean), size_t{16 + 4000});
+  EXPECT_EQ(pg::xent_workspace_bytes(INT64_MAX, pg::Reduction::kNone), size_t{0});
 }
 
 // A row whose every logit is masked has no distribution: its loss and gradient are NaN whatever the

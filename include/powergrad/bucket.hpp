@@ -151,6 +151,17 @@ Status bucket_prepare(const BucketArgNames& n, const void* plan, size_t plan_byt
                       size_t ws_bytes, int32_t* flags, const BucketPlanHeader*& h) {
   POWERGRAD_TRY((read_plan<T, P>(n, plan, plan_bytes, units, h)));
   POWERGRAD_TRY(check_bucket_workspace(n, *h, ws, ws_bytes));
+  if (h->backend == static_cast<int32_t>(Backend::kCuda)) {
+    // The ops write the workspace while they rewrite the gradients and read the parameters.
+    POWERGRAD_TRY(check_not_in_grads(*h, sizeof(T), ws, ws_bytes, "workspace"));
+    if (h->units == static_cast<int32_t>(BucketUnits::kRows)) {
+      const BucketPlanTensor* ts = plan_tensors(h);
+      for (int64_t i = 0; i < h->n_tensors; ++i)
+        POWERGRAD_REQUIRE(!ranges_overlap(ws, ws_bytes, reinterpret_cast<const void*>(ts[i].param),
+                                          static_cast<uint64_t>(ts[i].numel) * sizeof(P)),
+                          Status::kInvalidLayout, "workspace overlaps the parameter of tensor %lld", as_ll(i));
+    }
+  }
   POWERGRAD_TRY(check_not_in_grads(*h, sizeof(T), flags, sizeof(int32_t), "flags"));
   return check_output_elsewhere<P>(*h, flags, sizeof(int32_t), ws, ws_bytes, "flags");
 }
@@ -171,9 +182,13 @@ inline size_t bucket_plan_bytes(int64_t count) {
 namespace detail {
 // `at(i)` gives tensor i as a BucketTensor<T, P> (read on demand: nothing proportional to `count` is
 // allocated before count is checked against plan_bytes); `have_tensors` says the table is non-null.
+// `table` / `table_elem`: where the caller's tensor table lies and its entry size; it is read while
+// the plan image is written, so it may not overlap the plan, and neither may a gradient (the ops
+// rewrite gradients while the host backend reads the plan).
 template <class T, class P, class TensorAt>
-Status plan_build(const BucketArgNames& n, Backend backend, TensorAt&& at, bool have_tensors, int64_t count,
-                  BucketUnits units, void* plan, size_t plan_bytes) {
+Status plan_build(const BucketArgNames& n, Backend backend, TensorAt&& at, const void* table, size_t table_elem,
+                  int64_t count, BucketUnits units, void* plan, size_t plan_bytes) {
+  const bool have_tensors = table != nullptr;
   clear_error();
   POWERGRAD_TRY(check_backend(static_cast<int>(backend), n.backend));
   POWERGRAD_REQUIRE(units == BucketUnits::kTensor || units == BucketUnits::kRows, Status::kInvalidValue,
@@ -188,6 +203,8 @@ Status plan_build(const BucketArgNames& n, Backend backend, TensorAt&& at, bool 
   const size_t need = bucket_plan_bytes_for(count);
   POWERGRAD_REQUIRE(plan_bytes >= need, Status::kWorkspaceTooSmall, "plan_bytes (%zu) is smaller than %s = %zu",
                    plan_bytes, n.plan_bytes_query, need);
+  POWERGRAD_REQUIRE(!ranges_overlap(table, static_cast<uint64_t>(count) * table_elem, plan, need), Status::kInvalidLayout,
+                    "%s overlaps the plan", n.tensors);
   const bool rows_mode = units == BucketUnits::kRows;
   const int64_t max_numel = INT64_MAX / 16 - kBucketItemElems;
   for (int64_t i = 0; i < count; ++i) {
@@ -198,11 +215,19 @@ Status plan_build(const BucketArgNames& n, Backend backend, TensorAt&& at, bool 
     POWERGRAD_REQUIRE(t.grad != nullptr, Status::kNullPointer, "%s[%lld].grad is null", n.tensors, as_ll(i));
     POWERGRAD_REQUIRE(reinterpret_cast<uintptr_t>(t.grad) % sizeof(T) == 0, Status::kInvalidLayout,
                      "%s[%lld].grad is not aligned to its element size (%zu bytes)", n.tensors, as_ll(i), sizeof(T));
+    const uint64_t grad_bytes = static_cast<uint64_t>(t.numel) * sizeof(T);
+    POWERGRAD_REQUIRE(reinterpret_cast<uintptr_t>(t.grad) <= UINTPTR_MAX - grad_bytes, Status::kInvalidLayout,
+                      "%s[%lld].grad + numel wraps around the address space", n.tensors, as_ll(i));
+    POWERGRAD_REQUIRE(!ranges_overlap(t.grad, grad_bytes, plan, need), Status::kInvalidLayout,
+                      "%s[%lld].grad overlaps the plan", n.tensors, as_ll(i));
     if (!rows_mode) continue;
     POWERGRAD_REQUIRE(t.param != nullptr, Status::kNullPointer, "%s[%lld].param is null (AGC needs the parameters)",
                      n.tensors, as_ll(i));
     POWERGRAD_REQUIRE(reinterpret_cast<uintptr_t>(t.param) % sizeof(P) == 0, Status::kInvalidLayout,
                      "%s[%lld].param is not aligned to its element size (%zu bytes)", n.tensors, as_ll(i), sizeof(P));
+    POWERGRAD_REQUIRE(reinterpret_cast<uintptr_t>(t.param) <= UINTPTR_MAX - static_cast<uint64_t>(t.numel) * sizeof(P),
+                      Status::kInvalidLayout, "%s[%lld].param + numel wraps around the address space", n.tensors,
+                      as_ll(i));
     POWERGRAD_REQUIRE(t.rows >= 0 && t.rows <= t.numel && (t.rows == 0 || t.numel % t.rows == 0), Status::kInvalidSize,
                      "%s[%lld].rows (%lld) must be >= 0 and divide numel (%lld)", n.tensors, as_ll(i), as_ll(t.rows), as_ll(t.numel));
   }
@@ -270,8 +295,8 @@ template <class T, class P = T>
 [[nodiscard]] Status bucket_plan_build(Backend backend, const BucketTensor<T, P>* tensors, int64_t count,
                                        BucketUnits units, void* plan, size_t plan_bytes) {
   return detail::plan_build<T, P>(
-      detail::kBucketCppNames, backend, [tensors](int64_t i) { return tensors[i]; }, tensors != nullptr, count, units,
-      plan, plan_bytes);
+      detail::kBucketCppNames, backend, [tensors](int64_t i) { return tensors[i]; }, tensors,
+      sizeof(BucketTensor<T, P>), count, units, plan, plan_bytes);
 }
 
 namespace detail {

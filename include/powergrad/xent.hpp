@@ -132,6 +132,8 @@ Status check_disjoint(const Region (&ins)[NI], const Region (&outs)[NO], int in_
 template <class T, class Tg>
 Status check_problem(const XentArgNames& n, XentProblem<T, Tg>& p) {
   POWERGRAD_REQUIRE(p.rows >= 0, Status::kInvalidSize, "%s (%lld) is negative", n.rows, as_ll(p.rows));
+  POWERGRAD_REQUIRE(p.rows <= kXentMaxRows, Status::kInvalidSize, "%s (%lld) is larger than 2^59", n.rows,
+                    as_ll(p.rows));
   POWERGRAD_REQUIRE(p.cols >= 1, Status::kInvalidSize, "%s (%lld) must be >= 1", n.cols, as_ll(p.cols));
   POWERGRAD_REQUIRE(p.ld >= 0, Status::kInvalidSize, "%s (%lld) is negative", n.ld, as_ll(p.ld));
   if (p.ld == 0) p.ld = p.cols;

@@ -60,8 +60,8 @@ def _logits_layout(x, name, writable=False):
                              "address %#x); pass an aligned array or inplace=False" % (name, x.itemsize, x.ctypes.data))
         x = np.array(x, order="C")  # a fresh allocation: aligned
     item = x.itemsize
-    ok = (x.strides[1] == item or x.shape[1] <= 1) and x.strides[0] >= 0 and x.strides[0] % item == 0 \
-        and (x.shape[0] <= 1 or x.strides[0] // item >= x.shape[1])
+    ok = x.size == 0 or ((x.strides[1] == item or x.shape[1] <= 1) and x.strides[0] >= 0 and x.strides[0] % item == 0
+                         and (x.shape[0] <= 1 or x.strides[0] // item >= x.shape[1]))  # empty: any strides
     if not ok:
         if writable:
             raise ValueError("%s: in-place needs a unit column stride and a row stride >= cols" % name)

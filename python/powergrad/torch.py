@@ -337,7 +337,7 @@ class _CrossEntropy(torch.autograd.Function):
                 ratio = factor
             elif isinstance(gs, torch.Tensor):
                 g = gs.to(device=factor.device, dtype=torch.float32)
-                ratio = factor / (g.reshape(-1, 1) if g.numel() > 1 else g.reshape(()))
+                ratio = factor / (g.reshape(()) if g.numel() == 1 else g.reshape(-1, 1))  # [N] (N may be 0)
             else:
                 ratio = factor / gs
             _scale_grad_(grad, ratio)  # exact when grad_output equals grad_scale (ratio 1)

@@ -189,6 +189,8 @@ const std::vector<BadCall>& bad_calls() {
        [](Env& e) { return pg_xent_merge_stats(PG_DEVICE_HOST, e.stats.at(), 2, -3, 1.f, e.merged.at(), nullptr); }},
       {"workspace_bytes rows -1", PG_STATUS_INVALID_SIZE, same, "rows",
        [](Env&) { size_t b = 0; return pg_xent_workspace_bytes(-1, PG_REDUCTION_SUM, &b); }},
+      {"workspace bytes: rows beyond 2^59 (no wrap)", PG_STATUS_INVALID_SIZE, same, "rows",
+       [](Env&) { size_t b = 0; return pg_xent_workspace_bytes(INT64_C(1) << 62, PG_REDUCTION_MEAN, &b); }},
       // values
       {"alpha NaN", PG_STATUS_INVALID_VALUE, same, "problem->alpha",
        [](Env& e) { auto q = e.p; q.alpha = kNaN; return e.fb(q); }},

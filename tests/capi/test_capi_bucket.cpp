@@ -122,6 +122,20 @@ TEST(CapiBucket, BadCallsWriteNothing) {
        [](Env& e) { return pg_bucket_plan_build(&e.desc, e.p(), 64); }},
       {"plan bytes: null out", PG_STATUS_NULL_POINTER, "bytes", [](Env&) { return pg_bucket_plan_bytes(3, nullptr); }},
       {"plan bytes: negative", PG_STATUS_INVALID_SIZE, "count", [](Env&) { size_t b; return pg_bucket_plan_bytes(-1, &b); }},
+      {"plan bytes: count beyond 2^40 (no wrap)", PG_STATUS_INVALID_SIZE, "count",
+       [](Env&) { size_t b; return pg_bucket_plan_bytes(INT64_MAX, &b); }},
+      {"build: desc inside the plan", PG_STATUS_INVALID_LAYOUT, "desc",
+       [](Env& e) {
+         auto* d = reinterpret_cast<pg_bucket_desc_t*>(static_cast<char*>(e.p()) + 512);
+         *d = e.desc;
+         return pg_bucket_plan_build(d, e.p(), 1024);
+       }},
+      {"flat: out over offsets", PG_STATUS_INVALID_LAYOUT, "offsets",
+       [](Env& e) {
+         alignas(16) int64_t buf[16] = {0, 10, 20, 30};
+         return pg_bucket_tensors_from_flat(e.g.data(), PG_DTYPE_FLOAT32, buf, 3, nullptr, nullptr,
+                                            reinterpret_cast<pg_bucket_tensor_t*>(buf));
+       }},
       {"power: null plan", PG_STATUS_NULL_POINTER, "plan",
        [](Env&) { return pg_bucket_power(nullptr, 1024, 0.5f, PG_PRESERVE_L1, PG_BUCKET_SCOPE_TENSOR, nullptr, 0, nullptr, nullptr); }},
       {"power: unbuilt plan", PG_STATUS_INVALID_VALUE, "plan",

@@ -188,3 +188,11 @@ def test_loader_error_names_the_places_it_searched(monkeypatch, tmp_path):
     with pytest.raises(pg.LibraryNotFoundError) as e:
         _lib.load_library()
     assert missing in str(e.value) and "POWERGRAD_LIBRARY" in str(e.value)
+
+
+def test_empty_batch_in_place():
+    # NumPy gives empty arrays zero strides: still a valid (empty) in-place layout.
+    x = np.empty((0, 5), np.float32)
+    loss, grad = pg.cross_entropy_forward_backward(x, np.empty(0, np.int64), alpha=0.5, inplace=True)
+    assert float(np.asarray(loss).reshape(-1)[0]) == 0.0
+    assert grad.shape == (0, 5)

@@ -384,3 +384,11 @@ def test_empty_batch_hook():
     pgt_hook(x, y, alpha=0.3)
     F.cross_entropy(x, y, reduction="sum").backward()
     assert x.grad.shape == (0, 10)
+
+
+def test_empty_batch_with_a_per_row_grad_scale():
+    x = torch.empty(0, 10, requires_grad=True)
+    y = torch.empty(0, dtype=torch.long)
+    loss = cross_entropy(x, y, alpha=0.3, reduction="none", grad_scale=torch.ones(0))
+    loss.sum().backward()
+    assert x.grad.shape == (0, 10)

@@ -65,9 +65,10 @@ PG_HD math::GroupCoef bucket_group_coef(const BucketJob& j, const math::BucketSu
   }
   c.norm = static_cast<float>(sqrt(s.g2));
   if (!(c.k - c.k == 0.0)) c.non_finite = true;
-  // S2 out of double's range (|g|^beta or its square over- or underflowed while |g| did not): the
+  // S2 out of double's normal range (|g|^beta or its square over- or underflowed while |g| did not): the
   // norm cannot be preserved; report it rather than return silently scaled gradients.
-  if (j.preserve != NormPreserve::kNone && (!math::finite_d(s.pw) || (s.pw == 0.0 && s.g2 + s.ab > 0.0)))
+  // A subnormal S2 (below 2^-1022) has lost most of its bits: out of range too.
+  if (j.preserve != NormPreserve::kNone && (!math::finite_d(s.pw) || (s.pw < 0x1p-1022 && s.g2 + s.ab > 0.0)))
     c.non_finite = true;
   return c;
 }

@@ -32,11 +32,15 @@ namespace detail {
 // For printing int64_t with %lld on every platform.
 inline long long as_ll(int64_t v) { return static_cast<long long>(v); }
 
-// Whether the byte ranges [a, a + na) and [b, b + nb) share a byte (empty ranges share none).
+// Whether the byte ranges [a, a + na) and [b, b + nb) share a byte (empty ranges share none). A range
+// that would run past the end of the address space is taken to reach it (so it overlaps everything
+// above its start): such a buffer cannot exist, and the caller's other checks reject it.
 inline bool ranges_overlap(const void* a, uint64_t na, const void* b, uint64_t nb) {
   if (na == 0 || nb == 0) return false;
   const uint64_t pa = reinterpret_cast<uintptr_t>(a), pb = reinterpret_cast<uintptr_t>(b);
-  return pa < pb + nb && pb < pa + na;
+  const uint64_t ea = na > UINT64_MAX - pa ? UINT64_MAX : pa + na;
+  const uint64_t eb = nb > UINT64_MAX - pb ? UINT64_MAX : pb + nb;
+  return pa < eb && pb < ea;
 }
 
 // `backend` (a Backend as its int value: 0 kHost, 1 kCuda) is one this translation unit can run:

@@ -21,6 +21,10 @@
 POWERGRAD_NS_BEGIN
 namespace detail {
 
+// The most rows one call may have: every per-row buffer size (rows * 16 bytes at most) and the
+// workspace size stay far from overflow.
+constexpr int64_t kXentMaxRows = int64_t(1) << 59;
+
 struct XentWorkspace {
   static constexpr size_t kAlign = 16;             // required alignment of the buffer
   static constexpr size_t kMeanDivisorOffset = 0;  // float
@@ -30,9 +34,12 @@ struct XentWorkspace {
   // The row losses as an index into the workspace viewed as float[] (signed, like the row index).
   static constexpr int64_t kRowLossIndex = static_cast<int64_t>(kRowLossOffset / sizeof(float));
 
-  // Bytes needed for `rows` rows and reduction `r` (0 for kNone or no rows).
+  // Bytes needed for `rows` rows and reduction `r` (0 for kNone or no rows; SIZE_MAX beyond
+  // kXentMaxRows, which the ops reject).
   static constexpr size_t bytes(int64_t rows, Reduction r) {
-    return (r == Reduction::kNone || rows <= 0) ? 0 : kHeaderBytes + static_cast<size_t>(rows) * sizeof(float);
+    if (r == Reduction::kNone || rows <= 0) return 0;
+    if (rows > kXentMaxRows) return SIZE_MAX;
+    return kHeaderBytes + static_cast<size_t>(rows) * sizeof(float);
   }
 
   // Typed views of a workspace base pointer (the kernels receive it as float*).

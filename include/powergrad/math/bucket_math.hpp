@@ -32,6 +32,8 @@ struct BucketCoef {
   float f = 1.f;
 };
 
+static_assert(sizeof(BucketCoef) == 16, "BucketCoef is one 16-byte workspace record per group");
+
 PG_HD BucketCoef bucket_coef_of(double k) {
   BucketCoef c;
   c.f = static_cast<float>(k);

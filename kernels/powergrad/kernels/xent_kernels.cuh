@@ -3,7 +3,7 @@
 // One kernel template covers the five modes of detail::XentMode (fused forward+backward, shard
 // statistics, apply merged statistics, apply a saved lse_alpha, hook form); the mode is a template
 // parameter from the op down, so an op instantiates only its own kernels. A *group* of G threads owns one row at a
-// time: 8 threads or a warp per row (256 / G rows per block) for short rows, a whole block per row
+// time: 4, 8 or 16 threads or a warp per row (256 / G rows per block) for short rows, a whole block per row
 // for long ones (launch_rows picks a named RowPolicy by width). Each row is swept at most twice:
 //   pass 1  online statistics (one running max, two running sums: docs/design.md §6) over 16-byte
 //           vectors; the first CACHE vectors of each thread stay in registers (and optionally
