@@ -3,7 +3,7 @@
 #
 #   tools/gpu-check.sh bundle DIR         # here: Release build for sm_90, then a self-contained DIR
 #   tools/gpu-check.sh run BUNDLE OUTDIR  # on the GPU machine (about 5 minutes on an H100/H200)
-#   tools/gpu-check.sh sass [OUT.md]      # here: the offline SASS report of the last build
+#   tools/gpu-check.sh sass [REPORT.md]      # here: the offline SASS report of the last build
 #
 # bundle: needs nvcc (PATH or /usr/local/cuda/bin), CMake, Ninja, GoogleTest and Google Benchmark;
 #   no GPU. Configures build-gpu/ with the settings of the `gpu-bundle` CMake preset (Ninja, Release,
@@ -60,7 +60,7 @@ usage() {
   cat >&2 <<'EOF'
 usage: tools/gpu-check.sh bundle DIR [--no-build]
        tools/gpu-check.sh run BUNDLE OUTDIR
-       tools/gpu-check.sh sass [OUT.md]
+       tools/gpu-check.sh sass [REPORT.md]
 (see the header of tools/gpu-check.sh)
 EOF
   exit 2
@@ -484,7 +484,7 @@ sanitizer_step() {  # $1: tool
     bounded "$san" --tool "$tool" --error-exitcode 99 --print-limit 20 "$T" --gtest_brief=1 --gtest_filter="$filter"
     echo "--- $tool exit status $?"
   } >"$log" 2>&1
-  cat "$log" >>"$OUT/sanitizer.log"
+  cat "$log" >>"$RESULTS/sanitizer.log"
   local rc
   rc=$(sed -n 's/^--- .* exit status \([0-9]*\)$/\1/p' "$log" | tail -1)
   local ran summary
@@ -570,9 +570,9 @@ step_python() {
   fi
   "$PY" -c "import pytest" >/dev/null 2>&1 || { note "pytest cannot be imported (not installed, no wheel)"; return 77; }
   (cd "$BUNDLE" && bounded env POWERGRAD_LIBRARY="$LIBPG" POWERGRAD_TEST_STRICT=1 \
-    "$PY" -m pytest -q -rs -p no:cacheprovider tests/python) >"$OUT/python.log" 2>&1
+    "$PY" -m pytest -q -rs -p no:cacheprovider tests/python) >"$RESULTS/python.log" 2>&1
   local rc=$?
-  note "$(grep -E '[0-9]+ (passed|failed|error)' "$OUT/python.log" | tail -1 | sed 's/^=* *//; s/ *=*$//')$from"
+  note "$(grep -E '[0-9]+ (passed|failed|error)' "$RESULTS/python.log" | tail -1 | sed 's/^=* *//; s/ *=*$//')$from"
   return $rc
 }
 
@@ -587,7 +587,7 @@ step_compare() {
   # shellcheck disable=SC2206  # word splitting of the user's argument string is intended
   args=(${PG_COMPARE_ARGS:---shapes 8192x32000,8192x128256 --dtypes bfloat16})
   (cd "$BUNDLE" && bounded "$PY" bench/compare_frameworks.py --device cuda \
-    --library "$LIBPG" --json "$OUT/compare.json" "${args[@]}")
+    --library "$LIBPG" --json "$RESULTS/compare.json" "${args[@]}")
   local rc=$?
   note "Liger-Kernel: $liger"
   return $rc
@@ -645,17 +645,17 @@ write_env() {
     echo "shared libraries not found:${missing:- none}"
     echo "--- MANIFEST.txt (head)"
     sed -n '1,/^files/p' "$BUNDLE/MANIFEST.txt" 2>/dev/null | grep -v '^files' || echo "(no MANIFEST.txt)"
-  } >"$OUT/env.txt" 2>&1
+  } >"$RESULTS/env.txt" 2>&1
 }
 
 do_run() {
   [ $# = 2 ] || usage
   BUNDLE=$(cd "$1" 2>/dev/null && pwd) || die "run: no bundle folder $1"
   [ -f "$BUNDLE/MANIFEST.txt" ] || die "run: $BUNDLE is not a bundle (no MANIFEST.txt)"
-  OUT=$(abspath "$2")
-  mkdir -p "$OUT" || die "run: cannot create $OUT"
-  rm -f "$OUT"/summary.md "$OUT"/env.txt "$OUT"/tests.json "$OUT"/bench.json "$OUT"/compare.json \
-    "$OUT"/sanitizer.log "$OUT"/python.log "$OUT"/run.log
+  RESULTS=$(abspath "$2")
+  mkdir -p "$RESULTS" || die "run: cannot create $RESULTS"
+  rm -f "$RESULTS"/summary.md "$RESULTS"/env.txt "$RESULTS"/tests.json "$RESULTS"/bench.json "$RESULTS"/compare.json \
+    "$RESULTS"/sanitizer.log "$RESULTS"/python.log "$RESULTS"/run.log
   WORK=$(mktemp -d "${TMPDIR:-/tmp}/pg-gpu-check.XXXXXX") || die "run: mktemp failed"
   trap 'rm -rf "$WORK"' EXIT
   BUDGET=${PG_BUDGET_S:-330}
@@ -664,11 +664,11 @@ do_run() {
   TEST_JSONS=()
   LIBPG=$(find "$BUNDLE/lib" -maxdepth 1 -name 'libpowergrad.so*' 2>/dev/null | head -1)
   : >"$WORK/steps.tsv"
-  : >"$OUT/run.log"
+  : >"$RESULTS/run.log"
 
   detect_gpu
   write_env
-  say "run: bundle $BUNDLE -> $OUT; GPU: $([ "$HAVE_GPU" = 1 ] && echo yes${GPU_WHY:+ ($GPU_WHY)} || echo "no ($GPU_WHY)")"
+  say "run: bundle $BUNDLE -> $RESULTS; GPU: $([ "$HAVE_GPU" = 1 ] && echo yes${GPU_WHY:+ ($GPU_WHY)} || echo "no ($GPU_WHY)")"
 
   local spec name lim needs fn rc status t0 wanted=",${PG_STEPS:-all},"
   for spec in "${RUN_STEPS[@]}"; do
@@ -685,8 +685,8 @@ do_run() {
       STEP_NOTE="the ${BUDGET}s budget of the run was spent"
     else
       fn="step_${name//-/_}"
-      echo "=== $name (limit ${lim}s, at ${SECONDS}s)" >>"$OUT/run.log"
-      "$fn" >>"$OUT/run.log" 2>&1
+      echo "=== $name (limit ${lim}s, at ${SECONDS}s)" >>"$RESULTS/run.log"
+      "$fn" >>"$RESULTS/run.log" 2>&1
       rc=$?
     fi
     case "$rc" in
@@ -700,22 +700,22 @@ do_run() {
   done
 
   # Merged results (OUTDIR holds summary.md and at most 7 more files).
-  [ ${#TEST_JSONS[@]} -gt 0 ] && python3 "$TOOLS/summarize.py" merge-tests "$OUT/tests.json" "${TEST_JSONS[@]}"
+  [ ${#TEST_JSONS[@]} -gt 0 ] && python3 "$TOOLS/summarize.py" merge-tests "$RESULTS/tests.json" "${TEST_JSONS[@]}"
   local benches=() f
   for f in "$WORK/bench_device.json" "$WORK/bench_bucket.json"; do [ -f "$f" ] && benches+=("$f"); done
-  [ ${#benches[@]} -gt 0 ] && python3 "$TOOLS/summarize.py" merge-bench "$OUT/bench.json" "${benches[@]}"
-  local args=(run-summary --steps "$WORK/steps.tsv" --env "$OUT/env.txt" --manifest "$BUNDLE/MANIFEST.txt")
-  [ -f "$OUT/tests.json" ] && args+=(--tests "$OUT/tests.json")
-  [ -f "$OUT/bench.json" ] && args+=(--bench "$OUT/bench.json")
-  [ -f "$OUT/compare.json" ] && args+=(--compare "$OUT/compare.json")
+  [ ${#benches[@]} -gt 0 ] && python3 "$TOOLS/summarize.py" merge-bench "$RESULTS/bench.json" "${benches[@]}"
+  local args=(run-summary --steps "$WORK/steps.tsv" --env "$RESULTS/env.txt" --manifest "$BUNDLE/MANIFEST.txt")
+  [ -f "$RESULTS/tests.json" ] && args+=(--tests "$RESULTS/tests.json")
+  [ -f "$RESULTS/bench.json" ] && args+=(--bench "$RESULTS/bench.json")
+  [ -f "$RESULTS/compare.json" ] && args+=(--compare "$RESULTS/compare.json")
   for f in "$WORK/bench_host.json" "$WORK/bench_bucket_host.json"; do [ -f "$f" ] && args+=(--host-bench "$f"); done
-  if ! python3 "$TOOLS/summarize.py" "${args[@]}" >"$OUT/summary.md" 2>>"$OUT/run.log"; then
+  if ! python3 "$TOOLS/summarize.py" "${args[@]}" >"$RESULTS/summary.md" 2>>"$RESULTS/run.log"; then
     { echo "# powergrad GPU check"; echo; echo "(tools/summarize.py failed: see run.log)"; echo
-      sed 's/^/    /' "$WORK/steps.tsv"; } >"$OUT/summary.md"
+      sed 's/^/    /' "$WORK/steps.tsv"; } >"$RESULTS/summary.md"
   fi
-  [ -s "$OUT/sanitizer.log" ] || rm -f "$OUT/sanitizer.log"
-  say "run: summary ($OUT/summary.md)"
-  cat "$OUT/summary.md"
+  [ -s "$RESULTS/sanitizer.log" ] || rm -f "$RESULTS/sanitizer.log"
+  say "run: summary ($RESULTS/summary.md)"
+  cat "$RESULTS/summary.md"
   return 0
 }
 
