@@ -409,6 +409,10 @@ std::vector<BadCall> bad_calls() {
                  return pg::bucket_power<F>(p, pg::bucket_plan_bytes(2) - 16, 0.5f, NormPreserve::kNone, kTen, nullptr,
                                             0, f);
                })});
+  v.push_back({"workspace_bytes: bytes inside the plan", Status::kInvalidLayout,
+               op_on(kT, [=](void* p, float*, int32_t*) {
+                 return pg::bucket_workspace_bytes(p, kPlanBuf, reinterpret_cast<size_t*>(static_cast<char*>(p) + 96));
+               })});
   v.push_back({"plan_bytes smaller than a header", Status::kInvalidSize, op_on(kT, [=](void* p, float*, int32_t* f) {
                  return pg::bucket_power<F>(p, 8, 0.5f, NormPreserve::kNone, kTen, nullptr, 0, f);
                })});

@@ -360,6 +360,8 @@ inline Status workspace_bytes(const BucketArgNames& n, const void* plan, size_t 
   POWERGRAD_REQUIRE(bytes != nullptr, Status::kNullPointer, "bytes is null");
   const BucketPlanHeader* h = nullptr;
   POWERGRAD_TRY(check_intact_plan(n, plan, plan_bytes, h));
+  POWERGRAD_REQUIRE(!ranges_overlap(bytes, sizeof(size_t), plan, static_cast<uint64_t>(h->plan_bytes)),
+                    Status::kInvalidLayout, "bytes overlaps the plan");
   *bytes = h->backend == static_cast<int32_t>(Backend::kCuda) ? bucket_workspace_layout(*h).total : 0;
   return Status::kSuccess;
 }

@@ -956,6 +956,7 @@ Expect model_xent(XentOp op, const RawXent& x) {
   const size_t es = (dt == 1 || dt == 2) ? 2 : 4;
   const int64_t rows = p.rows, cols = p.cols;
   e.rule(rows < 0, PG_STATUS_INVALID_SIZE, "rows < 0");
+  e.rule(rows > (int64_t(1) << 59), PG_STATUS_INVALID_SIZE, "rows > 2^59");
   e.rule(cols < 1, PG_STATUS_INVALID_SIZE, "cols < 1");
   e.rule(p.ld < 0, PG_STATUS_INVALID_SIZE, "ld < 0");
   const int64_t ld = p.ld == 0 ? cols : p.ld;
@@ -1162,6 +1163,7 @@ void xent_workspace_query(Reader& r) {
   Expect e;
   e.rule(red < 0 || red > 2, PG_STATUS_INVALID_VALUE, "reduction");
   e.rule(rows < 0, PG_STATUS_INVALID_SIZE, "rows < 0");
+  e.rule(rows > (int64_t(1) << 59), PG_STATUS_INVALID_SIZE, "rows > 2^59");
   e.rule(!bytes, PG_STATUS_NULL_POINTER, "bytes null");
   e.touch(bytes, 8);
   if (e.skip()) return;
@@ -1253,10 +1255,14 @@ Expect model_build(const pg_bucket_desc_t* d, const void* plan, size_t plan_byte
     if (t.numel <= 0) continue;
     e.rule(!t.grad, PG_STATUS_NULL_POINTER, "tensor grad null", false);
     e.rule(t.grad && reinterpret_cast<uintptr_t>(t.grad) % ge != 0, PG_STATUS_INVALID_LAYOUT, "grad misaligned", false);
+    e.rule(static_cast<u128>(reinterpret_cast<uintptr_t>(t.grad)) + static_cast<u128>(t.numel) * ge > UINTPTR_MAX,
+           PG_STATUS_INVALID_LAYOUT, "grad range wraps the address space", false);
     e.write(t.grad, static_cast<u128>(t.numel) * ge);
     if (!rows_mode) continue;
     e.rule(!t.param, PG_STATUS_NULL_POINTER, "tensor param null", false);
     e.rule(t.param && reinterpret_cast<uintptr_t>(t.param) % pe != 0, PG_STATUS_INVALID_LAYOUT, "param misaligned", false);
+    e.rule(static_cast<u128>(reinterpret_cast<uintptr_t>(t.param)) + static_cast<u128>(t.numel) * pe > UINTPTR_MAX,
+           PG_STATUS_INVALID_LAYOUT, "param range wraps the address space", false);
     e.rule(t.rows < 0 || t.rows > t.numel || (t.rows > 0 && t.numel % t.rows != 0), PG_STATUS_INVALID_SIZE,
            "tensor rows does not divide numel", false);
     e.write(t.param, static_cast<u128>(t.numel) * pe);
@@ -1641,7 +1647,9 @@ void raw_from_flat(Reader& r) {
     for (int64_t i = 0; i <= count; ++i) {
       std::memcpy(offs + i, &o, 8);
       const uint8_t b = r.u8();
-      o = b < 240 ? o + b % 40 : o - 1;
+      // Saturating steps: the fuzzer's own arithmetic must not overflow (UBSan watches it too).
+      if (b < 240) o = o > INT64_MAX - 40 ? o : o + b % 40;
+      else o = o == INT64_MIN ? o : o - 1;
     }
   }
   Expect e;
