@@ -2,9 +2,9 @@
 communication hook on gloo) against float64 references and the PyTorch / timm semantics they follow."""
 
 import ctypes
+import datetime
 import math
 import os
-import socket
 
 import pytest
 
@@ -239,12 +239,6 @@ def test_flat_bucket_from_offsets():
 
 # ---- DDP communication hook on gloo, 2 processes ----
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _model(seed=0):
     torch.manual_seed(seed)
     return torch.nn.Sequential(torch.nn.Linear(12, 24), torch.nn.ReLU(), torch.nn.Linear(24, 6))
@@ -255,10 +249,12 @@ def _data(rank):
     return torch.randn(16, 12, generator=g), torch.randint(0, 6, (16,), generator=g)
 
 
-def _ddp_worker(rank, world, port, transform, kwargs, out_path):
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _ddp_worker(rank, world, store_path, transform, kwargs, out_path):
+    # A file store (no port to race for) and gloo on the loopback interface; a rendezvous or
+    # collective that stalls raises after the timeout instead of hanging the test.
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    dist.init_process_group("gloo", init_method="file://" + store_path, rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
     try:
         model = torch.nn.parallel.DistributedDataParallel(_model())
         model.register_comm_hook(PGTCommHookState(transform=transform, **kwargs), pgt_comm_hook)
@@ -280,8 +276,8 @@ def test_ddp_comm_hook_gloo_two_processes(tmp_path, transform, kwargs):
     world = 2
     out = str(tmp_path / "grads.pt")
     ctx = mp.get_context("spawn")
-    port = _free_port()
-    procs = [ctx.Process(target=_ddp_worker, args=(r, world, port, transform, kwargs, out)) for r in range(world)]
+    store = str(tmp_path / "store")
+    procs = [ctx.Process(target=_ddp_worker, args=(r, world, store, transform, kwargs, out)) for r in range(world)]
     for p in procs:
         p.start()
     for p in procs:

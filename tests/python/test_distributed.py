@@ -2,8 +2,9 @@
 unsharded op, mismatched shard metadata (an error on every rank, no hang), a DDP training loop with the
 bucket communication hook, and a global-norm clip across ranks."""
 
+import datetime
 import os
-import socket
+import tempfile
 import traceback
 
 import pytest
@@ -26,12 +27,6 @@ CASES = [dict(alpha=a, ignore_index=ii, label_smoothing=ls, reduction=red)
 LAYOUTS = {2: [(37, 63), (0, 37)], 4: [(30, 0), (0, 30), (75, 25), (30, 45)]}
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def full_problem(seed=5):
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(ROWS, V, generator=g) * 3
@@ -40,16 +35,18 @@ def full_problem(seed=5):
     return z, y
 
 
-def _init(rank, world, port):
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _init(rank, world, store_path):
+    # A file store (no port to race for) and gloo on the loopback interface; a rendezvous or
+    # collective that stalls raises after the timeout instead of hanging the test.
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    dist.init_process_group("gloo", init_method="file://" + store_path, rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
 
 
 def _run_workers(fn, world, *args):
     ctx = mp.get_context("spawn")
-    port = _free_port()
-    procs = [ctx.Process(target=fn, args=(r, world, port) + args) for r in range(world)]
+    store = os.path.join(tempfile.mkdtemp(prefix="powergrad-dist-"), "store")
+    procs = [ctx.Process(target=fn, args=(r, world, store) + args) for r in range(world)]
     for p in procs:
         p.start()
     for p in procs:
@@ -61,8 +58,8 @@ def _run_workers(fn, world, *args):
     assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
 
 
-def _vp_worker(rank, world, port, out_dir):
-    _init(rank, world, port)
+def _vp_worker(rank, world, store_path, out_dir):
+    _init(rank, world, store_path)
     try:
         start, width = LAYOUTS[world][rank]
         z, y = full_problem()
@@ -100,8 +97,8 @@ def test_vocab_parallel_matches_unsharded(tmp_path, world):
             assert torch.equal(per_rank[r][k][0], per_rank[0][k][0])
 
 
-def _mismatch_worker(rank, world, port, out_dir):
-    _init(rank, world, port)
+def _mismatch_worker(rank, world, store_path, out_dir):
+    _init(rank, world, store_path)
     try:
         z, y = full_problem()
         start, width = LAYOUTS[world][rank]
@@ -127,8 +124,8 @@ def test_mismatched_shard_metadata_errors_on_every_rank(tmp_path):
         assert "vocab_size" in msg, msg
 
 
-def _ddp_train_worker(rank, world, port, out_dir):
-    _init(rank, world, port)
+def _ddp_train_worker(rank, world, store_path, out_dir):
+    _init(rank, world, store_path)
     try:
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
