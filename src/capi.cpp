@@ -152,13 +152,14 @@ Status dispatch_bucket(int grad_dtype, const powergrad_capi::BucketCall& c) {
     case PG_DTYPE_FLOAT16: return powergrad_capi::bucket_call_f16(c);
     case PG_DTYPE_BFLOAT16: return powergrad_capi::bucket_call_bf16(c);
   }
-  return fail(Status::kInvalidValue, "grad_dtype (%d) is not a pg_dtype_t value", grad_dtype);
+  return fail(Status::kInvalidValue, "plan is corrupted (gradient dtype %d): rebuild it", grad_dtype);
 }
 
-// The dtypes recorded in a plan (the typed C++ op checks the rest: checksum, units, backend).
+// The dtypes recorded in a plan's header. The typed C++ op checks the rest (size fields, checksum,
+// units, backend), so the plan is hashed once per call.
 Status read_plan_dtypes(const void* plan, size_t plan_bytes, powergrad_capi::BucketCall& c, int& grad_dtype) {
   const powergrad::detail::BucketPlanHeader* h = nullptr;
-  PG_TRY(powergrad::detail::check_intact_plan(powergrad_capi::kBucketCNames, plan, plan_bytes, h));
+  PG_TRY(powergrad::detail::check_plan_header(powergrad_capi::kBucketCNames, plan, plan_bytes, h));
   grad_dtype = h->grad_dtype;
   c.param_dtype = h->param_dtype;
   c.plan = plan;

@@ -58,7 +58,9 @@ inline constexpr BucketArgNames kBucketCppNames = {"backend", "tensors", "count"
 // Whether `plan` (non-null, 16-byte aligned, `plan_bytes` bytes as the caller allocated it) is an
 // intact plan image of this library version. Nothing beyond plan_bytes is read: the recorded size
 // must fit in it before the checksum reads the image (a corrupted count cannot send it further).
-inline Status check_intact_plan(const BucketArgNames& n, const void* plan, size_t plan_bytes,
+// Step 1 (all the C ABI needs to read the plan's dtypes): non-null, aligned, at least a header, and a
+// header of this library version.
+inline Status check_plan_header(const BucketArgNames& n, const void* plan, size_t plan_bytes,
                                 const BucketPlanHeader*& h) {
   POWERGRAD_REQUIRE(plan != nullptr, Status::kNullPointer, "plan is null");
   POWERGRAD_REQUIRE(reinterpret_cast<uintptr_t>(plan) % 16 == 0, Status::kInvalidLayout, "plan must be 16-byte aligned");
@@ -67,6 +69,12 @@ inline Status check_intact_plan(const BucketArgNames& n, const void* plan, size_
   h = static_cast<const BucketPlanHeader*>(plan);
   POWERGRAD_REQUIRE(h->magic == kBucketPlanMagic && h->version == kBucketPlanVersion, Status::kInvalidValue,
                     "plan is not a bucket plan of this library version (build it with %s)", n.plan_build);
+  return Status::kSuccess;
+}
+
+inline Status check_intact_plan(const BucketArgNames& n, const void* plan, size_t plan_bytes,
+                                const BucketPlanHeader*& h) {
+  POWERGRAD_TRY(check_plan_header(n, plan, plan_bytes, h));
   POWERGRAD_REQUIRE(h->n_tensors >= 0 && h->n_tensors <= kBucketMaxTensors &&
                         h->plan_bytes == bucket_plan_bytes_for(h->n_tensors),
                     Status::kInvalidValue, "plan is corrupted (size mismatch): rebuild it");
@@ -101,37 +109,42 @@ inline Status check_bucket_workspace(const BucketArgNames& n, const BucketPlanHe
   return check_workspace_size(ws, ws_bytes, bucket_workspace_layout(h).total, kBucketAlign, n.workspace_query);
 }
 
-// An output (norms, flags) must not overlap a gradient the op rewrites.
+// A buffer the op writes (norms, flags, the workspace) must not overlap a gradient it rewrites.
 inline Status check_not_in_grads(const BucketPlanHeader& h, size_t elem_bytes, const void* p, uint64_t bytes,
                                  const char* name) {
   if (!p) return Status::kSuccess;
   const BucketPlanTensor* ts = plan_tensors(&h);
-  const uint64_t a = reinterpret_cast<uintptr_t>(p);
-  for (int64_t i = 0; i < h.n_tensors; ++i) {
-    const uint64_t g = ts[i].grad, n = static_cast<uint64_t>(ts[i].numel) * elem_bytes;
-    POWERGRAD_REQUIRE(!(a < g + n && g < a + bytes), Status::kInvalidLayout, "%s overlaps the gradient of tensor %lld",
-                     name, as_ll(i));
-  }
+  for (int64_t i = 0; i < h.n_tensors; ++i)
+    POWERGRAD_REQUIRE(!ranges_overlap(p, bytes, reinterpret_cast<const void*>(ts[i].grad),
+                                      static_cast<uint64_t>(ts[i].numel) * elem_bytes),
+                      Status::kInvalidLayout, "%s overlaps the gradient of tensor %lld", name, as_ll(i));
   return Status::kSuccess;
 }
 
-// An output must also stay out of the plan image (the host backend reads it while writing), the
-// workspace and (AGC) the parameters the kernels read meanwhile.
+// ... nor (AGC plans) a parameter the kernels read meanwhile.
 template <class P>
-Status check_output_elsewhere(const BucketPlanHeader& h, const void* p, uint64_t bytes, const void* ws, size_t ws_bytes,
-                              const char* name) {
-  if (!p) return Status::kSuccess;
-  POWERGRAD_REQUIRE(!ranges_overlap(p, bytes, &h, static_cast<uint64_t>(h.plan_bytes)), Status::kInvalidLayout,
-                    "%s overlaps the plan", name);
-  POWERGRAD_REQUIRE(!ws || !ranges_overlap(p, bytes, ws, ws_bytes), Status::kInvalidLayout,
-                   "%s overlaps the workspace", name);
-  if (h.units != static_cast<int32_t>(BucketUnits::kRows)) return Status::kSuccess;
+Status check_not_in_params(const BucketPlanHeader& h, const void* p, uint64_t bytes, const char* name) {
+  if (!p || h.units != static_cast<int32_t>(BucketUnits::kRows)) return Status::kSuccess;
   const BucketPlanTensor* ts = plan_tensors(&h);
   for (int64_t i = 0; i < h.n_tensors; ++i)
     POWERGRAD_REQUIRE(!ranges_overlap(p, bytes, reinterpret_cast<const void*>(ts[i].param),
-                                           static_cast<uint64_t>(ts[i].numel) * sizeof(P)),
-                     Status::kInvalidLayout, "%s overlaps the parameter of tensor %lld", name, as_ll(i));
+                                      static_cast<uint64_t>(ts[i].numel) * sizeof(P)),
+                      Status::kInvalidLayout, "%s overlaps the parameter of tensor %lld", name, as_ll(i));
   return Status::kSuccess;
+}
+
+// An output (norms, flags) must stay out of the gradients, the plan image (the host backend reads it
+// while writing), the workspace and the parameters.
+template <class T, class P>
+Status check_output(const BucketPlanHeader& h, const void* p, uint64_t bytes, const void* ws, size_t ws_bytes,
+                    const char* name) {
+  if (!p) return Status::kSuccess;
+  POWERGRAD_TRY(check_not_in_grads(h, sizeof(T), p, bytes, name));
+  POWERGRAD_REQUIRE(!ranges_overlap(p, bytes, &h, static_cast<uint64_t>(h.plan_bytes)), Status::kInvalidLayout,
+                    "%s overlaps the plan", name);
+  POWERGRAD_REQUIRE(!ws || !ranges_overlap(p, bytes, ws, ws_bytes), Status::kInvalidLayout,
+                    "%s overlaps the workspace", name);
+  return check_not_in_params<P>(h, p, bytes, name);
 }
 
 template <class T, class P>
@@ -154,16 +167,9 @@ Status bucket_prepare(const BucketArgNames& n, const void* plan, size_t plan_byt
   if (h->backend == static_cast<int32_t>(Backend::kCuda)) {
     // The ops write the workspace while they rewrite the gradients and read the parameters.
     POWERGRAD_TRY(check_not_in_grads(*h, sizeof(T), ws, ws_bytes, "workspace"));
-    if (h->units == static_cast<int32_t>(BucketUnits::kRows)) {
-      const BucketPlanTensor* ts = plan_tensors(h);
-      for (int64_t i = 0; i < h->n_tensors; ++i)
-        POWERGRAD_REQUIRE(!ranges_overlap(ws, ws_bytes, reinterpret_cast<const void*>(ts[i].param),
-                                          static_cast<uint64_t>(ts[i].numel) * sizeof(P)),
-                          Status::kInvalidLayout, "workspace overlaps the parameter of tensor %lld", as_ll(i));
-    }
+    POWERGRAD_TRY(check_not_in_params<P>(*h, ws, ws_bytes, "workspace"));
   }
-  POWERGRAD_TRY(check_not_in_grads(*h, sizeof(T), flags, sizeof(int32_t), "flags"));
-  return check_output_elsewhere<P>(*h, flags, sizeof(int32_t), ws, ws_bytes, "flags");
+  return check_output<T, P>(*h, flags, sizeof(int32_t), ws, ws_bytes, "flags");
 }
 
 }  // namespace detail
@@ -429,8 +435,7 @@ Status clip_norm(const BucketArgNames& n, const void* plan, size_t plan_bytes, f
   const BucketPlanHeader* h = nullptr;
   POWERGRAD_TRY((bucket_prepare<T, T>(n, plan, plan_bytes, BucketUnits::kTensor, workspace, workspace_bytes, flags, h)));
   const uint64_t norms_bytes = static_cast<uint64_t>(bucket_groups(*h, scope)) * sizeof(float);
-  POWERGRAD_TRY(check_not_in_grads(*h, sizeof(T), norms, norms_bytes, "norms"));
-  POWERGRAD_TRY(check_output_elsewhere<T>(*h, norms, norms_bytes, workspace, workspace_bytes, "norms"));
+  POWERGRAD_TRY((check_output<T, T>(*h, norms, norms_bytes, workspace, workspace_bytes, "norms")));
   POWERGRAD_REQUIRE(!norms || !flags || !ranges_overlap(norms, norms_bytes, flags, sizeof(int32_t)),
                     Status::kInvalidLayout, "norms overlaps flags");
   BucketJob j;

@@ -109,9 +109,9 @@ inline bool regions_overlap(const Region& a, const Region& b) {
   return ranges_overlap(a.p, a.bytes ? a.bytes : 1, b.p, b.bytes ? b.bytes : 1);
 }
 
-// Every output must be disjoint from every input and from every other output. The one exception,
-// the gradient written in place over the input, is checked by check_grad_output and left out of
-// `outs` against the input (pass skip_input_for = that output's index).
+// Every output must be disjoint from every input and from every other output. The one exception is
+// the gradient written in place over the input (ins[0]): pass its index in `outs` as in_place_out
+// (check_grad_output has checked that it then has the input's ld).
 template <size_t NI, size_t NO>
 Status check_disjoint(const Region (&ins)[NI], const Region (&outs)[NO], int in_place_out = -1) {
   for (size_t o = 0; o < NO; ++o) {
@@ -124,6 +124,14 @@ Status check_disjoint(const Region (&ins)[NI], const Region (&outs)[NO], int in_
       POWERGRAD_REQUIRE(!regions_overlap(outs[o], outs[k]), Status::kInvalidLayout, "%s overlaps %s", outs[o].name,
                         outs[k].name);
   }
+  return Status::kSuccess;
+}
+
+// The PGT exponent: finite, >= 0, and alpha * log2(e) finite (the kernels scale by it).
+inline Status check_alpha(float alpha, const char* name) {
+  POWERGRAD_REQUIRE(std::isfinite(alpha) && alpha >= 0.f && std::isfinite(alpha * math::kLog2e),
+                    Status::kInvalidValue, "%s (%g) must be finite, >= 0 and below FLT_MAX / log2(e)", name,
+                    static_cast<double>(alpha));
   return Status::kSuccess;
 }
 
@@ -153,9 +161,7 @@ Status check_problem(const XentArgNames& n, XentProblem<T, Tg>& p) {
   POWERGRAD_REQUIRE(p.total_cols >= p.cols && p.col_offset <= p.total_cols - p.cols, Status::kInvalidSize,
                     "%s (%lld) is smaller than %s + %s (%lld + %lld)", n.total_cols, as_ll(p.total_cols),
                     n.col_offset, n.cols, as_ll(p.col_offset), as_ll(p.cols));
-  POWERGRAD_REQUIRE(std::isfinite(p.alpha) && p.alpha >= 0.f && std::isfinite(p.alpha * math::kLog2e),
-                    Status::kInvalidValue, "%s (%g) must be finite, >= 0 and below FLT_MAX / log2(e)", n.alpha,
-                    static_cast<double>(p.alpha));
+  POWERGRAD_TRY(check_alpha(p.alpha, n.alpha));
   POWERGRAD_REQUIRE(p.label_smoothing >= 0.f && p.label_smoothing < 1.f, Status::kInvalidValue,
                     "%s (%g) must be in [0, 1)", n.label_smoothing, static_cast<double>(p.label_smoothing));
   POWERGRAD_REQUIRE(p.reduction == Reduction::kNone || p.reduction == Reduction::kMean ||
@@ -301,26 +307,29 @@ Status empty_batch(Backend b, const XentJob<T, Tg>& j, stream_t stream) {
 #endif
 }
 
-// The loss / saved statistics / gradient outputs of forward_backward and shard_apply, checked
-// against the inputs (`extra_in`: the merged statistics of shard_apply) and each other.
+// The buffers of every op but shard_stats: the gradient output (`grad_required`: backward and hook;
+// optional for forward_backward and shard_apply), the upstream, the workspace, and every output
+// (loss, lse, lse_alpha, gradient, bad-target counter, workspace) against every input (logits,
+// targets, upstream values, and the op's own `extra_in`: merged statistics, a saved lse_alpha or
+// the hook's row scales) and against each other.
 template <class T, class Tg>
-Status check_xent_outputs(const XentArgNames& n, XentJob<T, Tg>& j, Backend b, void* ws, size_t ws_bytes,
-                          Region extra_in) {
+Status check_buffers(const XentArgNames& n, XentJob<T, Tg>& j, Backend b, void* ws, size_t ws_bytes,
+                     bool grad_required, const char* grad_name, const char* ld_name, Region extra_in) {
   const XentProblem<T, Tg>& p = j.p;
-  if (j.out.dlogits)
-    POWERGRAD_TRY(check_grad_output(n, p, j.out.dlogits, j.out.ld_dlogits, n.dlogits, n.ld_dlogits));
+  if (j.out.dlogits || grad_required)
+    POWERGRAD_TRY(check_grad_output(n, p, j.out.dlogits, j.out.ld_dlogits, grad_name, ld_name));
   POWERGRAD_TRY(check_upstream(n, j.up));
   POWERGRAD_TRY(check_workspace(n, j, b, ws, ws_bytes));
   const bool none = p.reduction == Reduction::kNone;
   const Region ins[] = {input_region(n, p), targets_region(n, p),
                         floats_region(j.up.values, none ? p.rows : 1, n.upstream_values), extra_in};
-  const Region outs[] = {floats_region(j.out.loss, none ? p.rows : 1, n.loss),
+  const Region outs[] = {{j.out.dlogits, j.out.dlogits ? span_bytes<T>(p.rows, p.cols, j.out.ld_dlogits) : 0, grad_name},
+                         floats_region(j.out.loss, none ? p.rows : 1, n.loss),
                          floats_region(j.out.lse, p.rows, n.lse),
                          floats_region(j.out.lse_alpha, p.rows, n.lse_alpha),
-                         {j.out.dlogits, j.out.dlogits ? span_bytes<T>(p.rows, p.cols, j.out.ld_dlogits) : 0, n.dlogits},
                          bad_count_region(n, p),
                          workspace_region(j, b, ws, ws_bytes)};
-  return check_disjoint(ins, outs, 3);
+  return check_disjoint(ins, outs, 0);
 }
 
 template <class T, class Tg>
@@ -333,7 +342,8 @@ Status forward_backward(const XentArgNames& n, Backend backend, XentProblem<T, T
   j.up = upstream;
   j.out = out;
   init_job(j);
-  POWERGRAD_TRY(check_xent_outputs(n, j, backend, workspace, workspace_bytes, Region{nullptr, 0, ""}));
+  POWERGRAD_TRY(check_buffers(n, j, backend, workspace, workspace_bytes, false, n.dlogits, n.ld_dlogits,
+                              Region{nullptr, 0, ""}));
   if (problem.rows == 0) return empty_batch(backend, j, stream);
   return dispatch<XentMode::kFused>(n, backend, j, workspace, workspace_bytes, stream);
 }
@@ -351,17 +361,8 @@ Status backward(const XentArgNames& n, Backend backend, XentProblem<T, Tg> probl
   j.out.dlogits = dlogits;
   j.out.ld_dlogits = ld_dlogits;
   init_job(j);
-  POWERGRAD_TRY(check_grad_output(n, j.p, j.out.dlogits, j.out.ld_dlogits, n.backward_grad, n.backward_ld));
-  POWERGRAD_TRY(check_upstream(n, upstream));
-  POWERGRAD_TRY(check_workspace(n, j, backend, workspace, workspace_bytes));
-  const XentProblem<T, Tg>& p = j.p;
-  const Region ins[] = {input_region(n, p), targets_region(n, p),
-                        floats_region(upstream.values, p.reduction == Reduction::kNone ? p.rows : 1,
-                                      n.upstream_values),
-                        floats_region(saved_lse_alpha, p.rows, n.saved_lse_alpha)};
-  const Region outs[] = {{dlogits, span_bytes<T>(p.rows, p.cols, j.out.ld_dlogits), n.backward_grad},
-                         bad_count_region(n, p), workspace_region(j, backend, workspace, workspace_bytes)};
-  POWERGRAD_TRY(check_disjoint(ins, outs, 0));
+  POWERGRAD_TRY(check_buffers(n, j, backend, workspace, workspace_bytes, true, n.backward_grad, n.backward_ld,
+                              floats_region(saved_lse_alpha, j.p.rows, n.saved_lse_alpha)));
   if (problem.rows == 0) return Status::kSuccess;
   if (saved_lse_alpha) return dispatch<XentMode::kApplySaved>(n, backend, j, workspace, workspace_bytes, stream);
   return dispatch<XentMode::kFused>(n, backend, j, workspace, workspace_bytes, stream);
@@ -384,11 +385,8 @@ Status hook(const XentArgNames& n, Backend backend, XentProblem<T, Tg> problem, 
   j.out.dlogits = out;
   j.out.ld_dlogits = ld_out;
   init_job(j);
-  POWERGRAD_TRY(check_grad_output(n, j.p, j.out.dlogits, j.out.ld_dlogits, n.hook_out, n.hook_ld));
-  const XentProblem<T, Tg>& p = j.p;
-  const Region ins[] = {input_region(n, p), targets_region(n, p), floats_region(scale.row_scale, p.rows, n.hook_row_scale)};
-  const Region outs[] = {{out, span_bytes<T>(p.rows, p.cols, j.out.ld_dlogits), n.hook_out}, bad_count_region(n, p)};
-  POWERGRAD_TRY(check_disjoint(ins, outs, 0));
+  POWERGRAD_TRY(check_buffers(n, j, backend, nullptr, 0, true, n.hook_out, n.hook_ld,
+                              floats_region(scale.row_scale, j.p.rows, n.hook_row_scale)));
   if (problem.rows == 0) return Status::kSuccess;
   return dispatch<XentMode::kHook>(n, backend, j, nullptr, 0, stream);
 }
@@ -424,8 +422,8 @@ Status shard_apply(const XentArgNames& n, Backend backend, XentProblem<T, Tg> pr
   j.up = upstream;
   j.out = out;
   init_job(j);
-  POWERGRAD_TRY(check_xent_outputs(n, j, backend, workspace, workspace_bytes,
-                                   Region{merged, static_cast<uint64_t>(problem.rows) * sizeof(RowStats), n.merged}));
+  POWERGRAD_TRY(check_buffers(n, j, backend, workspace, workspace_bytes, false, n.dlogits, n.ld_dlogits,
+                              Region{merged, static_cast<uint64_t>(problem.rows) * sizeof(RowStats), n.merged}));
   if (problem.rows == 0) return empty_batch(backend, j, stream);
   return dispatch<XentMode::kApplyMerged>(n, backend, j, workspace, workspace_bytes, stream);
 }
@@ -436,9 +434,7 @@ inline Status merge_stats(Backend backend, const RowStats* parts, int64_t shards
   POWERGRAD_TRY(check_backend(static_cast<int>(backend), "backend"));
   POWERGRAD_REQUIRE(rows >= 0, Status::kInvalidSize, "rows (%lld) is negative", as_ll(rows));
   POWERGRAD_REQUIRE(shards >= 1, Status::kInvalidSize, "shards (%lld) must be >= 1", as_ll(shards));
-  POWERGRAD_REQUIRE(std::isfinite(alpha) && alpha >= 0.f && std::isfinite(alpha * math::kLog2e),
-                    Status::kInvalidValue, "alpha (%g) must be finite, >= 0 and below FLT_MAX / log2(e)",
-                    static_cast<double>(alpha));
+  POWERGRAD_TRY(check_alpha(alpha, "alpha"));
   POWERGRAD_REQUIRE(rows == 0 || shards <= INT64_MAX / static_cast<int64_t>(sizeof(RowStats)) / rows,
                     Status::kInvalidSize, "shards x rows (%lld x %lld) overflows", as_ll(shards), as_ll(rows));
   POWERGRAD_REQUIRE(parts != nullptr, Status::kNullPointer, "parts is null");
