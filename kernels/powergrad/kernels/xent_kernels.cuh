@@ -567,7 +567,7 @@ struct RowBand {
 constexpr int64_t kUnboundedVecs = INT64_MAX;
 
 // Chosen from the configuration sweeps of dev/xent_variants.cu on an H100 (bench/results/
-// 2026-11-26-h100*/variants.txt; times below are run3's, bf16, ms). Overall: occupancy and loads in
+// 2026-11-26-h100/sweeps/{run2,run3,final}.txt; times below are run3's, bf16, ms). Overall: occupancy and loads in
 // flight beat keeping rows in registers at every width, and staging rows in shared memory gained
 // little (the L2 re-read is cheap), so no shipped policy uses shared memory. Columns per band are
 // for bf16 (V = 8 per vector; fp32 has V = 4, so half as many columns).
