@@ -3,16 +3,19 @@
 The shared library is loaded lazily, on the first call that needs it, so that ``import powergrad``
 works (and can report what is missing) without a built library. Search order:
 
-1. ``libpowergrad.so`` next to this package (an installed copy ships it there);
+1. ``libpowergrad.so`` next to this package's ``__init__.py`` (``pip install .`` puts it there);
 2. ``$POWERGRAD_LIBRARY`` (a path to the library file, or to a folder that holds it);
-3. the repository's usual build folders: ``<repo>/build/src``, ``build-host/src``, ``build-gpu/src``,
-   ``build-tests/src`` (``<repo>`` is two folders above this package: ``python/powergrad/..``).
+3. from a checkout only (``<repo>/python/powergrad``), the repository's usual build folders:
+   ``<repo>/build/src``, ``build-host/src``, ``build-gpu/src``, ``build-tests/src``, ``build-tgpu/src``.
+
+``library_candidates`` and ``load_first`` implement that order for any library of the package.
 """
 
 import ctypes
 import enum
 import operator
 import os
+import sys
 import threading
 
 LIBRARY_NAME = "libpowergrad.so"
@@ -289,20 +292,84 @@ class LibraryNotFoundError(ImportError):
     """libpowergrad.so was not found (or could not be loaded) in any of the searched places."""
 
 
-def _repo_root():
-    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# ---- Finding a shared library of the package ---------------------------------------------------------
+# One lookup for every library the package ships (libpowergrad.so here; another binding's library is
+# found the same way, with its own file name and environment variable):
+#   1. next to the package's __init__.py: where `pip install` / `pip wheel` put it (pyproject.toml,
+#      the `if(SKBUILD)` rule in src/CMakeLists.txt); an editable install's package path also lists
+#      the folder the library was installed to;
+#   2. the environment variable (a path to the library file, or to a folder that holds it);
+#   3. when the package is imported from a checkout (python/powergrad below the project's
+#      CMakeLists.txt), the checkout's usual build folders.
+
+
+def _package_dirs():
+    """The folders of this package: the one holding this file, then any other folder on the package's
+    search path (an editable install maps the package onto the sources and the installed files)."""
+    dirs = [os.path.dirname(os.path.abspath(__file__))]
+    package = sys.modules.get(__package__) if __package__ else None
+    for d in getattr(package, "__path__", None) or ():
+        if isinstance(d, str):
+            d = os.path.abspath(d)
+            if d not in dirs:
+                dirs.append(d)
+    return dirs
+
+
+def _checkout_root():
+    """The project's root when this package is imported from a checkout (``<root>/python/powergrad``),
+    else None (an installed package has no build folders next to it)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(os.path.dirname(here))
+    if os.path.basename(os.path.dirname(here)) == "python" and os.path.isfile(os.path.join(root, "CMakeLists.txt")):
+        return root
+    return None
+
+
+def library_candidates(file_name, env_var, build_subdir="src"):
+    """The places searched for the package's shared library ``file_name`` (existing or not), in order:
+    next to the package, ``$env_var`` (a file, or a folder holding ``file_name``), then, from a
+    checkout, ``<root>/<build dir>/<build_subdir>/file_name`` for each of the usual build folders."""
+    paths = [os.path.join(d, file_name) for d in _package_dirs()]
+    env = os.environ.get(env_var)
+    if env:
+        paths.append(os.path.join(env, file_name) if os.path.isdir(env) else env)
+    root = _checkout_root()
+    if root is not None:
+        paths += [os.path.join(root, d, build_subdir, file_name) for d in _BUILD_DIRS]
+    unique = []
+    for p in paths:
+        if p not in unique:
+            unique.append(p)
+    return unique
+
+
+def load_first(paths, file_name, env_var, cmake_target, declare=None):
+    """``(ctypes handle, path)`` of the first of ``paths`` that loads (and that ``declare(handle)``
+    accepts, when given); else LibraryNotFoundError listing every place and why it failed."""
+    tried = []
+    for path in paths:
+        if not os.path.isfile(path):
+            tried.append("%s (not found)" % path)
+            continue
+        try:
+            lib = ctypes.CDLL(path)
+            if declare is not None:
+                declare(lib)
+        except (OSError, AttributeError) as e:
+            tried.append("%s (%s)" % (path, e))
+            continue
+        return lib, os.path.abspath(path)
+    raise LibraryNotFoundError(
+        "powergrad: could not load %s. Install the package (pip install .), build the library "
+        "(cmake -S . -B build && cmake --build build --target %s) or point %s at it. Searched, in "
+        "order: next to the package, $%s, then a checkout's build folders:\n  %s"
+        % (file_name, cmake_target, env_var, env_var, "\n  ".join(tried)))
 
 
 def candidate_paths():
-    """The places searched for the library, in order (existing or not)."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    paths = [os.path.join(here, LIBRARY_NAME)]
-    env = os.environ.get("POWERGRAD_LIBRARY")
-    if env:
-        paths.append(os.path.join(env, LIBRARY_NAME) if os.path.isdir(env) else env)
-    root = _repo_root()
-    paths += [os.path.join(root, d, "src", LIBRARY_NAME) for d in _BUILD_DIRS]
-    return paths
+    """The places searched for libpowergrad.so, in order (existing or not)."""
+    return library_candidates(LIBRARY_NAME, "POWERGRAD_LIBRARY")
 
 
 _lock = threading.Lock()
@@ -367,26 +434,10 @@ def load_library():
     if _lib is not None:
         return _lib
     with _lock:
-        if _lib is not None:
-            return _lib
-        tried = []
-        for path in candidate_paths():
-            if not os.path.isfile(path):
-                tried.append("%s (not found)" % path)
-                continue
-            try:
-                lib = ctypes.CDLL(path)
-                _declare(lib)
-            except (OSError, AttributeError) as e:
-                tried.append("%s (%s)" % (path, e))
-                continue
-            _lib, _lib_path = lib, path
-            return lib
-        raise LibraryNotFoundError(
-            "powergrad: could not load %s. Build it (cmake -S . -B build && cmake --build build "
-            "--target powergrad_shared) or point POWERGRAD_LIBRARY at it. Searched, in order: next to "
-            "the package, $POWERGRAD_LIBRARY, then the repository's build folders:\n  %s"
-            % (LIBRARY_NAME, "\n  ".join(tried)))
+        if _lib is None:
+            _lib, _lib_path = load_first(candidate_paths(), LIBRARY_NAME, "POWERGRAD_LIBRARY", "powergrad_shared",
+                                         _declare)
+        return _lib
 
 
 def library_path():
