@@ -1,6 +1,7 @@
 """pytest setup for the Python binding tests.
 
 * python/ is put on sys.path (no install needed).
+* OMP_NUM_THREADS defaults to 1 (see below).
 * Without libpowergrad.so every test is skipped with the searched places as the reason, unless
   POWERGRAD_TEST_STRICT=1 (README's test command sets it, so CI runs it): then a missing library
   (when the checkout has src/, i.e. the library can be built), NumPy or torch is a failure, so that
@@ -11,6 +12,13 @@ import os
 import sys
 
 import pytest
+
+# One OpenMP thread per process unless the caller chose: PyTorch 2's OpenMP workers busy-wait, so
+# several test processes (gloo workers, the scripts run as subprocesses) on a 2-core machine
+# oversubscribe it and run several times slower (bench/compare_frameworks.py --quick: 130 s instead
+# of 31 s under load). Set before anything imports torch; subprocesses inherit it. The tests check
+# results, never speed.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "python"))
