@@ -307,6 +307,9 @@ do_bundle() {
   # Python package, tests and scripts.
   mkdir -p "$dir/python/powergrad" "$dir/tests/python" "$dir/examples/python" "$dir/bench/results/2026-11-26-h100"
   cp "$ROOT"/python/powergrad/*.py "$dir/python/powergrad/"
+  # The package version, as a wheel build writes it (pyproject.toml): the bundle has no CMakeLists.txt.
+  sed -n 's/^project(powergrad VERSION \([0-9][0-9.]*\).*/__version__ = "\1"/p' "$ROOT/CMakeLists.txt" \
+    >"$dir/python/powergrad/_version.py"
   cp "$ROOT"/tests/python/*.py "$dir/tests/python/"
   cp "$ROOT/bench/compare_frameworks.py" "$ROOT/bench/plot.py" "$dir/bench/"
   # tests/python reads this recorded run (the plot and summary tests).
