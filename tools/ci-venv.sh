@@ -37,6 +37,10 @@ start=$SECONDS
 echo "ci-venv: creating $dir from $requirements" >&2
 rm -rf "$dir"
 "$python" -m venv "$dir"
+pip_pin="$(grep -E '^pip==' "$requirements" || true)"
+if [ -n "$pip_pin" ]; then
+  "$dir/bin/python" -m pip install --disable-pip-version-check -q "$pip_pin"
+fi
 "$dir/bin/python" -m pip install --disable-pip-version-check -q -r "$requirements"
 "$dir/bin/python" -m pip check
 printf '%s\n' "$want" >"$dir/.requirements.sha256"
