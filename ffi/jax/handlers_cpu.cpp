@@ -34,11 +34,6 @@ ffi::Error XentStats(ffi::AnyBuffer z, ffi::AnyBuffer y, float alpha, int64_t ig
 ffi::Error XentMerge(ffi::Buffer<ffi::F32> parts, float alpha, ffi::Result<ffi::Buffer<ffi::F32>> merged) {
   return xent_merge<kB>(nullptr, parts, alpha, merged);
 }
-ffi::Error XentApply(ffi::AnyBuffer z, ffi::AnyBuffer y, ffi::Buffer<ffi::F32> merged, float alpha, int64_t ignore,
-                     float eps, int64_t total, ffi::Result<ffi::Buffer<ffi::F32>> loss,
-                     ffi::Result<ffi::Buffer<ffi::F32>> lse_alpha) {
-  return xent_apply<kB>(nullptr, z, y, merged, {alpha, ignore, eps, total}, loss, lse_alpha);
-}
 ffi::Error ClipNorm(ffi::RemainingArgs args, float max_norm, int64_t scope, ffi::Result<ffi::Buffer<ffi::F32>> norms,
                     ffi::RemainingRets rets) {
   HostEnv env;
@@ -62,7 +57,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(pg_jax_xent_fwd_cpu, pj::XentFwd, PG_JAX_BIND_XENT
 XLA_FFI_DEFINE_HANDLER_SYMBOL(pg_jax_xent_bwd_cpu, pj::XentBwd, PG_JAX_BIND_XENT_BWD(::xla::ffi::Ffi::Bind()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(pg_jax_xent_stats_cpu, pj::XentStats, PG_JAX_BIND_XENT_STATS(::xla::ffi::Ffi::Bind()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(pg_jax_xent_merge_cpu, pj::XentMerge, PG_JAX_BIND_XENT_MERGE(::xla::ffi::Ffi::Bind()));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(pg_jax_xent_apply_cpu, pj::XentApply, PG_JAX_BIND_XENT_APPLY(::xla::ffi::Ffi::Bind()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(pg_jax_clip_norm_cpu, pj::ClipNorm, PG_JAX_BIND_CLIP_NORM(::xla::ffi::Ffi::Bind()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(pg_jax_power_cpu, pj::Power, PG_JAX_BIND_POWER(::xla::ffi::Ffi::Bind()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(pg_jax_agc_cpu, pj::Agc, PG_JAX_BIND_AGC(::xla::ffi::Ffi::Bind()));

@@ -45,11 +45,6 @@ ffi::Error XentStats(cudaStream_t s, ffi::AnyBuffer z, ffi::AnyBuffer y, float a
 ffi::Error XentMerge(cudaStream_t s, ffi::Buffer<ffi::F32> parts, float alpha, ffi::Result<ffi::Buffer<ffi::F32>> merged) {
   return xent_merge<kB>(as_stream(s), parts, alpha, merged);
 }
-ffi::Error XentApply(cudaStream_t s, ffi::AnyBuffer z, ffi::AnyBuffer y, ffi::Buffer<ffi::F32> merged, float alpha,
-                     int64_t ignore, float eps, int64_t total, ffi::Result<ffi::Buffer<ffi::F32>> loss,
-                     ffi::Result<ffi::Buffer<ffi::F32>> lse_alpha) {
-  return xent_apply<kB>(as_stream(s), z, y, merged, {alpha, ignore, eps, total}, loss, lse_alpha);
-}
 ffi::Error ClipNorm(cudaStream_t s, ffi::ScratchAllocator scratch, ffi::RemainingArgs args, float max_norm,
                     int64_t scope, ffi::Result<ffi::Buffer<ffi::F32>> norms, ffi::RemainingRets rets) {
   CudaEnv env{as_stream(s), &scratch};
@@ -76,7 +71,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(pg_jax_xent_fwd_cuda, pj::XentFwd, PG_JAX_BIND_XEN
 XLA_FFI_DEFINE_HANDLER_SYMBOL(pg_jax_xent_bwd_cuda, pj::XentBwd, PG_JAX_BIND_XENT_BWD(PG_JAX_CUDA_BIND));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(pg_jax_xent_stats_cuda, pj::XentStats, PG_JAX_BIND_XENT_STATS(PG_JAX_CUDA_BIND));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(pg_jax_xent_merge_cuda, pj::XentMerge, PG_JAX_BIND_XENT_MERGE(PG_JAX_CUDA_BIND));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(pg_jax_xent_apply_cuda, pj::XentApply, PG_JAX_BIND_XENT_APPLY(PG_JAX_CUDA_BIND));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(pg_jax_clip_norm_cuda, pj::ClipNorm, PG_JAX_BIND_CLIP_NORM(PG_JAX_CUDA_BIND_SCRATCH));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(pg_jax_power_cuda, pj::Power, PG_JAX_BIND_POWER(PG_JAX_CUDA_BIND_SCRATCH));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(pg_jax_agc_cuda, pj::Agc, PG_JAX_BIND_AGC(PG_JAX_CUDA_BIND_SCRATCH));

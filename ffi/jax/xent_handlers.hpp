@@ -11,10 +11,10 @@
 //   pg_jax_xent_bwd     logits, targets, lse_alpha[rows], g[rows] -> dlogits [rows x cols]
 //   pg_jax_xent_stats   logits shard, targets     -> stats[rows x 4]            (RowStats)
 //   pg_jax_xent_merge   parts[shards x rows x 4]  -> merged[rows x 4]
-//   pg_jax_xent_apply   logits shard, targets, merged[rows x 4] -> loss[rows], lse_alpha[rows]
 //
 // Attributes: alpha, ignore_index, label_smoothing, total_cols (0: cols; the vocabulary-parallel
-// form passes the full vocabulary and targets already placed in the shard's coordinates).
+// form passes the full vocabulary and targets already placed in the shard's coordinates). Its loss
+// and lse_alpha come from the merged statistics in JAX (lse = m + log s, docs/design.md §2.3).
 #pragma once
 
 #include <cstdint>
@@ -148,26 +148,6 @@ ffi::Error xent_merge(pg::stream_t stream, ffi::Buffer<ffi::F32> parts, float al
                                        reinterpret_cast<pg::RowStats*>(merged->typed_data()), stream));
 }
 
-template <pg::Backend B>
-ffi::Error xent_apply(pg::stream_t stream, ffi::AnyBuffer logits, ffi::AnyBuffer targets, ffi::Buffer<ffi::F32> merged,
-                      XentAttrs a, ffi::Result<ffi::Buffer<ffi::F32>> loss,
-                      ffi::Result<ffi::Buffer<ffi::F32>> lse_alpha) {
-  return with_float_type(logits.element_type(), "logits", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    return with_problem<T>(logits, targets, a, [&](auto p) {
-      if (auto e = check_count("merged stats", merged.element_count(), 4 * p.rows); e.failure()) return e;
-      if (auto e = check_count("loss", loss->element_count(), p.rows); e.failure()) return e;
-      if (auto e = check_count("lse_alpha", lse_alpha->element_count(), p.rows); e.failure()) return e;
-      pg::XentOutputs<T> out;
-      out.loss = loss->typed_data();
-      out.lse_alpha = lse_alpha->typed_data();
-      return error_of(pg::detail::shard_apply(kXentJaxNames, B, p,
-                                              reinterpret_cast<const pg::RowStats*>(merged.typed_data()),
-                                              pg::Upstream{}, out, nullptr, 0, stream));
-    });
-  });
-}
-
 }  // namespace powergrad_jax
 
 // The bindings, shared by the host and CUDA translation units: BINDER is the opening of the
@@ -185,6 +165,3 @@ ffi::Error xent_apply(pg::stream_t stream, ffi::AnyBuffer logits, ffi::AnyBuffer
       .Ret<::xla::ffi::Buffer<::xla::ffi::F32>>()
 #define PG_JAX_BIND_XENT_MERGE(BINDER)                                                                \
   BINDER.Arg<::xla::ffi::Buffer<::xla::ffi::F32>>().Attr<float>("alpha").Ret<::xla::ffi::Buffer<::xla::ffi::F32>>()
-#define PG_JAX_BIND_XENT_APPLY(BINDER)                                                                \
-  BINDER.Arg<::xla::ffi::AnyBuffer>().Arg<::xla::ffi::AnyBuffer>().Arg<::xla::ffi::Buffer<::xla::ffi::F32>>() \
-      .PG_JAX_XENT_ATTRS.Ret<::xla::ffi::Buffer<::xla::ffi::F32>>().Ret<::xla::ffi::Buffer<::xla::ffi::F32>>()

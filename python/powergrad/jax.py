@@ -30,13 +30,13 @@ import jax
 import jax.numpy as jnp
 
 __all__ = [
-    "cross_entropy", "vocab_parallel_cross_entropy", "clip_by_global_norm", "adaptive_grad_clip",
+    "cross_entropy", "vocab_parallel_cross_entropy", "clip_by_global_norm", "global_norm_and_clip", "adaptive_grad_clip",
     "power_map", "library_path", "has_cuda_handlers", "LIBRARY_NAME",
 ]
 
 LIBRARY_NAME = "libpowergrad_jax.so"
 _BUILD_DIRS = ("build", "build-host", "build-gpu", "build-tests", "build-tgpu")
-_TARGETS = ("xent_fwd", "xent_bwd", "xent_stats", "xent_merge", "xent_apply", "clip_norm", "power", "agc")
+_TARGETS = ("xent_fwd", "xent_bwd", "xent_stats", "xent_merge", "clip_norm", "power", "agc")
 _FLOATS = (jnp.float32, jnp.float16, jnp.bfloat16)
 
 _lock = threading.Lock()
@@ -92,10 +92,28 @@ def has_cuda_handlers():
     return _state["cuda"]
 
 
+def _vma(x):
+    """The mesh axes along which x varies inside shard_map (empty outside, or with check_vma=False)."""
+    aval = jax.typeof(x)
+    mat = getattr(aval, "manual_axis_type", None)  # jax >= 0.9 spells it so; older versions aval.vma
+    return frozenset(mat.varying) if mat is not None else frozenset(getattr(aval, "vma", ()))
+
+
 def _call(target, results, *args, vmap_method=None, aliases=None, **attrs):
     _load()
-    return jax.ffi.ffi_call("powergrad_" + target, results, vmap_method=vmap_method,
-                            input_output_aliases=aliases)(*args, **attrs)
+    out = jax.ffi.ffi_call("powergrad_" + target, results, vmap_method=vmap_method,
+                           input_output_aliases=aliases)(*args, **attrs)
+    # An FFI call's outputs carry no shard_map varying-axes type; every output here depends on every
+    # input, so it varies along the union of the inputs' axes (what check_vma expects of the results
+    # and of a custom_vjp's cotangents).
+    axes = frozenset().union(*(_vma(a) for a in args))
+    if not axes:
+        return out
+
+    def vary(o):
+        missing = tuple(sorted(axes - _vma(o)))
+        return jax.lax.pcast(o, missing, to="varying") if missing else o
+    return [vary(o) for o in out] if isinstance(out, (list, tuple)) else vary(out)
 
 
 # ---- argument checks (messages name the argument; nothing is traced yet) ------------------------
@@ -292,34 +310,49 @@ def _shard_targets(y, dense, ignore_index, shard, cols, total_cols):
     return jnp.where((y == ignore_index) | ~in_range, y, rotated)
 
 
-def _vp_impl(z, y, params, dense, axis_name, total_cols):
+def _vp_impl(z, y, y_global, params, dense, axis_name, total_cols):
     alpha, ignore_index, eps, reduction = params
     rows = z.shape[0]
-    attrs = _attrs(alpha, ignore_index, eps, total_cols)
-    stats = _call("xent_stats", jax.ShapeDtypeStruct((rows, 4), jnp.float32), z, y, **attrs)
-    parts = jax.lax.all_gather(stats, axis_name)           # [shards, rows, 4], in shard order
+    stats = _call("xent_stats", jax.ShapeDtypeStruct((rows, 4), jnp.float32), z, y,
+                  **_attrs(alpha, ignore_index, eps, total_cols))
+    # [shards, rows, 4], in shard order. Under check_vma the gathered statistics are the same on
+    # every shard: gathered as such ('invarying'), so that the loss computed from them is replicated.
+    if axis_name in _vma(stats):
+        parts = jax.lax.all_gather(stats, axis_name, to="invarying")
+    else:
+        parts = jax.lax.all_gather(stats, axis_name)
     merged = _call("xent_merge", jax.ShapeDtypeStruct((rows, 4), jnp.float32), parts, alpha=np.float32(alpha))
-    loss_rows, lse_alpha = _call("xent_apply", (jax.ShapeDtypeStruct((rows,), jnp.float32),) * 2, z, y, merged,
-                                 **attrs)
-    n_valid = _n_valid(y, dense, ignore_index)
+    # From the merged (m, s, sa, t), the same on every shard (docs/design.md §2.3): lse = m + log s,
+    # loss = lse - t (NaN for a row with every column masked), lse_alpha = alpha m + log sa (the
+    # alpha m term dropped at alpha = 0). Computed here, from values every shard holds, so that the
+    # loss is replicated (shard_map's out_specs P() under check_vma) without another collective.
+    m, s_, sa, t = merged[:, 0], merged[:, 1], merged[:, 2], merged[:, 3]
+    loss_rows = jnp.where(m == -jnp.inf, jnp.nan, m + jnp.log(s_) - t)
+    lse_alpha = (0.0 if alpha == 0.0 else alpha * m) + jnp.log(sa)
+    if not dense:
+        loss_rows = jnp.where(y_global == ignore_index, 0.0, loss_rows)
+    n_valid = _n_valid(y_global, dense, ignore_index)
     return _reduce(loss_rows, n_valid, reduction), (lse_alpha, n_valid)
 
 
 def _make_vp(dense):
-    def f(z, y, params, axis_name, total_cols):
-        return _vp_impl(z, y, params, dense, axis_name, total_cols)[0]
+    # y: the targets in the shard's coordinates (what the FFI calls read); y_global: as the caller
+    # gave them (the same on every shard: the ignored-row mask and n_valid come from them).
+    def f(z, y, y_global, params, axis_name, total_cols):
+        return _vp_impl(z, y, y_global, params, dense, axis_name, total_cols)[0]
 
-    def fwd(z, y, params, axis_name, total_cols):
-        loss, (lse_alpha, n_valid) = _vp_impl(z, y, params, dense, axis_name, total_cols)
+    def fwd(z, y, y_global, params, axis_name, total_cols):
+        loss, (lse_alpha, n_valid) = _vp_impl(z, y, y_global, params, dense, axis_name, total_cols)
         return loss, (z, y, lse_alpha, n_valid)
 
     def bwd(params, axis_name, total_cols, res, ct):
         z, y, lse_alpha, n_valid = res
         g = _row_cotangent(ct, n_valid, z.shape[0], params[3])
         dz = _xent_bwd_rows(z, y, lse_alpha, g, params, total_cols)
-        return dz, _target_cotangent(z, y, dense, g, params[2])
+        # Dense targets are passed twice (y is y_global): the cotangent goes to the first.
+        return dz, _target_cotangent(z, y, dense, g, params[2]), None
 
-    f = jax.custom_vjp(f, nondiff_argnums=(2, 3, 4))
+    f = jax.custom_vjp(f, nondiff_argnums=(3, 4, 5))
     f.defvjp(fwd, bwd)
     return f
 
@@ -345,8 +378,8 @@ def vocab_parallel_cross_entropy(logits, targets, axis_name, alpha=1.0, ignore_i
     if not dense and 0 <= params[1] < total:
         raise ValueError("powergrad: ignore_index (%d) must be outside [0, %d) for the vocabulary-parallel form"
                          % (params[1], total))
-    y = _shard_targets(y, dense, params[1], jax.lax.axis_index(axis_name), cols, total)
-    loss = (_vp_dense if dense else _vp_index)(z, y, params, axis_name, total)
+    y_shard = _shard_targets(y, dense, params[1], jax.lax.axis_index(axis_name), cols, total)
+    loss = (_vp_dense if dense else _vp_index)(z, y_shard, y, params, axis_name, total)
     if params[3] == "none":
         loss = loss.reshape(logits.shape[:-1])
     return loss

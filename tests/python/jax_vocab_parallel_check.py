@@ -60,26 +60,57 @@ def run(rows, cols_per_shard, dense, alpha, eps, reduction, dtype):
             return loss, dz
         return jax.value_and_grad(f)(zs)
 
-    sharded = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(None, "v"), t_spec),
-                                    out_specs=(P(), P(None, "v")), check_vma=False))
     put = lambda a, spec: jax.device_put(a, jax.sharding.NamedSharding(mesh, spec))
-    loss, dz = sharded(put(jnp.asarray(z, dtype), P(None, "v")), put(t_in, t_spec))
+    zs, ts = put(jnp.asarray(z, dtype), P(None, "v")), put(t_in, t_spec)
     up = np.arange(1, rows + 1, dtype=np.float64) if reduction == "none" else None
     want_loss, want_grad = reference.xent(z, t, alpha=alpha, label_smoothing=eps, reduction=reduction, upstream=up)
     tag = "%dx%d %s %s alpha=%g eps=%g %s" % (rows, cols, "dense" if dense else "index", reduction, alpha, eps,
                                               jnp.dtype(dtype).name)
     gtol = {jnp.float32: 2e-6, jnp.bfloat16: 1e-2, jnp.float16: 2e-3}[dtype] * max(1.0, np.abs(want_grad).max())
-    check("shard_map loss " + tag, loss, want_loss, 1e-5, 1e-5)
-    check("shard_map grad " + tag, np.asarray(dz.astype(jnp.float32)), want_grad, 0.0, gtol)
+    # The gradient taken inside the mapped function, with and without shard_map's varying-axes check.
+    loss_spec = P()
+    for check_vma in (True, False):
+        sharded = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(None, "v"), t_spec),
+                                        out_specs=(loss_spec, P(None, "v")), check_vma=check_vma))
+        loss, dz = sharded(zs, ts)
+        check("shard_map loss (check_vma=%s) %s" % (check_vma, tag), loss, want_loss, 1e-5, 1e-5)
+        check("shard_map grad (check_vma=%s) %s" % (check_vma, tag), np.asarray(dz.astype(jnp.float32)), want_grad,
+              0.0, gtol)
+    # jax.grad outside shard_map (check_vma=True: the loss is typed replicated).
+    if reduction != "none":
+        outer = jax.jit(jax.grad(jax.shard_map(lambda a, b: pj.vocab_parallel_cross_entropy(a, b, "v", **kw),
+                                               mesh=mesh, in_specs=(P(None, "v"), t_spec), out_specs=P())))
+        check("grad outside shard_map " + tag, np.asarray(outer(zs, ts).astype(jnp.float32)), want_grad, 0.0, gtol)
     # The unsharded op on the same input agrees with the sharded one.
     if reduction != "none":
         l1, g1 = jax.jit(jax.value_and_grad(lambda zz: pj.cross_entropy(zz, t_in, **kw)))(jnp.asarray(z, dtype))
+        loss = float(jax.device_get(loss))
         check("unsharded loss " + tag, loss, float(l1), 1e-5, 1e-6)
         check("unsharded grad " + tag, np.asarray(dz.astype(jnp.float32)), np.asarray(g1.astype(jnp.float32)), 0.0,
               gtol)
 
 
+def run_data_parallel():
+    """cross_entropy on row shards inside shard_map under check_vma=True: the global mean from a psum."""
+    rng = np.random.default_rng(5)
+    z = (rng.standard_normal((4 * 6, 19)) * 2).astype(np.float32)
+    t = rng.integers(0, 19, 4 * 6).astype(np.int32)
+
+    def local(zs, ts):
+        f = lambda a: jax.lax.psum(pj.cross_entropy(a, ts, alpha=0.3, reduction="sum"), "v") / z.shape[0]
+        return jax.value_and_grad(f)(zs)
+
+    step = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P("v"), P("v")), out_specs=(P(), P("v"))))
+    put = lambda a: jax.device_put(a, jax.sharding.NamedSharding(mesh, P("v")))
+    loss, dz = step(put(z), put(t))
+    want_loss, want_grad = reference.xent(z, t, alpha=0.3)
+    check("data-parallel loss (check_vma=True)", float(jax.device_get(loss)), want_loss, 1e-5, 1e-6)
+    # psum's transpose under check_vma hands each shard the cotangent once: the gradient of the mean.
+    check("data-parallel grad (check_vma=True)", np.asarray(dz), want_grad, 0.0, 2e-6)
+
+
 if __name__ == "__main__":
+    run_data_parallel()
     run(13, 7, False, 0.3, 0.0, "mean", jnp.float32)
     run(13, 7, False, 1.0, 0.1, "sum", jnp.float32)
     run(9, 33, False, 0.5, 0.05, "none", jnp.float32)

@@ -388,6 +388,8 @@ def test_bad_cross_entropy_arguments_raise_naming_them():
 
 @pytest.mark.parametrize("bad", [5, -1, 1 << 20])
 def test_out_of_range_targets_on_cpu_raise_naming_targets(bad):
+    if jax.default_backend() != "cpu":
+        pytest.skip("on a GPU an out-of-range class index gives a NaN row instead (docs/design.md §8)")
     z, y = logits_and_targets((4, 5), seed=12, ignore=False)
     y[2] = bad
     for f in (lambda a: pj.cross_entropy(a, y), jax.jit(lambda a: pj.cross_entropy(a, y)),
