@@ -429,3 +429,22 @@ def test_vocab_parallel_rejects_an_ignore_index_inside_the_vocabulary():
     z = jax.device_put(z, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "v")))
     with pytest.raises(ValueError, match="ignore_index"):
         f(z)
+
+
+# ---- the benchmark script runs and checks its own results -----------------------------------------
+
+def test_bench_jax_script_runs_and_its_gradients_match_float64(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, os.path.join(root, "bench", "bench_jax.py"), "--shapes", "64x100,8x3000",
+                        "--repeats", "1", "--check-rows", "8", "--json", str(out), "--library", pj.library_path()],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    import json
+    rows = json.loads(out.read_text())["rows"]
+    assert {(x["impl"], x["alpha"]) for x in rows} == {("optax", 1.0), ("powergrad", 1.0),
+                                                      ("optax-pgt-surrogate", 0.3), ("powergrad", 0.3)}
+    assert len(rows) == 8
+    for x in rows:
+        assert x["grad_rel_err_vs_float64"] < 1e-5 and x["time_s"] > 0 and x["ratio_to_copy"] > 0, x
+    assert "speed-up of powergrad" in r.stdout
