@@ -167,6 +167,20 @@ def test_masked_logits_and_nan_rows():
     assert np.isnan(float(loss))
 
 
+def test_int64_targets_and_float64_logits_under_x64():
+    # int64 class indices reach the handler as int64 (jax_enable_x64); float64 logits are refused.
+    z, y = logits_and_targets((6, 7), seed=14)
+    with jax.enable_x64(True):
+        y64 = jnp.asarray(y.astype(np.int64))
+        assert y64.dtype == jnp.int64
+        loss, g = jax.jit(jax.value_and_grad(lambda a: pj.cross_entropy(a, y64, alpha=0.5)))(z)
+        want_loss, want_grad = reference.xent(z, y, alpha=0.5)
+        assert_close(loss, want_loss, 1e-5, 1e-6, "loss")
+        assert_close(g, want_grad, 0.0, 3e-6, "grad")
+        with pytest.raises(TypeError, match="logits must be float32, float16 or bfloat16, not float64"):
+            pj.cross_entropy(z.astype(np.float64), y64)
+
+
 # ---- against optax at alpha = 1 ------------------------------------------------------------------
 
 @pytest.mark.parametrize("shape", [(64, 10), (2, 16, 257)])
