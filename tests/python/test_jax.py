@@ -167,6 +167,19 @@ def test_masked_logits_and_nan_rows():
     assert np.isnan(float(loss))
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_empty_batch(reduction):
+    z = np.zeros((0, 10), np.float32)
+    y = np.zeros((0,), np.int32)
+    loss, g = jax.value_and_grad(lambda a: jnp.sum(pj.cross_entropy(a, y, reduction=reduction)))(z)
+    assert float(loss) == 0.0 and g.shape == (0, 10)
+    # An empty leaf in a tree: the others are transformed as usual.
+    out, norm = pj.global_norm_and_clip({"a": jnp.zeros((0, 3)), "b": jnp.full(3, 5.0)}, 1.0)
+    assert out["a"].shape == (0, 3)
+    assert_close(norm, np.sqrt(75.0), 1e-6, 0.0, "norm")
+    assert_close(out["b"], np.full(3, 5.0 / (np.sqrt(75.0) + 1e-6)), 1e-6, 0.0, "clipped")
+
+
 def test_int64_targets_and_float64_logits_under_x64():
     # int64 class indices reach the handler as int64 (jax_enable_x64); float64 logits are refused.
     z, y = logits_and_targets((6, 7), seed=14)
