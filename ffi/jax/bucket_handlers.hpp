@@ -26,6 +26,8 @@ namespace powergrad_jax {
 inline constexpr pg::detail::BucketArgNames kBucketJaxNames = {
     "backend", "grads", "the number of leaves", "units", "bucket_plan_build", "bucket_plan_bytes()",
     "bucket_workspace_bytes()"};
+static_assert(sizeof(pg::detail::BucketArgNames) == 7 * sizeof(const char*),
+              "BucketArgNames changed: update kBucketJaxNames");
 
 // A 16-byte aligned host buffer holding one plan image.
 class PlanBuffer {

@@ -35,6 +35,10 @@ inline constexpr pg::detail::XentArgNames kXentJaxNames = {
     "dlogits row stride", "dlogits",                "dlogits row stride", "saved lse_alpha",
     "out",              "out row stride",           "scale",            "row_scale",
     "stats",            "merged stats",             "xent_workspace_bytes()"};
+// One name per field: a field added to XentArgNames must be named here too (a missing initialiser
+// would print "(null)" in a message).
+static_assert(sizeof(pg::detail::XentArgNames) == 31 * sizeof(const char*),
+              "XentArgNames changed: update kXentJaxNames");
 
 struct XentAttrs {
   float alpha;
