@@ -6,7 +6,7 @@
 # appear in the repository (the pattern is spelled with brackets below so that this file does not
 # match itself). Each problem is reported as "path:line: ...".
 #
-# Scanned: README.md, CMakeLists.txt and every file under include/ kernels/ src/ tests/ bench/ tools/
+# Scanned: README.md, CMakeLists.txt and every file under include/ kernels/ src/ ffi/ tests/ bench/ tools/
 # examples/ python/ docs/ cmake/ dev/ .ci/, except build*/, .git/, __pycache__/, binary files and
 # the EXCLUDE paths (default: tests/docs/fixtures, whose files are wrong on purpose).
 cmake_minimum_required(VERSION 3.25)
@@ -43,7 +43,7 @@ foreach(_top IN ITEMS README.md CMakeLists.txt)
     list(APPEND _files "${ROOT}/${_top}")
   endif()
 endforeach()
-foreach(_dir IN ITEMS include kernels src tests bench tools examples python docs cmake dev .ci)
+foreach(_dir IN ITEMS include kernels src ffi tests bench tools examples python docs cmake dev .ci)
   if(IS_DIRECTORY "${ROOT}/${_dir}")
     file(GLOB_RECURSE _found LIST_DIRECTORIES false "${ROOT}/${_dir}/*")
     list(APPEND _files ${_found})
