@@ -16,7 +16,7 @@ jittable and differentiable:
 
 docs/jax.md has the details. The library is looked up, on first use, next to this file, then at
 ``$POWERGRAD_JAX_LIBRARY`` (the file, or a folder holding it), then in the repository's build
-folders (``<repo>/build*/ffi/jax/``).
+folders (``<repo>/<build dir>/ffi/jax/``), as libpowergrad.so is (``powergrad._lib``).
 """
 
 import ctypes
@@ -29,13 +29,14 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
+from . import _lib
+
 __all__ = [
     "cross_entropy", "vocab_parallel_cross_entropy", "clip_by_global_norm", "global_norm_and_clip", "adaptive_grad_clip",
     "power_map", "library_path", "has_cuda_handlers", "LIBRARY_NAME",
 ]
 
 LIBRARY_NAME = "libpowergrad_jax.so"
-_BUILD_DIRS = ("build", "build-host", "build-gpu", "build-tests", "build-tgpu")
 _TARGETS = ("xent_fwd", "xent_bwd", "xent_stats", "xent_merge", "clip_norm", "power", "agc")
 _FLOATS = (jnp.float32, jnp.float16, jnp.bfloat16)
 
@@ -44,15 +45,13 @@ _state = {"lib": None, "path": None, "cuda": False}
 
 
 def candidate_paths():
-    """Where the handler library is looked for, in order."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    out = [os.path.join(here, LIBRARY_NAME)]
-    env = os.environ.get("POWERGRAD_JAX_LIBRARY")
-    if env:
-        out.append(os.path.join(env, LIBRARY_NAME) if os.path.isdir(env) else env)
-    repo = os.path.dirname(os.path.dirname(here))
-    out += [os.path.join(repo, d, "ffi", "jax", LIBRARY_NAME) for d in _BUILD_DIRS]
-    return out
+    """Where the handler library is looked for, in order (the package's common lookup, _lib.py)."""
+    return _lib.library_candidates(LIBRARY_NAME, "POWERGRAD_JAX_LIBRARY", build_subdir=os.path.join("ffi", "jax"))
+
+
+def _declare(lib):
+    for t in _TARGETS:  # an AttributeError here makes load_first try the next candidate
+        getattr(lib, "pg_jax_%s_cpu" % t)
 
 
 def _load():
@@ -62,12 +61,12 @@ def _load():
     with _lock:
         if _state["lib"] is not None:
             return _state["lib"]
-        tried = candidate_paths()
-        path = next((p for p in tried if os.path.isfile(p)), None)
-        if path is None:
-            raise ImportError("powergrad.jax: %s not found (build it with CMake and a Python that has jax, or set "
-                              "POWERGRAD_JAX_LIBRARY); looked in: %s" % (LIBRARY_NAME, ", ".join(tried)))
-        lib = ctypes.CDLL(path)
+        try:
+            lib, path = _lib.load_first(candidate_paths(), LIBRARY_NAME, "POWERGRAD_JAX_LIBRARY", "powergrad_jax",
+                                        _declare)
+        except _lib.LibraryNotFoundError as e:
+            raise ImportError(str(e) + "\n(the JAX handlers are built when CMake finds jaxlib: "
+                              "-DPython3_EXECUTABLE=<python with jax>; docs/jax.md)") from None
         for t in _TARGETS:
             jax.ffi.register_ffi_target("powergrad_" + t, jax.ffi.pycapsule(getattr(lib, "pg_jax_%s_cpu" % t)),
                                         platform="cpu")
