@@ -3,7 +3,8 @@
 # A no-op (no apt, no sudo) when everything is already installed. The CUDA toolkit is not an apt
 # package here: when /usr/local/cuda exists, CMake finds nvcc there (or on PATH).
 #
-#   .ci/deps.sh            the C++ build: cmake, ninja-build, g++, libgtest-dev, libbenchmark-dev
+#   .ci/deps.sh            the C++ build: cmake, ninja-build, g++, libgtest-dev, libbenchmark-dev,
+#                          libopenblas-dev (the host linear cross-entropy)
 #   .ci/deps.sh --fuzz     also clang and libclang-rt-14-dev (libFuzzer), for tools/ci-fuzz.sh
 #   .ci/deps.sh --python   also what the Python binding tests need, for Debian's /usr/bin/python3:
 #                          python3-numpy, python3-pytest, python3-matplotlib (bench/plot.py),
@@ -11,7 +12,7 @@
 #                          about 150 MB of .debs, versus several GB for pip's torch wheels)
 set -euo pipefail
 
-packages=(cmake ninja-build g++ libgtest-dev libbenchmark-dev)
+packages=(cmake ninja-build g++ libgtest-dev libbenchmark-dev libopenblas-dev)
 for arg in "$@"; do
   case "$arg" in
     --python) packages+=(python3 python3-numpy python3-pytest python3-torch python3-matplotlib) ;;
