@@ -472,6 +472,94 @@ Status linear_host_run(const LinearXentProblem<T, Tg>& p, const Upstream& up, co
   return Status::kSuccess;
 }
 
+#if defined(__CUDACC__)
+// The CUDA backend's chunk loop: the same steps as linear_host_run, each a cuBLAS call or a kernel on
+// `stream`; the upstream value of kMean / kSum is computed on the device before the first chunk.
+template <class T, class Tg>
+Status linear_cuda_run(const LinearXentProblem<T, Tg>& p, const Upstream& up, const LinearXentOutputs<T>& o, void* ws,
+                       const LinearXentLayout& l, int64_t chunk, void* blas, stream_t stream) {
+  constexpr bool lp = !std::is_same<T, float>::value;
+  const int64_t V = p.vocab, H = p.hidden_dim;
+  const bool none = p.reduction == Reduction::kNone;
+  const bool need_g = o.dhidden || o.dweight || o.dbias;
+  auto* hdr = at<device::LinearHeader>(ws, l.header);
+  POWERGRAD_TRY(device::cublas_bind(blas, stream, at<void>(ws, l.cublas), kLinearXentCublasWorkspace));
+  if (!none) POWERGRAD_TRY(device::linear_begin(p.targets, p.rows, up, p.reduction == Reduction::kMean, hdr, stream));
+  float* z = at<float>(ws, l.logits);
+  float* dw_acc = nullptr;
+  int64_t ld_dw_acc = 0;
+  bool dw_accumulate_into = o.accumulate_dweight;
+  if (o.dweight) {
+    if (lp && o.dweight_type == GradType::kWeightType) {
+      dw_acc = at<float>(ws, l.dw32);
+      ld_dw_acc = H;
+      dw_accumulate_into = false;
+    } else {
+      dw_acc = static_cast<float*>(o.dweight);
+      ld_dw_acc = o.ld_dweight;
+    }
+    if (p.rows == 0 && !dw_accumulate_into) POWERGRAD_TRY(device::zero_block(dw_acc, V, H, ld_dw_acc, stream));
+  }
+  float* db_acc = o.dbias ? at<float>(ws, l.db32) : nullptr;
+  if (db_acc) POWERGRAD_TRY(device::zero_block(db_acc, 1, V, V, stream));
+  T* g_lp = lp && (o.dhidden || o.dweight) ? at<T>(ws, l.grad_lp) : nullptr;
+  for (int64_t r0 = 0; r0 < p.rows; r0 += chunk) {
+    const int64_t c = p.rows - r0 < chunk ? p.rows - r0 : chunk;
+    const T* hc = p.hidden + r0 * p.ld_hidden;
+    POWERGRAD_TRY(device::fill_bias(p.bias, c, V, z, V, stream));
+    POWERGRAD_TRY((device::gemm_rm<T, float>(blas, false, true, c, V, H, hc, p.ld_hidden, p.weight, p.ld_weight, 1.f, z, V)));
+    float* tconv = nullptr;
+    if constexpr (!target_traits<Tg>::hard && lp) {
+      tconv = at<float>(ws, l.targets);
+      POWERGRAD_TRY(device::convert(p.targets.prob + r0 * p.targets.ld, p.targets.ld, c, V, tconv, V, false, stream));
+    }
+    XentProblem<float, decltype(chunk_targets(p.targets, r0, tconv, V))> xp;
+    xp.logits = z;
+    xp.rows = c;
+    xp.cols = V;
+    xp.ld = V;
+    xp.targets = chunk_targets(p.targets, r0, tconv, V);
+    xp.alpha = p.alpha;
+    xp.label_smoothing = p.label_smoothing;
+    xp.reduction = none ? Reduction::kNone : Reduction::kSum;
+    xp.bad_target_count = p.bad_target_count;
+    XentOutputs<float> xo;
+    xo.loss = none ? (o.loss ? o.loss + r0 : nullptr) : &hdr->chunk_loss;
+    xo.dlogits = need_g ? z : nullptr;
+    const Upstream xu = none ? Upstream{up.scale, up.values ? up.values + r0 : nullptr} : Upstream{1.f, &hdr->g};
+    const size_t xbytes = none ? 0 : xent_workspace_bytes(c, Reduction::kSum);
+    POWERGRAD_TRY(xent_forward_backward(Backend::kCuda, xp, xu, xo, none ? nullptr : at<void>(ws, l.xent), xbytes, stream));
+    if (!none) POWERGRAD_TRY(device::add_chunk_loss(hdr, stream));
+    if (!need_g) continue;
+    const bool first = r0 == 0;
+    const T* g_in = nullptr;
+    if constexpr (lp) {
+      if (g_lp) POWERGRAD_TRY(device::convert(z, V, c, V, g_lp, V, false, stream));
+      g_in = g_lp;
+    } else {
+      g_in = z;
+    }
+    if (o.dhidden)
+      POWERGRAD_TRY((device::gemm_rm<T, T>(blas, false, false, c, H, V, g_in, V, p.weight, p.ld_weight, 0.f,
+                                           o.dhidden + r0 * o.ld_dhidden, o.ld_dhidden)));
+    if (dw_acc)
+      POWERGRAD_TRY((device::gemm_rm<T, float>(blas, true, false, V, H, c, g_in, V, hc, p.ld_hidden,
+                                               (first && !dw_accumulate_into) ? 0.f : 1.f, dw_acc, ld_dw_acc)));
+    if (db_acc) POWERGRAD_TRY(device::column_sums(z, V, c, V, db_acc, stream));
+  }
+  if (o.loss && !none) POWERGRAD_TRY(device::final_loss(hdr, p.reduction == Reduction::kMean, o.loss, stream));
+  if (o.dweight && dw_acc != o.dweight)
+    POWERGRAD_TRY(device::convert(dw_acc, H, V, H, static_cast<T*>(o.dweight), o.ld_dweight, o.accumulate_dweight, stream));
+  if (o.dbias) {
+    if (o.dbias_type == GradType::kFloat32)
+      POWERGRAD_TRY(device::convert(db_acc, V, 1, V, static_cast<float*>(o.dbias), V, o.accumulate_dbias, stream));
+    else
+      POWERGRAD_TRY(device::convert(db_acc, V, 1, V, static_cast<T*>(o.dbias), V, o.accumulate_dbias, stream));
+  }
+  return Status::kSuccess;
+}
+#endif
+
 template <class T, class Tg>
 Status linear_forward_backward(const LinearXentArgNames& n, Backend backend, LinearXentProblem<T, Tg> p,
                                const Upstream& up, LinearXentOutputs<T> o, void* ws, size_t ws_bytes,
@@ -504,7 +592,7 @@ Status linear_forward_backward(const LinearXentArgNames& n, Backend backend, Lin
 #if defined(__CUDACC__)
   POWERGRAD_REQUIRE(blas_handle != nullptr, Status::kNullPointer, "%s is null (the caller's cublasHandle_t)",
                     n.blas_handle);
-  return device::linear_xent_run(p, up, o, ws, l, chunk_rows, blas_handle, stream);
+  return linear_cuda_run(p, up, o, ws, l, chunk_rows, blas_handle, stream);
 #else
   return fail(Status::kNoCudaSupport, "%s is kCuda but this build has no CUDA support", n.backend);
 #endif
