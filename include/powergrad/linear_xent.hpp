@@ -12,7 +12,8 @@
 // Backends: the host backend needs a CBLAS (POWERGRAD_HAS_BLAS; CMake links OpenBLAS into
 // powergrad::powergrad when FindBLAS finds it) and returns kUnsupported without one; the CUDA
 // backend (this header compiled by nvcc) needs cuBLAS (link CUDA::cublas) and the caller's
-// cublasHandle_t (passed as void*), on which the op sets the caller's stream and a workspace slice.
+// cublasHandle_t (passed as void*): the op runs its GEMMs on `stream` through it and gives the
+// handle its previous stream back; the handle's own workspace (cublasSetWorkspace) is used as is.
 //
 // This header is not part of the umbrella powergrad.hpp: only code that uses it needs BLAS.
 #pragma once
@@ -85,9 +86,6 @@ inline constexpr LinearXentArgNames kLinearXentCppNames = {
 
 // BLAS takes int sizes and strides.
 constexpr int64_t kLinearXentMaxDim = INT_MAX;
-// Bytes of the caller's workspace that the CUDA backend hands to cuBLAS (cublasSetWorkspace), so
-// that cuBLAS allocates nothing either, under graph capture included.
-constexpr size_t kLinearXentCublasWorkspace = size_t{16} << 20;
 constexpr size_t kLinearXentAlign = 256;
 
 inline size_t align_up(size_t v) { return (v + kLinearXentAlign - 1) / kLinearXentAlign * kLinearXentAlign; }
@@ -108,7 +106,7 @@ struct LinearXentNeeds {
 
 // The one layout of the workspace (offsets from its start, each 256-byte aligned).
 struct LinearXentLayout {
-  size_t header = 0, cublas = 0, xent = 0, logits = 0, targets = 0, grad_lp = 0, hidden32 = 0, dh32 = 0,
+  size_t header = 0, xent = 0, logits = 0, targets = 0, grad_lp = 0, hidden32 = 0, dh32 = 0,
          weight32 = 0, dw32 = 0, db32 = 0, total = 0;
 };
 
@@ -134,7 +132,6 @@ inline LinearXentLayout linear_xent_layout(const LinearXentNeeds& n, int64_t chu
   const bool any_grad = n.dh || n.dw || n.db;
   if (n.cuda) {
     l.header = take(kLinearXentAlign);
-    l.cublas = take(kLinearXentCublasWorkspace);
     if (n.reduced) l.xent = take(xent_workspace_bytes(chunk, Reduction::kSum));
   }
   l.logits = take(sat_mul(sat_mul(c, v), 4));
@@ -483,7 +480,8 @@ Status linear_cuda_run(const LinearXentProblem<T, Tg>& p, const Upstream& up, co
   const bool none = p.reduction == Reduction::kNone;
   const bool need_g = o.dhidden || o.dweight || o.dbias;
   auto* hdr = at<device::LinearHeader>(ws, l.header);
-  POWERGRAD_TRY(device::cublas_bind(blas, stream, at<void>(ws, l.cublas), kLinearXentCublasWorkspace));
+  device::CublasStreamScope on_stream(blas);
+  POWERGRAD_TRY(on_stream.bind(stream));
   if (!none) POWERGRAD_TRY(device::linear_begin(p.targets, p.rows, up, p.reduction == Reduction::kMean, hdr, stream));
   float* z = at<float>(ws, l.logits);
   float* dw_acc = nullptr;
@@ -662,8 +660,8 @@ template <class T, class Tg>
 
 // Loss and the requested gradients (dhidden, dweight, dbias) of the PGT cross-entropy of
 // z = hidden weight^T + bias. chunk_rows = 0 takes the largest chunk the workspace holds.
-// blas_handle: kCuda only, the caller's cublasHandle_t (the op sets its stream to `stream` and its
-// workspace to a slice of `workspace`; both stay set after the call). kHost: ignored.
+// blas_handle: kCuda only, the caller's cublasHandle_t (the op's GEMMs run on `stream` through it;
+// the handle's previous stream is restored, its workspace is not touched). kHost: ignored.
 template <class T, class Tg>
 [[nodiscard]] Status linear_xent_forward_backward(Backend backend, const LinearXentProblem<T, Tg>& problem,
                                                   const Upstream& upstream, const LinearXentOutputs<T>& out,

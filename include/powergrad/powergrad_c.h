@@ -207,7 +207,8 @@ PG_API pg_status_t pg_bucket_agc(const void* plan, size_t plan_bytes, float clip
  * The classifier GEMM z = hidden weight^T + bias fused with the PGT cross-entropy, in row chunks
  * of a caller-provided workspace, so that the logits [rows x vocab] never exist. Host calls need a
  * library built with a host BLAS (pg_has_host_blas()); CUDA calls need the caller's
- * cublasHandle_t as blas_handle (the call sets its stream and a workspace slice on it). */
+ * cublasHandle_t as blas_handle (its GEMMs run on `stream`; the handle's previous stream is
+ * restored and its workspace left as the caller set it). */
 typedef enum pg_grad_type_t {
   PG_GRAD_WEIGHT_DTYPE = 0,  /* the problem's dtype */
   PG_GRAD_FLOAT32 = 1

@@ -1,8 +1,8 @@
 // powergrad device kernels: the parts of the PGT linear cross-entropy (docs/design.md §2.5) around
 // the row op: the cuBLAS GEMMs (fp32 accumulation, the caller's handle and stream), the bias
 // broadcast, fp32 <-> fp16/bf16 conversions, fixed-order column sums for the bias gradient, the
-// count of valid rows and the chunk-loss sum. No floating-point atomics, no allocation (cuBLAS gets
-// a workspace slice through cublasSetWorkspace), no host synchronisation. The chunk loop is in
+// count of valid rows and the chunk-loss sum. No floating-point atomics, no allocation, no host
+// synchronisation. The chunk loop is in
 // linear_xent.hpp. Needs cuBLAS (link CUDA::cublas).
 #pragma once
 
@@ -48,13 +48,28 @@ inline Status cuda_check(cudaError_t e, const char* what) {
   return Status::kSuccess;
 }
 
-// Binds the caller's handle to the stream and to a workspace slice (so cuBLAS allocates nothing,
-// also under graph capture).
-inline Status cublas_bind(void* handle, stream_t stream, void* ws, size_t ws_bytes) {
-  cublasHandle_t h = static_cast<cublasHandle_t>(handle);
-  POWERGRAD_TRY(cublas_check(cublasSetStream(h, stream), "cublasSetStream"));
-  return cublas_check(cublasSetWorkspace(h, ws, ws_bytes), "cublasSetWorkspace");
-}
+// Runs the op's cuBLAS calls on `stream`: sets the caller's handle to it and gives the handle its
+// previous stream back when the op returns. The handle's workspace is left as the caller set it
+// (cublasSetWorkspace; PyTorch's handles have one), so nothing of the op's workspace outlives the call.
+class CublasStreamScope {
+ public:
+  explicit CublasStreamScope(void* handle) : h_(static_cast<cublasHandle_t>(handle)) {}
+  Status bind(stream_t stream) {
+    POWERGRAD_TRY(cublas_check(cublasGetStream(h_, &prev_), "cublasGetStream"));
+    bound_ = true;
+    return cublas_check(cublasSetStream(h_, stream), "cublasSetStream");
+  }
+  ~CublasStreamScope() {
+    if (bound_) (void)cublasSetStream(h_, prev_);
+  }
+  CublasStreamScope(const CublasStreamScope&) = delete;
+  CublasStreamScope& operator=(const CublasStreamScope&) = delete;
+
+ private:
+  cublasHandle_t h_;
+  cudaStream_t prev_ = nullptr;
+  bool bound_ = false;
+};
 
 // Row-major C[m x n] = op(A) op(B) + beta C with fp32 accumulation (CUBLAS_COMPUTE_32F: no TF32),
 // A and B of type TA, C of type TC. Row-major X is column-major X^T, so this is the column-major
