@@ -219,25 +219,25 @@ def linear_cross_entropy(hidden, weight, target, bias=None, alpha=1.0, ignore_in
     for name, t in (("weight", weight), ("bias", bias), ("target", target)):
         if t is not None and t.device != hidden.device:
             raise ValueError("powergrad linear_cross_entropy: %s is on %s, hidden on %s" % (name, t.device, hidden.device))
-    lead = hidden.shape[:-1]
+    batch_shape = hidden.shape[:-1]
     h2 = _c2d(hidden.reshape(-1, H))
     rows = h2.shape[0]
     if target.is_floating_point():
-        if tuple(target.shape) != tuple(lead) + (V,):
+        if tuple(target.shape) != tuple(batch_shape) + (V,):
             raise ValueError("powergrad linear_cross_entropy: dense target has shape %s, expected %s"
-                             % (tuple(target.shape), tuple(lead) + (V,)))
+                             % (tuple(target.shape), tuple(batch_shape) + (V,)))
         t2 = target.reshape(rows, V)
     else:
-        if tuple(target.shape) != tuple(lead):
+        if tuple(target.shape) != tuple(batch_shape):
             raise ValueError("powergrad linear_cross_entropy: target has shape %s, expected %s"
-                             % (tuple(target.shape), tuple(lead)))
+                             % (tuple(target.shape), tuple(batch_shape)))
         t2 = target.reshape(rows)
     w2 = _c2d(weight)
     b2 = None if bias is None else _c2d(bias)
     loss = _LinearCrossEntropy.apply(h2, w2, b2, t2, alpha, ignore_index, label_smoothing, reduction, fused,
                                      chunk_rows, workspace_bytes)
     if _lib.reduction_of(reduction) == _lib.Reduction.NONE:
-        return loss.reshape(lead)
+        return loss.reshape(batch_shape)
     return loss
 
 

@@ -28,12 +28,12 @@ def _needs_blas():
         pytest.skip("libpowergrad was built without a host BLAS")
 
 
-def make(lead=(3, 5), H=12, V=40, dtype=torch.float32, seed=0, bias=True, ignored=(1, 7)):
+def make(batch_shape=(3, 5), H=12, V=40, dtype=torch.float32, seed=0, bias=True, ignored=(1, 7)):
     g = torch.Generator().manual_seed(seed)
-    h = torch.randn(*lead, H, generator=g).to(dtype)
+    h = torch.randn(*batch_shape, H, generator=g).to(dtype)
     w = (torch.randn(V, H, generator=g) / H ** 0.5).to(dtype)
     b = (torch.randn(V, generator=g) * 0.3).to(dtype) if bias else None
-    y = torch.randint(0, V, lead, generator=g)
+    y = torch.randint(0, V, batch_shape, generator=g)
     flat = y.reshape(-1)
     for i in ignored:
         if i < flat.numel():
@@ -97,7 +97,7 @@ def test_alpha_one_equals_torch_autograd(reduction, bias):
 @pytest.mark.parametrize("alpha", [0.0, 0.3])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_pgt_against_float64_reference(dtype, rtol, alpha, reduction):
-    h, w, b, y = make(lead=(2, 9), H=16, V=77, dtype=dtype, seed=1)
+    h, w, b, y = make(batch_shape=(2, 9), H=16, V=77, dtype=dtype, seed=1)
     loss, hg, wg, bg = run(h, w, b, y, alpha=alpha, reduction=reduction, label_smoothing=0.1, chunk_rows=5)
     go = torch.full(loss.shape, 1.7)
     loss.backward(go)
@@ -109,7 +109,7 @@ def test_pgt_against_float64_reference(dtype, rtol, alpha, reduction):
 
 
 def test_dense_targets_and_fused_false():
-    h, w, b, _ = make(lead=(11,), H=8, V=23, seed=2)
+    h, w, b, _ = make(batch_shape=(11,), H=8, V=23, seed=2)
     q = torch.softmax(torch.randn(11, 23, generator=torch.Generator().manual_seed(9)), dim=1)
     for fused in (True, False):
         loss, hg, wg, bg = run(h, w, b, q, alpha=0.5, reduction="sum", fused=fused, chunk_rows=3)
@@ -122,7 +122,7 @@ def test_dense_targets_and_fused_false():
 
 
 def test_all_ignored_and_empty_batch():
-    h, w, b, y = make(lead=(4,), ignored=range(4))
+    h, w, b, y = make(batch_shape=(4,), ignored=range(4))
     loss, hg, wg, bg = run(h, w, b, y, alpha=0.3)
     loss.backward()
     assert float(loss.detach()) == 0.0
