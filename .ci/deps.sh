@@ -4,7 +4,8 @@
 # environment is complete). The CUDA toolkit is not an apt
 # package here: when /usr/local/cuda exists, CMake finds nvcc there (or on PATH).
 #
-#   .ci/deps.sh            the C++ build: cmake, ninja-build, g++, libgtest-dev, libbenchmark-dev
+#   .ci/deps.sh            the C++ build: cmake, ninja-build, g++, libgtest-dev, libbenchmark-dev,
+#                          libopenblas-dev (the host linear cross-entropy)
 #   .ci/deps.sh --fuzz     also clang and libclang-rt-14-dev (libFuzzer), for tools/ci-fuzz.sh
 #   .ci/deps.sh --python   also the Python tests' environment: python3 and python3-venv from apt,
 #                          then tools/ci-venv.sh creates .venv/ in the checkout from the pinned
@@ -15,7 +16,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-packages=(cmake ninja-build g++ libgtest-dev libbenchmark-dev)
+packages=(cmake ninja-build g++ libgtest-dev libbenchmark-dev libopenblas-dev)
 python_env=0
 for arg in "$@"; do
   case "$arg" in

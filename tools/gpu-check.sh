@@ -78,7 +78,8 @@ say() { printf '\n=== gpu-check %s (%ss)\n' "$*" "$SECONDS"; }
 # The executables a bundle holds, by target name (a missing one is listed in MANIFEST.txt).
 BUNDLE_EXES=(powergrad_tests_device powergrad_capi_device_tests powergrad_tests_host powergrad_capi_tests
   powergrad_capi_c99 powergrad_bench_device powergrad_bench_bucket_device powergrad_bench_host
-  powergrad_bench_bucket_host demo demo_host trainer trainer_host vocab_parallel_nccl xent_c)
+  powergrad_bench_bucket_host demo demo_host trainer trainer_host vocab_parallel_nccl xent_c
+  powergrad_tests_linear_device powergrad_bench_linear_device)
 
 # Shared libraries every Linux system with a GPU driver has; never copied. libcuda and the other
 # driver libraries must come from the GPU machine's driver.
@@ -440,6 +441,8 @@ step_device_tests() { gtest_step powergrad_tests_device tests_device; }
 
 step_capi_device() { gtest_step powergrad_capi_device_tests capi_device; }
 
+step_linear_tests() { gtest_step powergrad_tests_linear_device tests_linear_device; }
+
 # Small shapes (racecheck and initcheck run kernels orders of magnitude slower), yet every kernel
 # mode: fused (edge cases), apply (saved lse_alpha), stats + apply (split form), hook; the bucket
 # kernels (statistics, coefficients, apply; non-finite inputs, many tiny tensors, the stale-plan
@@ -511,6 +514,17 @@ step_bench() {
   [ -x "$B" ] || { note "not in the bundle"; return 77; }
   bounded "$B" --pg_set=quick --benchmark_min_time="${PG_BENCH_MIN_TIME:-0.05}" \
     --benchmark_out="$WORK/bench_device.json" --benchmark_out_format=json
+}
+
+# The linear cross-entropy at the goal shape (bf16 8192 x 4096 x 128256) against three bare cuBLAS
+# GEMMs of the same sizes; one JSON line.
+step_bench_linear() {
+  local B="$BUNDLE/bin/powergrad_bench_linear_device"
+  [ -x "$B" ] || { note "not in the bundle"; return 77; }
+  bounded "$B" 8192 4096 128256 --reps=5 >"$WORK/bench_linear.json"
+  local rc=$?
+  cat "$WORK/bench_linear.json"
+  return $rc
 }
 
 step_bench_bucket() {
@@ -598,7 +612,7 @@ step_compare() {
 
 # name:limit_seconds:needs (gpu|any)
 # The GPU steps come first: when the budget runs short, the host checks are what is cut.
-RUN_STEPS=(device-tests:120:gpu capi-device:60:gpu bench:90:gpu bench-bucket:60:gpu
+RUN_STEPS=(device-tests:120:gpu capi-device:60:gpu linear-tests:90:gpu bench-linear:60:gpu bench:90:gpu bench-bucket:60:gpu
   sanitizer-memcheck:60:gpu sanitizer-racecheck:60:gpu sanitizer-initcheck:45:gpu
   sanitizer-synccheck:45:gpu demo:60:gpu trainer:60:gpu nccl:45:gpu python:150:gpu compare:150:gpu
   host-tests:90:any host-bench:60:any)

@@ -203,6 +203,74 @@ PG_API pg_status_t pg_bucket_clip_norm(const void* plan, size_t plan_bytes, floa
 PG_API pg_status_t pg_bucket_agc(const void* plan, size_t plan_bytes, float clip, float eps, float beta,
                                  pg_norm_preserve_t preserve, void* workspace, size_t workspace_bytes, int32_t* flags, void* stream);
 
+/* ---- PGT linear cross-entropy (docs/design.md §2.5; usage: docs/linear-xent.md) ----
+ * The classifier GEMM z = hidden weight^T + bias fused with the PGT cross-entropy, in row chunks
+ * of a caller-provided workspace, so that the logits [rows x vocab] never exist. Host calls need a
+ * library built with a host BLAS (pg_has_host_blas()); CUDA calls need the caller's
+ * cublasHandle_t as blas_handle (its GEMMs run on `stream`; the handle's previous stream is
+ * restored and its workspace left as the caller set it). */
+typedef enum pg_grad_type_t {
+  PG_GRAD_WEIGHT_DTYPE = 0,  /* the problem's dtype */
+  PG_GRAD_FLOAT32 = 1
+} pg_grad_type_t;
+
+typedef struct pg_linear_xent_problem_t {
+  size_t struct_size;          /* sizeof(pg_linear_xent_problem_t) */
+  pg_device_t device;
+  pg_dtype_t dtype;            /* of hidden, weight, bias, dense targets, dhidden */
+  const void* hidden;          /* [rows x hidden_dim], row stride ld_hidden (0 means hidden_dim) */
+  int64_t rows;
+  int64_t hidden_dim;
+  int64_t ld_hidden;
+  const void* weight;          /* [vocab x weight_dim], row stride ld_weight (0 means hidden_dim) */
+  int64_t vocab;
+  int64_t weight_dim;          /* 0 means hidden_dim; anything else must equal it */
+  int64_t ld_weight;
+  const void* bias;            /* optional, [bias_len] */
+  int64_t bias_len;            /* 0 means vocab; anything else must equal it */
+  pg_target_kind_t target_kind;
+  const void* targets;         /* int32_t* / int64_t* [rows], or dense [rows x vocab] of dtype */
+  int64_t target_ld;           /* dense targets only; 0 means vocab */
+  int64_t ignore_index;
+  float alpha;
+  float label_smoothing;
+  pg_reduction_t reduction;
+  int32_t* bad_target_count;   /* optional, CUDA only */
+} pg_linear_xent_problem_t;
+
+/* Outputs; every pointer optional. dweight / dbias are written (accumulate 0) or added to
+ * (accumulate 1), summed over chunks in fp32 and rounded once to their type. */
+typedef struct pg_linear_xent_outputs_t {
+  size_t struct_size;          /* sizeof(pg_linear_xent_outputs_t) */
+  float* loss;                 /* MEAN/SUM: 1 value; NONE: rows values */
+  void* dhidden;               /* [rows x hidden_dim] of dtype, row stride ld_dhidden (0 means hidden_dim) */
+  int64_t ld_dhidden;
+  void* dweight;               /* [vocab x hidden_dim] of dweight_type, row stride ld_dweight */
+  int64_t ld_dweight;
+  pg_grad_type_t dweight_type;
+  int32_t accumulate_dweight;  /* 0 or 1 */
+  void* dbias;                 /* [vocab] of dbias_type; needs a bias */
+  pg_grad_type_t dbias_type;
+  int32_t accumulate_dbias;    /* 0 or 1 */
+} pg_linear_xent_outputs_t;
+
+/* 1 when this library's host backend has a BLAS (the host linear cross-entropy works), else 0. */
+PG_API int pg_has_host_blas(void);
+/* Workspace bytes with chunks of chunk_rows rows (>= 1). */
+PG_API pg_status_t pg_linear_xent_workspace_bytes(const pg_linear_xent_problem_t* problem,
+                                                  const pg_linear_xent_outputs_t* outputs, int64_t chunk_rows,
+                                                  size_t* bytes);
+/* The largest chunk whose workspace fits in budget bytes. */
+PG_API pg_status_t pg_linear_xent_chunk_rows(const pg_linear_xent_problem_t* problem,
+                                             const pg_linear_xent_outputs_t* outputs, size_t budget,
+                                             int64_t* chunk_rows);
+/* Loss and gradients. chunk_rows 0: the largest chunk the workspace holds. upstream may be NULL. */
+PG_API pg_status_t pg_linear_xent_forward_backward(const pg_linear_xent_problem_t* problem,
+                                                   const pg_upstream_t* upstream,
+                                                   const pg_linear_xent_outputs_t* outputs, void* workspace,
+                                                   size_t workspace_bytes, int64_t chunk_rows, void* blas_handle,
+                                                   void* stream);
+
 #ifdef __cplusplus
 }
 #endif

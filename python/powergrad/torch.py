@@ -894,3 +894,4 @@ def vocab_parallel_cross_entropy(logits, target, vocab_start, vocab_size, alpha=
     return _VocabParallelCrossEntropy.apply(logits, target, vocab_start, vocab_size, float(alpha),
                                             ignore_index, float(label_smoothing), reduction, group,
                                             bool(check))
+from ._torch_linear import linear_cross_entropy, LinearCrossEntropyLoss  # noqa: E402,F401

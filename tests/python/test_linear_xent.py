@@ -1,0 +1,187 @@
+"""powergrad.torch.linear_cross_entropy vs torch autograd of F.cross_entropy(F.linear(h, W, b), y)
+(alpha = 1) and the float64 reference on materialised logits (alpha != 1)."""
+
+import os
+
+import pytest
+
+try:
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    import reference as ref
+except ImportError as e:  # pragma: no cover - depends on the machine
+    if os.environ.get("POWERGRAD_TEST_STRICT") == "1":
+        raise
+    pytest.skip("torch or NumPy cannot be imported (%s): install python3-torch (Debian)" % e,
+                allow_module_level=True)
+
+import powergrad  # noqa: E402
+from powergrad import _lib_linear  # noqa: E402
+from powergrad.torch import LinearCrossEntropyLoss, linear_cross_entropy  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _needs_blas():
+    if not _lib_linear.has_host_blas():
+        pytest.skip("libpowergrad was built without a host BLAS")
+
+
+def make(batch_shape=(3, 5), H=12, V=40, dtype=torch.float32, seed=0, bias=True, ignored=(1, 7)):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(*batch_shape, H, generator=g).to(dtype)
+    w = (torch.randn(V, H, generator=g) / H ** 0.5).to(dtype)
+    b = (torch.randn(V, generator=g) * 0.3).to(dtype) if bias else None
+    y = torch.randint(0, V, batch_shape, generator=g)
+    flat = y.reshape(-1)
+    for i in ignored:
+        if i < flat.numel():
+            flat[i] = -100
+    return h, w, b, y
+
+
+def f64(t):
+    return None if t is None else t.detach().to(torch.float64)
+
+
+def reference(h, w, b, y, alpha, reduction="mean", label_smoothing=0.0, upstream=None):
+    """(loss, dh, dw, db) in float64 from the materialised logits (tests/python/reference.py)."""
+    H, V = h.shape[-1], w.shape[0]
+    hh = f64(h).reshape(-1, H).numpy()
+    ww = f64(w).numpy()
+    z = hh @ ww.T + (0.0 if b is None else f64(b).numpy())
+    yy = y.reshape(-1, V).to(torch.float64).numpy() if y.is_floating_point() else y.reshape(-1).numpy()
+    loss, G = ref.xent(z, yy, alpha=alpha, label_smoothing=label_smoothing, reduction=reduction, upstream=upstream)
+    return loss, (G @ ww).reshape(h.shape), G.T @ hh, G.sum(axis=0)
+
+
+def close(got, want, scale, rtol):
+    got = got.detach().to(torch.float64).numpy() if isinstance(got, torch.Tensor) else np.asarray(got)
+    want = np.asarray(want, np.float64)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale)
+
+
+def run(h, w, b, y, **kw):
+    h = h.clone().requires_grad_(True)
+    w = w.clone().requires_grad_(True)
+    b = None if b is None else b.clone().requires_grad_(True)
+    loss = linear_cross_entropy(h, w, y, bias=b, **kw)
+    return loss, h, w, b
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_alpha_one_equals_torch_autograd(reduction, bias):
+    h, w, b, y = make(bias=bias)
+    loss, hg, wg, bg = run(h, w, b, y, reduction=reduction, chunk_rows=4)
+    go = torch.rand(loss.shape, generator=torch.Generator().manual_seed(3)) + 0.5
+    loss.backward(go)
+    # torch autograd of the materialised form, in float64 (and in float32 for the loss).
+    h2, w2 = f64(h).requires_grad_(True), f64(w).requires_grad_(True)
+    b2 = None if b is None else f64(b).requires_grad_(True)
+    t_loss = F.cross_entropy(F.linear(h2, w2, b2).reshape(-1, w.shape[0]), y.reshape(-1), reduction=reduction)
+    if reduction == "none":
+        t_loss = t_loss.reshape(y.shape)
+    t_loss.backward(go.to(torch.float64))
+    close(loss, t_loss.detach(), 1.0, 2e-5)
+    close(hg.grad, h2.grad, float(h2.grad.abs().max()), 1e-4)
+    close(wg.grad, w2.grad, float(w2.grad.abs().max()), 1e-4)
+    if bias:
+        close(bg.grad, b2.grad, float(b2.grad.abs().max()), 1e-4)
+    assert loss.dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-4), (torch.float16, 4e-3), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("alpha", [0.0, 0.3])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_pgt_against_float64_reference(dtype, rtol, alpha, reduction):
+    h, w, b, y = make(batch_shape=(2, 9), H=16, V=77, dtype=dtype, seed=1)
+    loss, hg, wg, bg = run(h, w, b, y, alpha=alpha, reduction=reduction, label_smoothing=0.1, chunk_rows=5)
+    go = torch.full(loss.shape, 1.7)
+    loss.backward(go)
+    rl, rdh, rdw, rdb = reference(h, w, b, y, alpha, reduction, 0.1, upstream=1.7)
+    close(loss, np.asarray(rl).reshape(loss.shape), 1.0, max(rtol, 1e-5) / 4)
+    for got, want in ((hg.grad, rdh), (wg.grad, rdw), (bg.grad, rdb)):
+        assert got.dtype == dtype
+        close(got, want, float(np.abs(want).max()), rtol)
+
+
+def test_dense_targets_and_fused_false():
+    h, w, b, _ = make(batch_shape=(11,), H=8, V=23, seed=2)
+    q = torch.softmax(torch.randn(11, 23, generator=torch.Generator().manual_seed(9)), dim=1)
+    for fused in (True, False):
+        loss, hg, wg, bg = run(h, w, b, q, alpha=0.5, reduction="sum", fused=fused, chunk_rows=3)
+        (loss * 0.25).backward()
+        rl, rdh, rdw, rdb = reference(h, w, b, q, 0.5, "sum", upstream=0.25)
+        close(loss, rl, 1.0, 1e-5)
+        close(hg.grad, rdh, float(np.abs(rdh).max()), 1e-4)
+        close(wg.grad, rdw, float(np.abs(rdw).max()), 1e-4)
+        close(bg.grad, rdb, float(np.abs(rdb).max()), 1e-4)
+
+
+def test_all_ignored_and_empty_batch():
+    h, w, b, y = make(batch_shape=(4,), ignored=range(4))
+    loss, hg, wg, bg = run(h, w, b, y, alpha=0.3)
+    loss.backward()
+    assert float(loss.detach()) == 0.0
+    assert torch.count_nonzero(hg.grad) == 0 and torch.count_nonzero(wg.grad) == 0 and torch.count_nonzero(bg.grad) == 0
+    h0 = torch.zeros(0, 12, requires_grad=True)
+    w0 = w.clone().requires_grad_(True)
+    l0 = linear_cross_entropy(h0, w0, torch.zeros(0, dtype=torch.long), alpha=0.3)
+    l0.backward()
+    assert float(l0.detach()) == 0.0 and h0.grad.shape == (0, 12) and torch.count_nonzero(w0.grad) == 0
+
+
+def test_tied_embedding_accumulates_into_weight_grad():
+    V, H = 50, 16
+    g = torch.Generator().manual_seed(4)
+    tokens = torch.randint(0, V, (3, 7), generator=g)
+    y = torch.randint(0, V, (3, 7), generator=g)
+    mix = torch.randn(H, H, generator=g) / H ** 0.5
+    w0 = torch.randn(V, H, generator=g) / H ** 0.5
+
+    def model(weight, head):
+        x = F.embedding(tokens, weight)          # input embedding, tied with the head
+        x = torch.tanh(x @ mix)
+        return head(x, weight)
+
+    w = w0.clone().requires_grad_(True)
+    model(w, lambda x, wt: linear_cross_entropy(x, wt, y, alpha=1.0, chunk_rows=5)).backward()
+    wt = w0.to(torch.float64).requires_grad_(True)
+    mix64 = mix.to(torch.float64)
+
+    def model64(weight):
+        x = torch.tanh(F.embedding(tokens, weight) @ mix64)
+        return F.cross_entropy(F.linear(x, weight).reshape(-1, V), y.reshape(-1))
+
+    model64(wt).backward()
+    close(w.grad, wt.grad, float(wt.grad.abs().max()), 1e-4)
+
+
+def test_module_and_bitwise_repeat():
+    h, w, b, y = make(seed=5)
+    m = LinearCrossEntropyLoss(alpha=0.25, reduction="sum", chunk_rows=2)
+    a = m(h, w, y, bias=b)
+    c = m(h, w, y, bias=b)
+    assert torch.equal(a, c)
+    assert "alpha=0.25" in repr(m)
+
+
+def test_bad_arguments_name_the_argument():
+    h, w, b, y = make()
+    with pytest.raises(ValueError, match="weight"):
+        linear_cross_entropy(h, w[:, :-1], y)
+    with pytest.raises(ValueError, match="bias"):
+        linear_cross_entropy(h, w, y, bias=b[:-1])
+    with pytest.raises(TypeError, match="weight"):
+        linear_cross_entropy(h, w.double(), y)
+    with pytest.raises(ValueError, match="target"):
+        linear_cross_entropy(h, w, y[:, :-1])
+    bad = y.clone()
+    bad.view(-1)[0] = w.shape[0]
+    with pytest.raises(powergrad.PowerGradError, match="problem->targets"):
+        linear_cross_entropy(h, w, bad)
+    with pytest.raises(powergrad.PowerGradError, match="problem->alpha"):
+        linear_cross_entropy(h, w, y, alpha=-1.0)
