@@ -79,6 +79,11 @@ typedef struct pg_xent_problem_t {
   int64_t col_offset;          /* split form: these cols are [col_offset, col_offset+cols) of total_cols; 0 */
   int64_t total_cols;          /* 0 means cols (required when col_offset > 0) */
   int32_t* bad_target_count;   /* optional, CUDA only: counts out-of-range class targets (docs/design.md §8) */
+  /* Options (docs/design.md §2.5), appended in 0.2; a struct_size of the 0.1 struct (ending above)
+   * is still accepted, with every option off. */
+  const float* weight;         /* optional class weights of these cols columns (float, same memory), finite, >= 0 */
+  float z_loss_scale;          /* lambda >= 0: adds lambda * lse^2 per row; 0 = off */
+  float softcap;               /* c > 0: logits become c * tanh(z / c); 0 = off */
 } pg_xent_problem_t;
 
 /* g_r = scale * v / (MEAN ? n_valid : 1); v = values[0] (MEAN/SUM) or values[r] (NONE), 1 if NULL. */
@@ -96,11 +101,18 @@ typedef struct pg_xent_outputs_t {
   float* lse_alpha;            /* rows values */
   void* dlogits;               /* dtype; may equal logits (in place, same ld) */
   int64_t ld_dlogits;          /* 0 means the logits' ld */
+  /* Appended in 0.2 (docs/design.md §2.5); the 0.1 struct_size (ending above) is still accepted. */
+  float* z_loss;               /* the z-loss part of loss, reduced as loss */
+  int64_t* argmax;             /* rows values: first column of the row's maximum (global index) */
+  int32_t* correct;            /* rows values, class targets: 1 when argmax equals the target, else 0 */
 } pg_xent_outputs_t;
 
-/* Mergeable per-row statistics of the split form (16 bytes, same layout as powergrad::RowStats). */
+/* Mergeable per-row statistics of the split form (32 bytes, same layout as powergrad::RowStats;
+ * docs/design.md §2.3): max, the two exponential sums, the target dot product, the target mass, the
+ * row's weight in a weighted mean, and the global column of the first maximum. */
 typedef struct pg_row_stats_t {
-  float m, s, sa, t;
+  float m, s, sa, t, a, w;
+  int64_t argmax;
 } pg_row_stats_t;
 
 /* Library version as MAJOR*10000 + MINOR*100 + PATCH. */
