@@ -91,14 +91,14 @@ Status check_reduction(const pg_reduction_t& r, const char* name) {
     if (pg_s_ != Status::kSuccess) return pg_s_;     \
   } while (0)
 
-// A struct of this version, or of 0.1 (which ended before `first_new`): copied into `into` with the
-// fields the caller's struct lacks left zero (every option off).
+// A struct of this layout, or of the first layout (which ended before `first_new`): copied into
+// `into` with the fields the caller's struct lacks left zero (every option off).
 template <class S>
 Status read_struct(const S* in, size_t first_new, S& into, const char* arg, const char* type) {
   const size_t got = in->struct_size;
   if (got != sizeof(S) && got != first_new)
     return fail(Status::kInvalidValue,
-                "%s->struct_size (%zu) is not a size this library knows (sizeof(%s) = %zu, or %zu for version 0.1)",
+                "%s->struct_size (%zu) is not a size this library knows (sizeof(%s) = %zu, or %zu for the layout without options)",
                 arg, got, type, sizeof(S), first_new);
   into = S{};
   std::memcpy(&into, in, got);

@@ -20,7 +20,7 @@ enum class Op { kForwardBackward, kBackward, kHook, kShardStats, kShardApply };
 // One validated C call: enums in range, struct pointers non-null where the op needs them.
 struct Call {
   Op op = Op::kForwardBackward;
-  pg_xent_problem_t problem_value{};          // the caller's problem, options off when it is the 0.1 struct
+  pg_xent_problem_t problem_value{};          // the caller's problem (options off for the first layout)
   const pg_xent_problem_t* problem = nullptr; // &problem_value once read
   pg_upstream_t upstream{sizeof(pg_upstream_t), 1.f, nullptr};  // forward_backward, backward, shard_apply
   pg_xent_outputs_t outputs{sizeof(pg_xent_outputs_t), nullptr, nullptr, nullptr, nullptr, 0,

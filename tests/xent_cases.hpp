@@ -1320,6 +1320,79 @@ inline std::vector<Case> backward_cases() {
 }
 
 // Shard layouts (unequal widths that sum to C), k = 1..4.
+// The options of docs/design.md §2.5, alone and combined (weights + smoothing + z-loss + softcap),
+// over every target kind, reduction and alpha in {0, 0.3, 1}, in place and out of place, with
+// ignored rows, the accuracy outputs, and dense rows whose mass is not 1 (2, 0.5, or all zeros).
+inline std::vector<Case> option_cases() {
+  std::vector<Case> v;
+  const TargetKind tks[] = {TargetKind::kInt32, TargetKind::kInt64, TargetKind::kDense};
+  const Reduction reds[] = {Reduction::kNone, Reduction::kMean, Reduction::kSum};
+  const float alphas[] = {0.f, 0.3f, 1.f};
+  struct Opt {
+    bool w;
+    float zl, cap, eps;
+  };
+  const Opt opts[] = {{true, 0.f, 0.f, 0.f},    {true, 0.f, 0.f, 0.1f}, {false, 1e-2f, 0.f, 0.f},
+                      {false, 0.f, 5.f, 0.f},   {false, 0.f, 0.f, 0.f}, {true, 1e-3f, 3.f, 0.1f},
+                      {true, 0.5f, 30.f, 0.2f}};
+  uint64_t seed = 9000;
+  int i = 0;
+  for (int64_t C : {7, 300, 2100})
+    for (const Opt& o : opts)
+      for (TargetKind tk : tks) {
+        Case c;
+        c.cols = C;
+        c.rows = C > 1000 ? 5 : 9;
+        c.targets = tk;
+        c.red = reds[i % 3];
+        c.alpha = alphas[(i / 3) % 3];
+        c.weights = o.w;
+        c.z_loss = o.zl;
+        c.softcap = o.cap;
+        c.eps = o.eps;
+        c.want_accuracy = (i % 4) != 3;
+        c.in_place = (i % 2) == 1;
+        c.ld_pad = (i % 5 == 2) ? 3 : 0;
+        c.offset = (i % 4) == 1;
+        c.up = static_cast<UpMode>(i % 3);
+        c.ignore_frac = (i % 3 == 1) ? 0.3 : 0.0;
+        c.mask_frac = (i % 7 == 4) ? 0.1 : 0.0;
+        c.logit_scale = (i % 2) ? 4.0 : 12.0;  // large enough for the softcap to bend the logits
+        if (tk == TargetKind::kDense) c.dense_mass = (i % 3 == 0) ? 2.0 : ((i % 3 == 1) ? 0.5 : 1.0);
+        c.seed = seed++;
+        v.push_back(c);
+        ++i;
+      }
+  // Dense rows of zeros (PyTorch: loss 0, gradient 0), with and without options.
+  for (bool w : {false, true}) {
+    Case c;
+    c.cols = 33;
+    c.rows = 3;
+    c.targets = TargetKind::kDense;
+    c.dense_mass = 0.0;
+    c.weights = w;
+    c.red = w ? Reduction::kMean : Reduction::kNone;
+    c.alpha = 0.3f;
+    c.want_accuracy = true;
+    c.seed = seed++;
+    v.push_back(c);
+  }
+  // Weighted mean whose denominator is 0: every row ignored.
+  {
+    Case c;
+    c.cols = 20;
+    c.rows = 4;
+    c.weights = true;
+    c.all_ignored = true;
+    c.red = Reduction::kMean;
+    c.z_loss = 0.1f;
+    c.want_accuracy = true;
+    c.seed = seed++;
+    v.push_back(c);
+  }
+  return v;
+}
+
 inline std::vector<std::vector<int64_t>> shard_layouts(int64_t C) {
   std::vector<std::vector<int64_t>> v;
   v.push_back({C});

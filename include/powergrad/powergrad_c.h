@@ -79,8 +79,8 @@ typedef struct pg_xent_problem_t {
   int64_t col_offset;          /* split form: these cols are [col_offset, col_offset+cols) of total_cols; 0 */
   int64_t total_cols;          /* 0 means cols (required when col_offset > 0) */
   int32_t* bad_target_count;   /* optional, CUDA only: counts out-of-range class targets (docs/design.md §8) */
-  /* Options (docs/design.md §2.5), appended in 0.2; a struct_size of the 0.1 struct (ending above)
-   * is still accepted, with every option off. */
+  /* Options (docs/design.md §2.5), appended to the first layout; a struct_size of the first layout
+   * (ending above) is still accepted, with every option off. */
   const float* weight;         /* optional class weights of these cols columns (float, same memory), finite, >= 0 */
   float z_loss_scale;          /* lambda >= 0: adds lambda * lse^2 per row; 0 = off */
   float softcap;               /* c > 0: logits become c * tanh(z / c); 0 = off */
@@ -101,7 +101,7 @@ typedef struct pg_xent_outputs_t {
   float* lse_alpha;            /* rows values */
   void* dlogits;               /* dtype; may equal logits (in place, same ld) */
   int64_t ld_dlogits;          /* 0 means the logits' ld */
-  /* Appended in 0.2 (docs/design.md §2.5); the 0.1 struct_size (ending above) is still accepted. */
+  /* Appended to the first layout (docs/design.md §2.5), whose struct_size (ending above) is still accepted. */
   float* z_loss;               /* the z-loss part of loss, reduced as loss */
   int64_t* argmax;             /* rows values: first column of the row's maximum (global index) */
   int32_t* correct;            /* rows values, class targets: 1 when argmax equals the target, else 0 */
