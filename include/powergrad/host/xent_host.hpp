@@ -108,10 +108,13 @@ RowStats row_stats(const XentJob<T, Tg>& j, const RowTarget<Tg>& tg, const T* x,
   RowStats total = math::empty_stats();
   for (int64_t c0 = 0; c0 < C; c0 += kChunkCols) {
     const int64_t c1 = c0 + kChunkCols < C ? c0 + kChunkCols : C;
+    // The chunk's values, formed once (a softcap's tanh or the hook's log is not computed twice).
+    float zbuf[kChunkCols];
     float bm = math::neg_inf();
     int64_t bi = c0;
     for (int64_t c = c0; c < c1; ++c) {
       const float z = row_z(j, tg, x, r, c, s_r);
+      zbuf[c - c0] = z;
       if (z > bm) {  // NaN never becomes the max; it reaches the sums instead. The first maximum wins.
         bm = z;
         bi = c;
@@ -121,7 +124,7 @@ RowStats row_stats(const XentJob<T, Tg>& j, const RowTarget<Tg>& tg, const T* x,
     const float ref = math::rescale_to(part, bm, j.k);
     part.argmax = bi + j.p.col_offset;
     for (int64_t c = c0; c < c1; ++c) {
-      const float z = row_z(j, tg, x, r, c, s_r);
+      const float z = zbuf[c - c0];
       math::accumulate(part, z, ref, j.k);
       if (j.mode == XentMode::kHook) continue;
       if constexpr (is_hard<Tg>()) {
@@ -272,12 +275,13 @@ Status xent_run(const powergrad::detail::XentJob<T, Tg>& j) {
     const float zl2 = 2.f * lambda * lse;  // z-loss: the API runs kFused whenever lambda > 0
     for (int64_t c = 0; c < C; ++c) {
       const float z = to_float(x[c]);
-      const float zc = capped ? math::softcapped(z, j.k) : z;
+      float zc = z, slope = 1.f;
+      if (capped) math::softcap_with_slope(z, j.k, zc, slope);
       const float pp = math::pgt_prob(zc, j.k.alpha_log2e, ref, c2);
       float p = 0.f;
       if (lambda != 0.f) p = zc == math::neg_inf() ? 0.f : math::fast_exp2((zc - lse) * math::kLog2e);
       float d = math::option_grad(A, pp, tg.b(j, c), zl2, p);
-      if (capped) d *= math::softcap_slope(z, j.k);
+      if (capped) d *= slope;
       o[c] = from_float<T>(g * d);
     }
   }

@@ -203,6 +203,19 @@ PG_HD float softcap_slope(float z, const XentScalars& k) {
   return z == neg_inf() ? 0.f : 1.f - t * t;
 }
 
+// Both at once, from one tanh: the capped logit and its chain factor (the same values as
+// softcapped() and softcap_slope()).
+PG_HD void softcap_with_slope(float z, const XentScalars& k, float& zc, float& slope) {
+#if defined(__CUDA_ARCH__)
+  const float t = tanhf(z * k.inv_softcap);
+#else
+  const float t = std::tanh(z * k.inv_softcap);
+#endif
+  const bool masked = z == neg_inf();
+  zc = masked ? z : k.softcap * t;
+  slope = masked ? 0.f : 1.f - t * t;
+}
+
 // dL/dzc of one element (docs/design.md §2.5): A p' - b, plus the z-loss term 2 lambda lse p with
 // the ordinary softmax p (zl2 = 2 lambda lse; p is only used when zl2 != 0). Formed in fp32 before
 // the single final rounding, so A p'_y - b_y does not cancel as p'_y -> 1.
