@@ -135,6 +135,13 @@ Status check_disjoint(const Region (&ins)[NI], const Region (&outs)[NO], int in_
   return Status::kSuccess;
 }
 
+// RowStats buffers hold an int64 (argmax): they must be aligned for it.
+inline Status check_stats_aligned(const void* p, const char* name) {
+  POWERGRAD_REQUIRE(reinterpret_cast<uintptr_t>(p) % alignof(RowStats) == 0, Status::kInvalidLayout,
+                    "%s must be %zu-byte aligned (alignof(RowStats))", name, alignof(RowStats));
+  return Status::kSuccess;
+}
+
 // The PGT exponent: finite, >= 0, and alpha * log2(e) finite (the kernels scale by it).
 inline Status check_alpha(float alpha, const char* name) {
   POWERGRAD_REQUIRE(std::isfinite(alpha) && alpha >= 0.f && std::isfinite(alpha * math::kLog2e),
@@ -472,6 +479,7 @@ Status shard_stats(const XentArgNames& n, Backend backend, XentProblem<T, Tg> pr
                    stream_t stream) {
   POWERGRAD_TRY(open_op(n, backend, problem));
   POWERGRAD_REQUIRE(stats != nullptr, Status::kNullPointer, "%s is null", n.stats);
+  POWERGRAD_TRY(check_stats_aligned(stats, n.stats));
   const Region ins[] = {input_region(n, problem), targets_region(n, problem), weight_region(n, problem)};
   const Region outs[] = {{stats, static_cast<uint64_t>(problem.rows) * sizeof(RowStats), n.stats},
                          bad_count_region(n, problem)};
@@ -491,6 +499,7 @@ Status shard_apply(const XentArgNames& n, Backend backend, XentProblem<T, Tg> pr
                    stream_t stream) {
   POWERGRAD_TRY(open_op(n, backend, problem));
   POWERGRAD_REQUIRE(merged != nullptr, Status::kNullPointer, "%s is null", n.merged);
+  POWERGRAD_TRY(check_stats_aligned(merged, n.merged));
   XentJob<T, Tg> j;
   j.p = problem;
   j.mode = XentMode::kApplyMerged;
@@ -516,6 +525,8 @@ inline Status merge_stats(Backend backend, const RowStats* parts, int64_t shards
                     Status::kInvalidSize, "shards x rows (%lld x %lld) overflows", as_ll(shards), as_ll(rows));
   POWERGRAD_REQUIRE(parts != nullptr, Status::kNullPointer, "parts is null");
   POWERGRAD_REQUIRE(merged != nullptr, Status::kNullPointer, "merged is null");
+  POWERGRAD_TRY(check_stats_aligned(parts, "parts"));
+  POWERGRAD_TRY(check_stats_aligned(merged, "merged"));
   const Region ins[] = {{parts, sizeof(RowStats) * static_cast<uint64_t>(shards * rows), "parts"}};
   const Region outs[] = {{merged, sizeof(RowStats) * static_cast<uint64_t>(rows), "merged"}};
   POWERGRAD_TRY(check_disjoint(ins, outs));

@@ -181,6 +181,16 @@ const std::vector<BadCall>& bad_calls() {
          e.out.correct = e.correct.at();
          return e.fb(q);
        }},
+      {"stats misaligned (shard_stats)", PG_STATUS_INVALID_LAYOUT, same, "stats",
+       [](Env& e) {
+         auto* st = reinterpret_cast<pg_row_stats_t*>(reinterpret_cast<unsigned char*>(e.stats.at()) + 4);
+         return pg_xent_shard_stats(&e.p, st, nullptr);
+       }},
+      {"merged misaligned (merge_stats)", PG_STATUS_INVALID_LAYOUT, same, "merged",
+       [](Env& e) {
+         auto* m = reinterpret_cast<pg_row_stats_t*>(reinterpret_cast<unsigned char*>(e.merged.at()) + 4);
+         return pg_xent_merge_stats(PG_DEVICE_HOST, e.stats.at(), 2, kRows - 1, 1.f, m, nullptr);
+       }},
       {"correct over loss", PG_STATUS_INVALID_LAYOUT, same, "outputs->correct",
        [](Env& e) { e.out.correct = reinterpret_cast<int32_t*>(e.loss.at()); return e.fb(e.p); }},
       // enum values out of range

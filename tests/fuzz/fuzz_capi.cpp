@@ -1035,11 +1035,13 @@ Expect model_xent(XentOp op, const RawXent& x) {
   }
   if (op == kStats) {
     e.rule(!x.stats, PG_STATUS_NULL_POINTER, "stats null");
-    outs.push_back({x.stats, static_cast<u128>(nrows) * 16, "stats"});
+    e.rule(x.stats && reinterpret_cast<uintptr_t>(x.stats) % 8 != 0, PG_STATUS_INVALID_LAYOUT, "stats misaligned");
+    outs.push_back({x.stats, static_cast<u128>(nrows) * sizeof(pg_row_stats_t), "stats"});
   }
   if (op == kApply) {
     e.rule(!x.stats, PG_STATUS_NULL_POINTER, "merged null");
-    ins.push_back({x.stats, static_cast<u128>(nrows) * 16, "merged"});
+    e.rule(x.stats && reinterpret_cast<uintptr_t>(x.stats) % 8 != 0, PG_STATUS_INVALID_LAYOUT, "merged misaligned");
+    ins.push_back({x.stats, static_cast<u128>(nrows) * sizeof(pg_row_stats_t), "merged"});
   }
   outs.push_back({p.bad_target_count, 4, "bad_target_count"});
   for (size_t o = 0; o < outs.size(); ++o) {
@@ -1097,7 +1099,7 @@ void allow_xent(XentOp op, const RawXent& x) {
     if (x.out.dlogits) allow_grad(x.out.dlogits, p.rows, p.cols, x.out.ld_dlogits ? x.out.ld_dlogits : ld, es);
   }
   if (op == kBackward || op == kHook) allow_grad(x.grad, p.rows, p.cols, x.ld_grad ? x.ld_grad : ld, es);
-  if (op == kStats) allow(x.stats, static_cast<u128>(p.rows) * 16);
+  if (op == kStats) allow(x.stats, static_cast<u128>(p.rows) * sizeof(pg_row_stats_t));
 }
 
 void raw_xent(Reader& r, XentOp op) {
@@ -1148,21 +1150,24 @@ void raw_merge(Reader& r) {
   e.rule(shards < 1, PG_STATUS_INVALID_SIZE, "shards < 1");
   e.rule(!std::isfinite(alpha) || alpha < 0 || !std::isfinite(alpha * 1.4426950408889634f), PG_STATUS_INVALID_VALUE,
          "alpha");
-  e.rule(rows > 0 && shards > 0 && mul_sat(mul_sat(static_cast<u128>(rows), static_cast<u128>(shards)), 16) > static_cast<u128>(INT64_MAX),
+  constexpr u128 kSB = sizeof(pg_row_stats_t);  // 32 bytes (docs/design.md §2.3)
+  e.rule(rows > 0 && shards > 0 && mul_sat(mul_sat(static_cast<u128>(rows), static_cast<u128>(shards)), kSB) > static_cast<u128>(INT64_MAX),
          PG_STATUS_INVALID_SIZE, "shards x rows overflows");
   e.rule(!parts, PG_STATUS_NULL_POINTER, "parts null");
   e.rule(!merged, PG_STATUS_NULL_POINTER, "merged null");
+  e.rule(parts && reinterpret_cast<uintptr_t>(parts) % 8 != 0, PG_STATUS_INVALID_LAYOUT, "parts misaligned");
+  e.rule(merged && reinterpret_cast<uintptr_t>(merged) % 8 != 0, PG_STATUS_INVALID_LAYOUT, "merged misaligned");
   const u128 nr = rows < 0 ? 0 : static_cast<u128>(rows), ns = shards < 0 ? 0 : static_cast<u128>(shards);
-  e.rule(overlap({parts, mul_sat(mul_sat(nr, ns), 16), ""}, {merged, nr * 16, ""}), PG_STATUS_INVALID_LAYOUT,
+  e.rule(overlap({parts, mul_sat(mul_sat(nr, ns), kSB), ""}, {merged, nr * kSB, ""}), PG_STATUS_INVALID_LAYOUT,
          "merged overlaps parts");
-  e.touch(parts, mul_sat(mul_sat(nr, ns), 16));
-  e.touch(merged, nr * 16);
+  e.touch(parts, mul_sat(mul_sat(nr, ns), kSB));
+  e.touch(merged, nr * kSB);
   if (e.skip()) return;
   pg_device_t d;
   set_enum(d, dev);
   snapshot();
   std::memset(g_mask, 0, sizeof g_mask);
-  allow(merged, nr * 16);
+  allow(merged, nr * kSB);
   note("raw pg_xent_merge_stats dev %d shards %lld rows %lld alpha %g parts %zd merged %zd | must 0x%x: %s\n", dev,
        (long long)shards, (long long)rows, (double)alpha, parts ? (ptrdiff_t)off_of(parts) : -1,
        merged ? (ptrdiff_t)off_of(merged) : -1, e.must, e.why.c_str());
