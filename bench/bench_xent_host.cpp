@@ -86,10 +86,15 @@ double copy_seconds_for(uint64_t n) {
   return it == m.end() ? 0.0 : it->second;
 }
 
+// `options`: class weights + z-loss + softcap + the argmax/correct outputs (docs/design.md §2.5), to
+// compare with the same op without them in the same run.
 template <class T>
-void bm_fused(benchmark::State& state, Shape s, bool in_place) {
+void bm_fused(benchmark::State& state, Shape s, bool in_place, bool options = false) {
   HostData<T> d(s, !in_place);
-  float loss = 0.f;
+  float loss = 0.f, z_loss = 0.f;
+  std::vector<float> weight;
+  std::vector<int64_t> argmax;
+  std::vector<int32_t> correct;
   powergrad::XentProblem<T, Targets> p;
   p.logits = d.logits.data();
   p.rows = s.rows;
@@ -100,6 +105,18 @@ void bm_fused(benchmark::State& state, Shape s, bool in_place) {
   powergrad::XentOutputs<T> o;
   o.loss = &loss;
   o.dlogits = in_place ? d.logits.data() : d.out.data();
+  if (options) {
+    weight.resize(static_cast<size_t>(s.cols));
+    for (int64_t c = 0; c < s.cols; ++c) weight[c] = 0.5f + static_cast<float>(pgbench::mix64(11 + c) % 8) / 8.f;
+    argmax.resize(static_cast<size_t>(s.rows));
+    correct.resize(static_cast<size_t>(s.rows));
+    p.weight = weight.data();
+    p.z_loss_scale = 1e-4f;
+    p.softcap = 30.f;
+    o.z_loss = &z_loss;
+    o.argmax = argmax.data();
+    o.correct = correct.data();
+  }
   const powergrad::Upstream up{};
   Status st = powergrad::xent_forward_backward(Backend::kHost, p, up, o);  // warm-up + validation
   if (st != Status::kSuccess) {
@@ -199,6 +216,11 @@ void register_dtype(Shape s) {
       ->Unit(benchmark::kMillisecond);
   benchmark::RegisterBenchmark(("host/fwd_bwd_out" + tail).c_str(),
                                [s](benchmark::State& st) { bm_fused<T>(st, s, false); })
+      ->UseManualTime()
+      ->Unit(benchmark::kMillisecond);
+  // The same in-place op with weights + z-loss + softcap + accuracy (goal: <= 1.25x the time above).
+  benchmark::RegisterBenchmark(("host/fwd_bwd_inplace_options" + tail).c_str(),
+                               [s](benchmark::State& st) { bm_fused<T>(st, s, true, true); })
       ->UseManualTime()
       ->Unit(benchmark::kMillisecond);
   benchmark::RegisterBenchmark(("host/unfused" + tail).c_str(), [s](benchmark::State& st) { bm_unfused<T>(st, s); })

@@ -91,9 +91,26 @@ Status check_reduction(const pg_reduction_t& r, const char* name) {
     if (pg_s_ != Status::kSuccess) return pg_s_;     \
   } while (0)
 
-Status check_problem(const pg_xent_problem_t* p) {
-  if (!p) return fail(Status::kNullPointer, "problem is null");
-  PG_TRY(check_size(p->struct_size, sizeof(pg_xent_problem_t), "problem", "pg_xent_problem_t"));
+// A struct of this layout, or of the first layout (which ended before `first_new`): copied into
+// `into` with the fields the caller's struct lacks left zero (every option off).
+template <class S>
+Status read_struct(const S* in, size_t first_new, S& into, const char* arg, const char* type) {
+  const size_t got = in->struct_size;
+  if (got != sizeof(S) && got != first_new)
+    return fail(Status::kInvalidValue,
+                "%s->struct_size (%zu) is not a size this library knows (sizeof(%s) = %zu, or %zu for the layout without options)",
+                arg, got, type, sizeof(S), first_new);
+  into = S{};
+  std::memcpy(&into, in, got);
+  into.struct_size = sizeof(S);
+  return Status::kSuccess;
+}
+
+Status check_problem(const pg_xent_problem_t* in, powergrad_capi::Call& c) {
+  if (!in) return fail(Status::kNullPointer, "problem is null");
+  PG_TRY(read_struct(in, offsetof(pg_xent_problem_t, weight), c.problem_value, "problem", "pg_xent_problem_t"));
+  const pg_xent_problem_t* p = &c.problem_value;
+  c.problem = p;
   PG_TRY(check_device(p->device, "problem->device"));
   const int dt = raw(p->dtype);
   if (dt != PG_DTYPE_FLOAT32 && dt != PG_DTYPE_FLOAT16 && dt != PG_DTYPE_BFLOAT16)
@@ -113,9 +130,7 @@ Status read_upstream(const pg_upstream_t* up, powergrad_capi::Call& c) {
 
 Status read_outputs(const pg_xent_outputs_t* out, powergrad_capi::Call& c) {
   if (!out) return fail(Status::kNullPointer, "outputs is null");
-  PG_TRY(check_size(out->struct_size, sizeof(pg_xent_outputs_t), "outputs", "pg_xent_outputs_t"));
-  c.outputs = *out;
-  return Status::kSuccess;
+  return read_struct(out, offsetof(pg_xent_outputs_t, z_loss), c.outputs, "outputs", "pg_xent_outputs_t");
 }
 
 // The dtype switch of the cross-entropy ops (docs/design.md §7); the bucket ops have their own below.
@@ -236,8 +251,7 @@ PG_API pg_status_t pg_xent_forward_backward(const pg_xent_problem_t* problem, co
   return guarded([&] {
     powergrad_capi::Call c;
     c.op = powergrad_capi::Op::kForwardBackward;
-    PG_TRY(check_problem(problem));
-    c.problem = problem;
+    PG_TRY(check_problem(problem, c));
     PG_TRY(read_upstream(upstream, c));
     PG_TRY(read_outputs(outputs, c));
     c.workspace = workspace;
@@ -253,8 +267,7 @@ PG_API pg_status_t pg_xent_backward(const pg_xent_problem_t* problem, const pg_u
   return guarded([&] {
     powergrad_capi::Call c;
     c.op = powergrad_capi::Op::kBackward;
-    PG_TRY(check_problem(problem));
-    c.problem = problem;
+    PG_TRY(check_problem(problem, c));
     PG_TRY(read_upstream(upstream, c));
     c.saved_lse_alpha = saved_lse_alpha;
     c.grad = dlogits;
@@ -271,8 +284,7 @@ PG_API pg_status_t pg_xent_hook(const pg_xent_problem_t* problem, float scale, c
   return guarded([&] {
     powergrad_capi::Call c;
     c.op = powergrad_capi::Op::kHook;
-    PG_TRY(check_problem(problem));
-    c.problem = problem;
+    PG_TRY(check_problem(problem, c));
     c.hook_scale = scale;
     c.row_scale = row_scale;
     c.grad = out;
@@ -286,8 +298,7 @@ PG_API pg_status_t pg_xent_shard_stats(const pg_xent_problem_t* problem, pg_row_
   return guarded([&] {
     powergrad_capi::Call c;
     c.op = powergrad_capi::Op::kShardStats;
-    PG_TRY(check_problem(problem));
-    c.problem = problem;
+    PG_TRY(check_problem(problem, c));
     c.stats = stats;
     c.stream = stream;
     return dispatch_dtype(c);
@@ -308,8 +319,7 @@ PG_API pg_status_t pg_xent_shard_apply(const pg_xent_problem_t* problem, const p
   return guarded([&] {
     powergrad_capi::Call c;
     c.op = powergrad_capi::Op::kShardApply;
-    PG_TRY(check_problem(problem));
-    c.problem = problem;
+    PG_TRY(check_problem(problem, c));
     c.merged = merged;
     PG_TRY(read_upstream(upstream, c));
     PG_TRY(read_outputs(outputs, c));

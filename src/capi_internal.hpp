@@ -20,9 +20,11 @@ enum class Op { kForwardBackward, kBackward, kHook, kShardStats, kShardApply };
 // One validated C call: enums in range, struct pointers non-null where the op needs them.
 struct Call {
   Op op = Op::kForwardBackward;
-  const pg_xent_problem_t* problem = nullptr;
+  pg_xent_problem_t problem_value{};          // the caller's problem (options off for the first layout)
+  const pg_xent_problem_t* problem = nullptr; // &problem_value once read
   pg_upstream_t upstream{sizeof(pg_upstream_t), 1.f, nullptr};  // forward_backward, backward, shard_apply
-  pg_xent_outputs_t outputs{sizeof(pg_xent_outputs_t), nullptr, nullptr, nullptr, nullptr, 0};  // fb, apply
+  pg_xent_outputs_t outputs{sizeof(pg_xent_outputs_t), nullptr, nullptr, nullptr, nullptr, 0,
+                            nullptr, nullptr, nullptr};  // fb, apply
   const float* saved_lse_alpha = nullptr;                    // backward
   void* grad = nullptr;                                      // backward: dlogits; hook: out
   int64_t ld_grad = 0;

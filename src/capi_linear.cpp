@@ -1,5 +1,5 @@
 // powergrad C ABI (docs/design.md §3 layer 5): the exported entry points of the linear
-// cross-entropy (docs/design.md §2.5). As in capi.cpp: clear the thread's last error, check what
+// cross-entropy (docs/design.md §2.6). As in capi.cpp: clear the thread's last error, check what
 // the C++ API cannot see (struct sizes, null struct pointers, enum values read as raw integers, the
 // accumulate flags, a CUDA device in a build without CUDA), switch on the dtype once, map the
 // status; nothing throws across this boundary.

@@ -16,7 +16,9 @@ inline constexpr powergrad::detail::XentArgNames kXentCNames = {
     "outputs->loss",       "outputs->lse",        "outputs->lse_alpha",   "outputs->dlogits",
     "outputs->ld_dlogits", "dlogits",             "ld_dlogits",           "saved_lse_alpha",
     "out",                 "ld_out",              "scale",                "row_scale",
-    "stats",               "merged",              "pg_xent_workspace_bytes()"};
+    "stats",               "merged",              "pg_xent_workspace_bytes()", "problem->weight",
+    "problem->z_loss_scale", "problem->softcap",  "outputs->z_loss",      "outputs->argmax",
+    "outputs->correct"};
 
 inline constexpr powergrad::detail::BucketArgNames kBucketCNames = {
     "desc->device", "desc->tensors", "desc->count", "desc->units", "pg_bucket_plan_build", "pg_bucket_plan_bytes()",

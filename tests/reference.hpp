@@ -1,4 +1,5 @@
-// Independent float64 reference of the PGT cross-entropy contract (docs/design.md §2.1-2.3).
+// Independent float64 reference of the PGT cross-entropy contract (docs/design.md §2.1-2.3, and the
+// options of §2.5: class weights, z-loss, softcapping, token accuracy).
 //
 // This file deliberately shares NO code with the library: it includes no powergrad header and
 // re-derives everything (16-bit decoding, the loss, the gradient, the hook form) from the text of
@@ -103,21 +104,43 @@ struct Problem {
   double up_scale = 1.0;
   bool has_up_values = false;
   std::vector<double> up_values;  // [0] for kMean/kSum, [r] for kNone
+  // Options (docs/design.md §2.5).
+  std::vector<double> w;  // class weights, one per column; empty: no weights
+  double lambda = 0.0;    // z-loss scale
+  double cap = 0.0;       // softcap (0: off)
   // Rows whose class index is neither ignore_index nor in [0, C) (only the CUDA backend accepts
   // them): their loss and gradient are NaN.
 };
 
 struct Result {
   std::vector<double> m, lse, lse_a, loss_row, g, tabs;  // per row; tabs = sum_j |q_j z_j|
+  std::vector<double> mass, zloss_row;                  // per row: A = sum_j q_j, lambda lse^2
+  std::vector<int64_t> argmax;                          // per row: first column of the max
+  std::vector<char> correct;                            // per row: argmax == target (class targets)
   std::vector<double> p, q, grad;                       // rows x cols: p' (PGT probs), target, gradient
+  std::vector<double> psoft, slope;                     // rows x cols: softmax p, d(capped z)/dz
   std::vector<char> ignored, nonfinite, bad;            // per row
   // rows x cols: the element may be NaN instead of grad. A masked class (-inf) of a NaN row: the
   // contract makes both "p' = 0 for a masked class" and "the row's gradient is NaN"; either reading
   // is accepted there (grad holds the masked reading, -g q).
   std::vector<char> nan_ok;
   int64_t n_valid = 0;
-  double loss_reduced = 0.0;
+  double denom = 0.0;  // the kMean divisor: n_valid, the sum of the targets' weights, or rows (dense)
+  double loss_reduced = 0.0, zloss_reduced = 0.0;
 };
+
+// The logit every formula uses: z itself, or with a softcap c the capped c tanh(z / c). A masked
+// logit (-inf) stays masked by the contract.
+inline double capped_logit(const Problem& P, double z) {
+  if (P.cap <= 0.0 || z == -kInf) return z;
+  return P.cap * std::tanh(z / P.cap);
+}
+// d(capped)/dz by the derivative of tanh: 1 - tanh^2; 1 without a cap.
+inline double cap_slope(const Problem& P, double z) {
+  if (P.cap <= 0.0) return 1.0;
+  const double t = std::tanh(z / P.cap);
+  return 1.0 - t * t;
+}
 
 inline Result compute(const Problem& P) {
   const int64_t R = P.rows, C = P.cols;
@@ -128,46 +151,70 @@ inline Result compute(const Problem& P) {
   out.loss_row.assign(R, 0.0);
   out.g.assign(R, 0.0);
   out.tabs.assign(R, 0.0);
+  out.mass.assign(R, 0.0);
+  out.zloss_row.assign(R, 0.0);
+  out.argmax.assign(R, 0);
+  out.correct.assign(R, 0);
   out.p.assign(R * C, 0.0);
   out.q.assign(R * C, 0.0);
   out.grad.assign(R * C, 0.0);
+  out.psoft.assign(R * C, 0.0);
+  out.slope.assign(R * C, 1.0);
   out.ignored.assign(R, 0);
   out.nonfinite.assign(R, 0);
   out.bad.assign(R, 0);
   out.nan_ok.assign(R * C, 0);
+  auto weight = [&](int64_t j) { return P.w.empty() ? 1.0 : P.w[j]; };
 
+  // The mean's divisor: PyTorch divides a weighted class-target loss by the weights of the
+  // targets of the counted rows, a probability-target loss by the batch size.
   for (int64_t r = 0; r < R; ++r) {
     if (!P.dense) {
       const int64_t y = P.y[r];
       out.ignored[r] = (y == P.ignore_index);
       out.bad[r] = !out.ignored[r] && (y < 0 || y >= C);
     }
-    if (!out.ignored[r]) ++out.n_valid;
+    if (!out.ignored[r]) {
+      ++out.n_valid;
+      out.denom += (P.dense || P.w.empty()) ? 1.0 : (out.bad[r] ? 0.0 : weight(P.y[r]));
+    }
   }
 
   for (int64_t r = 0; r < R; ++r) {
-    const double* z = &P.z[r * C];
+    std::vector<double> zc(C);
+    for (int64_t j = 0; j < C; ++j) zc[j] = capped_logit(P, P.z[r * C + j]);
+    const double* z = zc.data();
     double* q = &out.q[r * C];
     double* p = &out.p[r * C];
     double* gr = &out.grad[r * C];
 
-    // Target distribution with label smoothing (PyTorch's convention).
+    // The (weighted) target with label smoothing, as PyTorch weighs it: the one-hot part by the
+    // target's weight, the uniform part (and dense targets) by each column's weight.
+    double A = 0.0;
     for (int64_t j = 0; j < C; ++j) {
       if (P.dense) {
-        q[j] = (1.0 - P.eps) * P.qd[r * C + j] + P.eps / static_cast<double>(C);
+        q[j] = weight(j) * ((1.0 - P.eps) * P.qd[r * C + j] + P.eps / static_cast<double>(C));
       } else {
-        q[j] = ((j == P.y[r]) ? (1.0 - P.eps) : 0.0) + P.eps / static_cast<double>(C);
+        const double wy = out.bad[r] || out.ignored[r] ? 0.0 : weight(P.y[r]);
+        q[j] = ((j == P.y[r]) ? (1.0 - P.eps) * wy : 0.0) + P.eps / static_cast<double>(C) * weight(j);
       }
+      A += q[j];
     }
+    out.mass[r] = A;
 
     bool nonfinite = false;
     double m = -kInf;
-    int64_t n_unmasked = 0;
+    int64_t n_unmasked = 0, first_max = 0;
     for (int64_t j = 0; j < C; ++j) {
       if (std::isnan(z[j]) || z[j] == kInf) nonfinite = true;
       if (z[j] != -kInf) ++n_unmasked;
-      if (z[j] > m) m = z[j];
+      if (z[j] > m) {
+        m = z[j];
+        first_max = j;
+      }
     }
+    out.argmax[r] = first_max;
+    out.correct[r] = !P.dense && !out.ignored[r] && first_max == P.y[r];
     nonfinite = nonfinite || out.bad[r];
     out.nonfinite[r] = nonfinite;
     out.m[r] = m;
@@ -197,19 +244,25 @@ inline Result compute(const Problem& P) {
       out.lse_a[r] = (P.alpha == 0.0 ? 0.0 : P.alpha * m) + log_sa;
       for (int64_t j = 0; j < C; ++j) p[j] = (z[j] == -kInf) ? 0.0 : std::exp(P.alpha * (z[j] - m) - log_sa);
     }
+    const double lse = out.lse[r];
+    for (int64_t j = 0; j < C; ++j) {
+      out.psoft[r * C + j] = (z[j] == -kInf) ? 0.0 : std::exp(z[j] - lse);
+      out.slope[r * C + j] = cap_slope(P, P.z[r * C + j]);
+    }
 
-    // loss = lse - sum_j q_j z_j, with 0 * z = 0.
-    double t = 0.0, tabs = 0.0;
+    // loss = -sum_j q_j log softmax(z)_j + lambda lse^2, with 0 * log p = 0 (PyTorch's form).
+    double ce = 0.0, tabs = 0.0;
     for (int64_t j = 0; j < C; ++j) {
       if (q[j] == 0.0) continue;
-      t += q[j] * z[j];
+      ce -= q[j] * (z[j] - lse);
       tabs += std::fabs(q[j] * z[j]);
     }
     out.tabs[r] = tabs;
     if (out.ignored[r]) {
       out.loss_row[r] = 0.0;
     } else {
-      out.loss_row[r] = nonfinite ? kNaN : out.lse[r] - t;
+      out.zloss_row[r] = nonfinite ? kNaN : P.lambda * lse * lse;
+      out.loss_row[r] = nonfinite ? kNaN : ce + out.zloss_row[r];
     }
 
     // Upstream scale g_r.
@@ -217,48 +270,63 @@ inline Result compute(const Problem& P) {
     if (!out.ignored[r]) {
       const double v = P.has_up_values ? P.up_values[P.red == Red::kNone ? r : 0] : 1.0;
       g = P.up_scale * v;
-      if (P.red == Red::kMean) g = out.n_valid > 0 ? g / static_cast<double>(out.n_valid) : 0.0;
+      if (P.red == Red::kMean) g = out.denom > 0 ? g / out.denom : 0.0;
     }
     out.g[r] = g;
+    // d loss / d zc_j = A p'_j - q_j + 2 lambda lse softmax_j (PGT changes p to p' in the first term
+    // only), times the softcap's chain factor.
     for (int64_t j = 0; j < C; ++j) {
+      const double slope = out.slope[r * C + j];
       if (out.ignored[r]) {
         gr[j] = 0.0;
       } else {
         if (nonfinite && z[j] == -kInf) {
-          gr[j] = -g * q[j];
+          gr[j] = -g * q[j] * slope;
           out.nan_ok[r * C + j] = 1;
         } else {
-          gr[j] = nonfinite ? kNaN : g * (p[j] - q[j]);
+          const double zl = P.lambda == 0.0 ? 0.0 : 2.0 * P.lambda * lse * out.psoft[r * C + j];
+          gr[j] = nonfinite ? kNaN : g * (A * p[j] - q[j] + zl) * slope;
         }
       }
     }
   }
 
-  double sum = 0.0;
-  for (int64_t r = 0; r < R; ++r) sum += out.loss_row[r];
-  if (P.red == Red::kMean) sum = out.n_valid > 0 ? sum / static_cast<double>(out.n_valid) : 0.0;
+  double sum = 0.0, zsum = 0.0;
+  for (int64_t r = 0; r < R; ++r) {
+    sum += out.loss_row[r];
+    zsum += out.zloss_row[r];
+  }
+  if (P.red == Red::kMean) {
+    sum = out.denom > 0 ? sum / out.denom : 0.0;
+    zsum = out.denom > 0 ? zsum / out.denom : 0.0;
+  }
   out.loss_reduced = (P.red == Red::kNone) ? 0.0 : sum;
+  out.zloss_reduced = (P.red == Red::kNone) ? 0.0 : zsum;
   return out;
 }
 
-// The ordinary softmax cross-entropy gradient g (softmax(z) - q), by the textbook formula:
-// an independent check that alpha = 1 is exactly the ordinary gradient.
+// The ordinary softmax cross-entropy gradient g (A softmax(z) - q) with A = sum q, by the textbook
+// formula: an independent check that alpha = 1 is exactly the ordinary gradient.
 inline std::vector<double> softmax_grad_row(const double* z, const double* q, int64_t C, double g) {
+  double A = 0.0;
+  for (int64_t j = 0; j < C; ++j) A += q[j];
   double m = -kInf;
   for (int64_t j = 0; j < C; ++j) m = z[j] > m ? z[j] : m;
   double s = 0.0;
   for (int64_t j = 0; j < C; ++j) s += std::exp(z[j] - m);
   std::vector<double> d(C);
-  for (int64_t j = 0; j < C; ++j) d[j] = g * (std::exp(z[j] - m) / s - q[j]);
+  for (int64_t j = 0; j < C; ++j) d[j] = g * (A * std::exp(z[j] - m) / s - q[j]);
   return d;
 }
 
-// alpha = 0: p' is uniform over the unmasked classes, so the gradient is g (1/n_unmasked - q).
+// alpha = 0: p' is uniform over the unmasked classes, so the gradient is g (A/n_unmasked - q).
 inline std::vector<double> uniform_grad_row(const double* z, const double* q, int64_t C, double g) {
+  double A = 0.0;
+  for (int64_t j = 0; j < C; ++j) A += q[j];
   int64_t n = 0;
   for (int64_t j = 0; j < C; ++j) n += (z[j] != -kInf);
   std::vector<double> d(C);
-  for (int64_t j = 0; j < C; ++j) d[j] = g * ((z[j] == -kInf ? 0.0 : 1.0 / static_cast<double>(n)) - q[j]);
+  for (int64_t j = 0; j < C; ++j) d[j] = g * ((z[j] == -kInf ? 0.0 : A / static_cast<double>(n)) - q[j]);
   return d;
 }
 

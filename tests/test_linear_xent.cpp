@@ -1,5 +1,5 @@
 // Host tests of the PGT linear cross-entropy (include/powergrad/linear_xent.hpp, docs/design.md
-// §2.5) against the float64 reference on materialised logits (linear_xent_cases.hpp).
+// §2.6) against the float64 reference on materialised logits (linear_xent_cases.hpp).
 #include <gtest/gtest.h>
 
 #include <chrono>

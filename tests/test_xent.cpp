@@ -202,6 +202,35 @@ TYPED_TEST(XentHost, SplitFormEqualsUnsplit) {
   });
 }
 
+// docs/design.md §2.5: class weights, z-loss, softcapping and the accuracy outputs on every op.
+TYPED_TEST(XentHost, ForwardBackwardOptions) {
+  for_cases(option_cases(), [](const Case& c) { check_fused_case<TypeParam, HostMem>(c); });
+}
+
+TYPED_TEST(XentHost, BackwardOptionsSavedAndRecomputed) {
+  for_cases(option_cases(), [](const Case& c) {
+    check_backward_case<TypeParam, HostMem>(c, true, false);
+    check_backward_case<TypeParam, HostMem>(c, false, true);
+  });
+}
+
+// The split form with the weights sharded like the logits; every shard layout of a few widths.
+TYPED_TEST(XentHost, SplitFormOptionsEqualsUnsplit) {
+  std::vector<std::pair<Case, std::vector<int64_t>>> v;
+  int i = 0;
+  for (Case c : option_cases()) {
+    if (c.cols < 10 && i++ % 2) continue;
+    const auto layouts = shard_layouts(c.cols);
+    const auto& w = layouts[1 + (i++ % (layouts.size() - 1))];
+    if (c.rows < static_cast<int64_t>(w.size())) c.rows = static_cast<int64_t>(w.size());
+    c.target_shards = w;
+    v.push_back({c, w});
+  }
+  for_cases(v, [](const std::pair<Case, std::vector<int64_t>>& cw) {
+    check_shard_case<TypeParam, HostMem>(cw.first, cw.second);
+  });
+}
+
 std::vector<HookCase> hook_cases() {
   std::vector<HookCase> v;
   uint64_t seed = 6000;
@@ -310,7 +339,7 @@ struct Bufs {
     up.assign(R, 1.f);
     y = {1, 2, 3, 4};
     y64 = {1, 2, 3, 4};
-    parts.assign(2 * R, RowStats{0.f, 1.f, 1.f, 0.f});
+    parts.assign(2 * R, RowStats{0.f, 1.f, 1.f, 0.f, 1.f, 1.f, 0});
     merged.assign(R + 2, poison_value<RowStats>());
   }
   pg::XentProblem<float, pg::ClassTargets<int32_t>> prob() {

@@ -147,6 +147,66 @@ TYPED_TEST(XentDevice, BadTargetsAreCountedAndPoisonOnlyTheirRow) {
 }
 
 // The workspace size query is honoured: one byte less is rejected before anything is written.
+// Dense target rows that do not sum to 1 (mass 2, 0.5, rows of zeros): the A = sum q rule of
+// docs/design.md §2.5 in the fused, saved-statistics and split kernels (options off: the CUDA
+// backend does not implement them yet).
+std::vector<Case> device_mass_cases() {
+  std::vector<Case> v;
+  for (Case c : option_cases())
+    if (!c.options() && c.targets == TargetKind::kDense) {
+      c.want_accuracy = false;
+      v.push_back(c);
+    }
+  return v;
+}
+
+TYPED_TEST(XentDevice, DenseTargetMassRule) {
+  for_cases(device_mass_cases(), [](const Case& c) {
+    check_fused_case<TypeParam, DeviceMem>(c);
+    check_backward_case<TypeParam, DeviceMem>(c, true, false);
+    check_shard_case<TypeParam, DeviceMem>(c, shard_layouts(c.cols)[1]);
+  });
+}
+
+// The options are host-only for now: the CUDA backend refuses each one with kUnsupported, naming
+// it, and writes nothing.
+TEST(XentDeviceApi, OptionsAreRefusedAndNothingIsWritten) {
+  PG_REQUIRE_GPU();
+  Case c;
+  c.rows = 3;
+  c.cols = 40;
+  c.red = Reduction::kNone;
+  CaseData<float> d = make_case<float>(c);
+  DeviceMem mem;
+  std::vector<float> loss(3), grad(d.logits.size()), weight(c.cols, 1.f), zl(3);
+  std::vector<int64_t> argmax(3);
+  for (int which = 0; which < 5; ++which) {
+    pg::XentProblem<float, pg::ClassTargets<int32_t>> p;
+    p.logits = mem.in(d.logits);
+    p.rows = c.rows;
+    p.cols = c.cols;
+    p.targets.index = mem.in(d.y32);
+    p.reduction = c.red;
+    pg::XentOutputs<float> o;
+    o.loss = mem.out(loss);
+    o.dlogits = mem.out(grad);
+    const char* name = "";
+    switch (which) {
+      case 0: p.weight = mem.in(weight); name = "problem.weight"; break;
+      case 1: p.z_loss_scale = 0.1f; name = "problem.z_loss_scale"; break;
+      case 2: p.softcap = 30.f; name = "problem.softcap"; break;
+      case 3: o.z_loss = mem.out(zl); name = "out.z_loss"; break;
+      case 4: o.argmax = mem.out(argmax); name = "out.argmax"; break;
+    }
+    EXPECT_EQ(pg::xent_forward_backward(Backend::kCuda, p, pg::Upstream{}, o), Status::kUnsupported) << name;
+    EXPECT_NE(std::string(pg::last_error_message()).find(name), std::string::npos) << pg::last_error_message();
+    mem.fetch(loss, o.loss);
+    mem.fetch(grad, o.dlogits);
+    for (float v : loss) EXPECT_TRUE(is_poison(v));
+    for (float v : grad) EXPECT_TRUE(is_poison(v));
+  }
+}
+
 TEST(XentDeviceApi, WorkspaceTooSmallIsRejected) {
   PG_REQUIRE_GPU();
   for (Reduction red : {Reduction::kMean, Reduction::kSum}) {

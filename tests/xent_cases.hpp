@@ -150,7 +150,14 @@ struct Case {
   float up_scale = 1.f;
   bool want_loss = true, want_lse = true, want_lse_a = true, want_grad = true;
   std::vector<int64_t> target_shards;  // if set: row r's target lies in shard r % k of these widths
+  // Options (docs/design.md §2.5).
+  bool weights = false;      // class weights in [0, 2] (some exactly 0)
+  float z_loss = 0.f;        // z_loss_scale
+  float softcap = 0.f;
+  bool want_accuracy = false;  // argmax (and correct, class targets) outputs; z_loss output when z_loss > 0
+  double dense_mass = 1.0;   // dense targets: each row sums to this (rows of zeros when 0)
   uint64_t seed = 1;
+  bool options() const { return weights || z_loss != 0.f || softcap != 0.f; }
 
   int64_t ld() const { return cols + ld_pad; }
   int64_t ld_out() const { return in_place ? ld() : cols + out_ld_pad; }
@@ -164,7 +171,9 @@ struct Case {
       << " mask=" << mask_frac << (target_on_masked ? " tgt_masked" : "") << " ign=" << ignore_frac
       << (all_ignored ? " all_ignored" : "") << " nan_rows=" << nan_rows.size() << " inf_rows=" << inf_rows.size()
       << " bad_rows=" << bad_target_rows.size() << " up=" << static_cast<int>(up) << " up_scale=" << up_scale
-      << " outs=" << want_loss << want_lse << want_lse_a << want_grad << " seed=" << seed;
+      << " outs=" << want_loss << want_lse << want_lse_a << want_grad << " weights=" << weights
+      << " zloss=" << z_loss << " softcap=" << softcap << " acc=" << want_accuracy << " dmass=" << dense_mass
+      << " seed=" << seed;
     return o.str();
   }
 };
@@ -179,6 +188,7 @@ struct CaseData {
   std::vector<int64_t> y64;
   std::vector<T> dense;  // rows x dense_ld
   std::vector<float> upv;
+  std::vector<float> weight;  // cols class weights (Case::weights)
   pgref::Problem ref;
   int64_t elem(int64_t r, int64_t j) const { return c.offset + r * c.ld() + j; }
 };
@@ -210,6 +220,8 @@ CaseData<T> make_case(const Case& c) {
   P.ignore_index = c.ignore_index;
   P.up_scale = static_cast<double>(c.up_scale);
   P.z.assign(R * C, 0.0);
+  P.lambda = static_cast<double>(c.z_loss);
+  P.cap = static_cast<double>(c.softcap);
 
   // Targets.
   std::vector<int64_t> y(R, 0);
@@ -282,10 +294,20 @@ CaseData<T> make_case(const Case& c) {
         s = 1.0;
       }
       for (int64_t j = 0; j < C; ++j) {
-        const T e = DT<T>::encode(w[j] / s);
+        const T e = DT<T>::encode(c.dense_mass * w[j] / s);
         d.dense[r * c.dense_ld() + j] = e;
         P.qd[r * C + j] = DT<T>::decode(e);
       }
+    }
+  }
+
+  // Class weights: multiples of 1/8 in [0, 2], a few exactly 0 (the reference reads the floats).
+  if (c.weights) {
+    d.weight.resize(C);
+    P.w.resize(C);
+    for (int64_t j = 0; j < C; ++j) {
+      d.weight[j] = coin(0.1) ? 0.f : static_cast<float>(randint(1, 17)) / 8.f;
+      P.w[j] = static_cast<double>(d.weight[j]);
     }
   }
 
@@ -370,6 +392,9 @@ pg::XentProblem<T, Tg> make_problem(Mem& mem, CaseData<T>& d, T* input, int64_t 
   p.alpha = c.alpha;
   p.label_smoothing = c.eps;
   p.reduction = c.red;
+  if (c.weights) p.weight = mem.in(d.weight) + off;  // a shard passes its own columns' weights
+  p.z_loss_scale = c.z_loss;
+  p.softcap = c.softcap;
   if (width > 0) {
     p.col_offset = off;
     p.total_cols = c.cols;
@@ -433,20 +458,31 @@ double grad_tol(const pgref::Problem& P, const pgref::Result& R, int64_t r, int6
     arg = (mode == StatsMode::kFused) ? std::fabs(a * (z - m)) + std::fabs(R.lse_a[r] - (a == 0 ? 0.0 : a * m))
                                       : std::fabs(a * z) + std::fabs(R.lse_a[r]);
   }
-  const double internal = std::fabs(R.g[r]) * (kGradAbs + (kRel0 + kArgRel * arg) * R.p[i] + 4 * kU32 * R.q[i]);
+  // Options (docs/design.md §2.5): p' enters scaled by the target mass A; the z-loss term
+  // 2 lambda lse p adds its own exp error; the softcap's fp32 tanh shifts each exponent by a few
+  // ulp of |z| and its chain factor 1 - tanh^2 carries an absolute error of a few ulp.
+  const double A = std::max(1.0, R.mass[r]);
+  const double zl = 2.0 * P.lambda * std::fabs(R.lse[r]);
+  if (P.cap > 0) arg += 8 * std::fabs(P.cap) + 2 * std::fabs(R.lse[r]);
+  const double dzc = A * R.p[i] + R.q[i] + zl * R.psoft[i];
+  double internal = std::fabs(R.g[r]) * R.slope[i] *
+                    (kGradAbs * A + (kRel0 + kArgRel * arg) * A * R.p[i] + 4 * kU32 * R.q[i] +
+                     zl * (kGradAbs + (kRel0 + kArgRel * (arg + std::fabs(R.lse[r]))) * R.psoft[i]));
+  if (P.cap > 0) internal += std::fabs(R.g[r]) * dzc * 8 * kU32;
   return internal * (1 + DT<T>::u) + 1.0001 * DT<T>::u * std::fabs(ref_value) + DT<T>::abs_floor;
 }
 
 inline double loss_row_tol(const pgref::Result& R, int64_t r) {
   if (R.ignored[r]) return 0.0;  // exactly 0 by the contract
-  return kRel0 * (1.0 + std::fabs(R.lse[r]) + std::fabs(R.m[r]) + R.tabs[r]);
+  const double A = std::max(1.0, R.mass[r]);
+  return kRel0 * (1.0 + A * (std::fabs(R.lse[r]) + std::fabs(R.m[r])) + R.tabs[r] + 2 * std::fabs(R.zloss_row[r]));
 }
 
 inline double loss_reduced_tol(const pgref::Problem& P, const pgref::Result& R) {
   double t = 0.0;
   for (int64_t r = 0; r < P.rows; ++r) t += loss_row_tol(R, r);
-  t += 4 * kU32 * std::fabs(R.loss_reduced) * (P.red == pgref::Red::kMean ? static_cast<double>(R.n_valid) : 1.0);
-  if (P.red == pgref::Red::kMean && R.n_valid > 0) t /= static_cast<double>(R.n_valid);
+  t += 4 * kU32 * std::fabs(R.loss_reduced) * (P.red == pgref::Red::kMean ? R.denom : 1.0);
+  if (P.red == pgref::Red::kMean && R.denom > 0) t /= R.denom;
   return t;
 }
 
@@ -506,6 +542,7 @@ void check_invariants(Checker& ck, const CaseData<T>& d, const pgref::Result& R,
                       int64_t ld_out, StatsMode mode) {
   const pgref::Problem& P = d.ref;
   const int64_t C = P.cols;
+  if (P.lambda != 0.0 || P.cap != 0.0) return;  // the textbook formulas below have neither
   for (int64_t r = 0; r < P.rows; ++r) {
     if (R.ignored[r] || R.nonfinite[r]) continue;
     const double* z = &P.z[r * C];
@@ -543,7 +580,30 @@ struct FusedOut {
   std::vector<T> logits_after; // out of place: the logits buffer after the call (must be unchanged)
   std::vector<float> loss, lse, lse_a;
   std::vector<int32_t> bad_count;  // CUDA backend, cases with bad targets: the counter after the call
+  std::vector<float> zl;           // options: the z-loss output
+  std::vector<int64_t> argmax;
+  std::vector<int32_t> correct;
 };
+
+// The option outputs of a case (docs/design.md §2.5), poisoned and handed to the op.
+template <class T, class Mem>
+void set_option_outputs(Mem& mem, const Case& c, std::vector<float>& zl, std::vector<int64_t>& argmax,
+                        std::vector<int32_t>& correct, pg::XentOutputs<T>& out) {
+  zl.assign((c.red == Reduction::kNone ? c.rows : 1) + kGuard, poison_value<float>());
+  argmax.assign(c.rows + kGuard, poison_value<int64_t>());
+  correct.assign(c.rows + kGuard, poison_value<int32_t>());
+  if (!c.want_accuracy) return;
+  if (c.z_loss != 0.f) out.z_loss = mem.out(zl);
+  out.argmax = mem.out(argmax);
+  if (c.targets != TargetKind::kDense) out.correct = mem.out(correct);
+}
+template <class T, class Mem>
+void fetch_option_outputs(Mem& mem, std::vector<float>& zl, std::vector<int64_t>& argmax, std::vector<int32_t>& correct,
+                          const pg::XentOutputs<T>& out) {
+  if (out.z_loss) mem.fetch(zl, out.z_loss);
+  if (out.argmax) mem.fetch(argmax, out.argmax);
+  if (out.correct) mem.fetch(correct, out.correct);
+}
 
 inline int64_t loss_len(const Case& c) { return c.red == Reduction::kNone ? c.rows : 1; }
 
@@ -577,9 +637,11 @@ FusedOut<T> run_fused(Mem& mem, CaseData<T>& d) {
     dbad = mem.in(o.bad_count);
     p.bad_target_count = dbad;
   }
+  set_option_outputs<T>(mem, c, o.zl, o.argmax, o.correct, out);
   const size_t wsb = pg::xent_workspace_bytes(c.rows, c.red);
   void* ws = mem.workspace(wsb);
   o.status = pg::xent_forward_backward(Mem::backend, p, up, out, ws, wsb, mem.stream());
+  fetch_option_outputs<T>(mem, o.zl, o.argmax, o.correct, out);
   if (dbad) mem.fetch(o.bad_count, dbad);
   if (dloss) mem.fetch(o.loss, dloss);
   if (dlse) mem.fetch(o.lse, dlse);
@@ -622,6 +684,56 @@ void check_loss_output(Checker& ck, const CaseData<T>& d, const pgref::Result& R
   }
 }
 
+// The z-loss, argmax and correct outputs: every element written when asked for, untouched past the
+// end and when not asked for. argmax may name any column whose value is the row's maximum within
+// the fp32 rounding of a softcap (the reference's first maximum otherwise); correct must agree with
+// the argmax written.
+template <class T>
+void check_option_outputs(Checker& ck, const CaseData<T>& d, const pgref::Result& R, const std::vector<float>& zl,
+                          const std::vector<int64_t>& argmax, const std::vector<int32_t>& correct) {
+  const Case& c = d.c;
+  const pgref::Problem& P = d.ref;
+  const bool want_zl = c.want_accuracy && c.z_loss != 0.f;
+  if (P.red == pgref::Red::kNone) {
+    std::vector<double> tol(P.rows);
+    for (int64_t r = 0; r < P.rows; ++r) tol[r] = kRel0 * (1 + 2 * std::fabs(R.zloss_row[r]));
+    check_floats(ck, "z_loss", zl, want_zl ? P.rows : 0, R.zloss_row, tol, &R.bad);
+  } else {
+    double t = 0;
+    for (int64_t r = 0; r < P.rows; ++r) t += kRel0 * (1 + 2 * std::fabs(R.zloss_row[r]));
+    if (P.red == pgref::Red::kMean && R.denom > 0) t /= R.denom;
+    check_floats(ck, "z_loss(reduced)", zl, want_zl ? 1 : 0, {R.zloss_reduced}, {t});
+  }
+  const bool want_am = c.want_accuracy, want_cor = c.want_accuracy && c.targets != TargetKind::kDense;
+  for (int64_t i = 0; i < static_cast<int64_t>(argmax.size()); ++i) {
+    const std::string w = "argmax[" + std::to_string(i) + "]";
+    if (!want_am || i >= P.rows) {
+      if (!same_bits(argmax[i], poison_value<int64_t>())) ck.fail(w + " outside the output was modified");
+      continue;
+    }
+    ++ck.checked;
+    const int64_t a = argmax[i], e = R.argmax[i];
+    bool ok = a == e;
+    if (!ok && P.cap > 0 && a >= 0 && a < P.cols && !R.nonfinite[i]) {
+      const double za = pgref::capped_logit(P, P.z[i * P.cols + a]);
+      ok = std::fabs(za - R.m[i]) <= 4 * kU32 * (1 + std::fabs(R.m[i])) && a < e + P.cols;
+    }
+    if (R.nonfinite[i]) ok = a >= 0 && a < P.cols;  // NaN rows: any column (the loss is NaN)
+    if (!ok) ck.fail(w + ": got " + std::to_string(a) + ", expected " + std::to_string(e));
+  }
+  for (int64_t i = 0; i < static_cast<int64_t>(correct.size()); ++i) {
+    const std::string w = "correct[" + std::to_string(i) + "]";
+    if (!want_cor || i >= P.rows) {
+      if (!same_bits(correct[i], poison_value<int32_t>())) ck.fail(w + " outside the output was modified");
+      continue;
+    }
+    ++ck.checked;
+    const int32_t e = !R.ignored[i] && argmax[i] == P.y[i] ? 1 : 0;
+    if (correct[i] != e || (!R.nonfinite[i] && P.cap == 0 && correct[i] != R.correct[i]))
+      ck.fail(w + ": got " + std::to_string(correct[i]) + ", expected " + std::to_string(e));
+  }
+}
+
 // Checks every output of a forward+backward call: status, gradient (every element of the buffer),
 // invariants, untouched input (out of place), loss, lse, lse_alpha, bad-target counter.
 template <class T>
@@ -646,6 +758,7 @@ void check_fused_result(Checker& ck, const CaseData<T>& d, const pgref::Result& 
   }
   check_loss_output(ck, d, R, o.loss, c.want_loss);
   check_stats_outputs(ck, d, R, o.lse, o.lse_a, c.want_lse, c.want_lse_a);
+  check_option_outputs(ck, d, R, o.zl, o.argmax, o.correct);
   if (!c.bad_target_rows.empty()) {
     ck.value("bad_target_count", o.bad_count.empty() ? -1.0 : static_cast<double>(o.bad_count[0]),
              static_cast<double>(c.bad_target_rows.size()), 0.0);
@@ -770,7 +883,9 @@ void check_shard_case(const Case& c, const std::vector<int64_t>& widths) {
     EXPECT_EQ(off, c.cols);
     Status st = pg::xent_merge_stats(Mem::backend, dparts, k, c.rows, c.alpha, dmerged, mem.stream());
     if (st != Status::kSuccess) ck.fail(std::string("merge_stats status ") + pg::status_string(st) + ": " + pg::last_error_message());
-    std::vector<std::vector<float>> loss(k), lse(k), lse_a(k);
+    std::vector<std::vector<float>> loss(k), lse(k), lse_a(k), zl(k);
+    std::vector<std::vector<int64_t>> am(k);
+    std::vector<std::vector<int32_t>> cor(k);
     std::vector<float*> dloss(k), dlse(k), dlsea(k);
     const size_t wsb = pg::xent_workspace_bytes(c.rows, c.red);
     off = 0;
@@ -787,9 +902,11 @@ void check_shard_case(const Case& c, const std::vector<int64_t>& widths) {
       o.lse_alpha = dlsea[s];
       o.dlogits = gb + c.offset + off;
       o.ld_dlogits = c.in_place ? 0 : c.ld_out();
+      set_option_outputs<T>(mem, c, zl[s], am[s], cor[s], o);
       void* ws = mem.workspace(wsb);
       st = pg::xent_shard_apply(Mem::backend, shard_problem(off, widths[s]), dmerged, up, o, ws, wsb, mem.stream());
       if (st != Status::kSuccess) ck.fail(std::string("shard_apply status ") + pg::status_string(st) + ": " + pg::last_error_message());
+      fetch_option_outputs<T>(mem, zl[s], am[s], cor[s], o);
       mem.fetch(loss[s], dloss[s]);
       mem.fetch(lse[s], dlse[s]);
       mem.fetch(lse_a[s], dlsea[s]);
@@ -804,6 +921,7 @@ void check_shard_case(const Case& c, const std::vector<int64_t>& widths) {
     for (int64_t s = 0; s < k; ++s) {
       check_loss_output(ck, d, R, loss[s], true);
       check_stats_outputs(ck, d, R, lse[s], lse_a[s], true, true);
+      check_option_outputs(ck, d, R, zl[s], am[s], cor[s]);
     }
   });
 }
@@ -1202,6 +1320,79 @@ inline std::vector<Case> backward_cases() {
 }
 
 // Shard layouts (unequal widths that sum to C), k = 1..4.
+// The options of docs/design.md §2.5, alone and combined (weights + smoothing + z-loss + softcap),
+// over every target kind, reduction and alpha in {0, 0.3, 1}, in place and out of place, with
+// ignored rows, the accuracy outputs, and dense rows whose mass is not 1 (2, 0.5, or all zeros).
+inline std::vector<Case> option_cases() {
+  std::vector<Case> v;
+  const TargetKind tks[] = {TargetKind::kInt32, TargetKind::kInt64, TargetKind::kDense};
+  const Reduction reds[] = {Reduction::kNone, Reduction::kMean, Reduction::kSum};
+  const float alphas[] = {0.f, 0.3f, 1.f};
+  struct Opt {
+    bool w;
+    float zl, cap, eps;
+  };
+  const Opt opts[] = {{true, 0.f, 0.f, 0.f},    {true, 0.f, 0.f, 0.1f}, {false, 1e-2f, 0.f, 0.f},
+                      {false, 0.f, 5.f, 0.f},   {false, 0.f, 0.f, 0.f}, {true, 1e-3f, 3.f, 0.1f},
+                      {true, 0.5f, 30.f, 0.2f}};
+  uint64_t seed = 9000;
+  int i = 0;
+  for (int64_t C : {7, 300, 2100})
+    for (const Opt& o : opts)
+      for (TargetKind tk : tks) {
+        Case c;
+        c.cols = C;
+        c.rows = C > 1000 ? 5 : 9;
+        c.targets = tk;
+        c.red = reds[i % 3];
+        c.alpha = alphas[(i / 3) % 3];
+        c.weights = o.w;
+        c.z_loss = o.zl;
+        c.softcap = o.cap;
+        c.eps = o.eps;
+        c.want_accuracy = (i % 4) != 3;
+        c.in_place = (i % 2) == 1;
+        c.ld_pad = (i % 5 == 2) ? 3 : 0;
+        c.offset = (i % 4) == 1;
+        c.up = static_cast<UpMode>(i % 3);
+        c.ignore_frac = (i % 3 == 1) ? 0.3 : 0.0;
+        c.mask_frac = (i % 7 == 4) ? 0.1 : 0.0;
+        c.logit_scale = (i % 2) ? 4.0 : 12.0;  // large enough for the softcap to bend the logits
+        if (tk == TargetKind::kDense) c.dense_mass = (i % 3 == 0) ? 2.0 : ((i % 3 == 1) ? 0.5 : 1.0);
+        c.seed = seed++;
+        v.push_back(c);
+        ++i;
+      }
+  // Dense rows of zeros (PyTorch: loss 0, gradient 0), with and without options.
+  for (bool w : {false, true}) {
+    Case c;
+    c.cols = 33;
+    c.rows = 3;
+    c.targets = TargetKind::kDense;
+    c.dense_mass = 0.0;
+    c.weights = w;
+    c.red = w ? Reduction::kMean : Reduction::kNone;
+    c.alpha = 0.3f;
+    c.want_accuracy = true;
+    c.seed = seed++;
+    v.push_back(c);
+  }
+  // Weighted mean whose denominator is 0: every row ignored.
+  {
+    Case c;
+    c.cols = 20;
+    c.rows = 4;
+    c.weights = true;
+    c.all_ignored = true;
+    c.red = Reduction::kMean;
+    c.z_loss = 0.1f;
+    c.want_accuracy = true;
+    c.seed = seed++;
+    v.push_back(c);
+  }
+  return v;
+}
+
 inline std::vector<std::vector<int64_t>> shard_layouts(int64_t C) {
   std::vector<std::vector<int64_t>> v;
   v.push_back({C});

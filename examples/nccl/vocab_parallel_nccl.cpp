@@ -1,6 +1,6 @@
 // Vocab-parallel PGT cross-entropy in a C++ trainer that uses NCCL, through powergrad's C ABI
 // (docs/design.md §2.3, the split form): every rank holds a column shard of the logits, computes its
-// partial row statistics (pg_xent_shard_stats), exchanges them with ONE ncclAllGather (16 bytes per
+// partial row statistics (pg_xent_shard_stats), exchanges them with ONE ncclAllGather (32 bytes per
 // row per rank, whatever the vocabulary size), merges them in rank order (pg_xent_merge_stats: the
 // same bits on every rank) and writes its shard's gradient and the loss (pg_xent_shard_apply).
 //
@@ -144,7 +144,7 @@ int main() {
     }
     CHECK_NCCL(ncclGroupStart());
     for (Rank& r : ranks)
-      CHECK_NCCL(ncclAllGather(r.stats, r.parts, 4 * kRows, ncclFloat, r.comm, r.stream));
+      CHECK_NCCL(ncclAllGather(r.stats, r.parts, sizeof(pg_row_stats_t) * kRows, ncclUint8, r.comm, r.stream));
     CHECK_NCCL(ncclGroupEnd());
     for (int k = 0; k < ndev; ++k) {
       Rank& r = ranks[static_cast<size_t>(k)];

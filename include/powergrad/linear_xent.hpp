@@ -1,4 +1,4 @@
-// powergrad C++ API: the PGT linear cross-entropy (docs/design.md §2.5): the classifier GEMM
+// powergrad C++ API: the PGT linear cross-entropy (docs/design.md §2.6): the classifier GEMM
 // z = h W^T + b fused with the PGT cross-entropy of docs/design.md §2.1, cut into row chunks so
 // that the full logits [rows x vocab] never exist.
 //

@@ -1,5 +1,5 @@
 // powergrad C++ API: argument types of the PGT linear cross-entropy (see linear_xent.hpp for the op,
-// docs/design.md §2.5 for the math).
+// docs/design.md §2.6 for the math).
 #pragma once
 
 #include <cstddef>

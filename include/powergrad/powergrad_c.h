@@ -79,6 +79,11 @@ typedef struct pg_xent_problem_t {
   int64_t col_offset;          /* split form: these cols are [col_offset, col_offset+cols) of total_cols; 0 */
   int64_t total_cols;          /* 0 means cols (required when col_offset > 0) */
   int32_t* bad_target_count;   /* optional, CUDA only: counts out-of-range class targets (docs/design.md §8) */
+  /* Options (docs/design.md §2.5), appended to the first layout; a struct_size of the first layout
+   * (ending above) is still accepted, with every option off. */
+  const float* weight;         /* optional class weights of these cols columns (float, same memory), finite, >= 0 */
+  float z_loss_scale;          /* lambda >= 0: adds lambda * lse^2 per row; 0 = off */
+  float softcap;               /* c > 0: logits become c * tanh(z / c); 0 = off */
 } pg_xent_problem_t;
 
 /* g_r = scale * v / (MEAN ? n_valid : 1); v = values[0] (MEAN/SUM) or values[r] (NONE), 1 if NULL. */
@@ -96,11 +101,18 @@ typedef struct pg_xent_outputs_t {
   float* lse_alpha;            /* rows values */
   void* dlogits;               /* dtype; may equal logits (in place, same ld) */
   int64_t ld_dlogits;          /* 0 means the logits' ld */
+  /* Appended to the first layout (docs/design.md §2.5), whose struct_size (ending above) is still accepted. */
+  float* z_loss;               /* the z-loss part of loss, reduced as loss */
+  int64_t* argmax;             /* rows values: first column of the row's maximum (global index) */
+  int32_t* correct;            /* rows values, class targets: 1 when argmax equals the target, else 0 */
 } pg_xent_outputs_t;
 
-/* Mergeable per-row statistics of the split form (16 bytes, same layout as powergrad::RowStats). */
+/* Mergeable per-row statistics of the split form (32 bytes, same layout as powergrad::RowStats;
+ * docs/design.md §2.3): max, the two exponential sums, the target dot product, the target mass, the
+ * row's weight in a weighted mean, and the global column of the first maximum. */
 typedef struct pg_row_stats_t {
-  float m, s, sa, t;
+  float m, s, sa, t, a, w;
+  int64_t argmax;
 } pg_row_stats_t;
 
 /* Library version as MAJOR*10000 + MINOR*100 + PATCH. */
@@ -203,7 +215,7 @@ PG_API pg_status_t pg_bucket_clip_norm(const void* plan, size_t plan_bytes, floa
 PG_API pg_status_t pg_bucket_agc(const void* plan, size_t plan_bytes, float clip, float eps, float beta,
                                  pg_norm_preserve_t preserve, void* workspace, size_t workspace_bytes, int32_t* flags, void* stream);
 
-/* ---- PGT linear cross-entropy (docs/design.md §2.5; usage: docs/linear-xent.md) ----
+/* ---- PGT linear cross-entropy (docs/design.md §2.6; usage: docs/linear-xent.md) ----
  * The classifier GEMM z = hidden weight^T + bias fused with the PGT cross-entropy, in row chunks
  * of a caller-provided workspace, so that the logits [rows x vocab] never exist. Host calls need a
  * library built with a host BLAS (pg_has_host_blas()); CUDA calls need the caller's

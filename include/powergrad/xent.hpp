@@ -71,6 +71,12 @@ struct XentArgNames {
   const char* stats;             // shard_stats output
   const char* merged;            // shard_apply input
   const char* workspace_query;
+  const char* weight;            // options (docs/design.md §2.5)
+  const char* z_loss_scale;
+  const char* softcap;
+  const char* z_loss;
+  const char* argmax;
+  const char* correct;
 };
 
 inline constexpr XentArgNames kXentCppNames = {
@@ -81,7 +87,9 @@ inline constexpr XentArgNames kXentCppNames = {
     "out.loss",         "out.lse",               "out.lse_alpha",       "out.dlogits",
     "out.ld_dlogits",   "dlogits",               "ld_dlogits",          "saved_lse_alpha",
     "out",              "ld_out",                "scale.scale",         "scale.row_scale",
-    "stats",            "merged",                "xent_workspace_bytes()"};
+    "stats",            "merged",                "xent_workspace_bytes()", "problem.weight",
+    "problem.z_loss_scale", "problem.softcap",   "out.z_loss",          "out.argmax",
+    "out.correct"};
 
 // Bytes spanned by a [rows x cols] block of T with row stride ld (0 when rows is 0). The caller has
 // checked that rows * ld * sizeof(T) fits in int64.
@@ -127,6 +135,13 @@ Status check_disjoint(const Region (&ins)[NI], const Region (&outs)[NO], int in_
   return Status::kSuccess;
 }
 
+// RowStats buffers hold an int64 (argmax): they must be aligned for it.
+inline Status check_stats_aligned(const void* p, const char* name) {
+  POWERGRAD_REQUIRE(reinterpret_cast<uintptr_t>(p) % alignof(RowStats) == 0, Status::kInvalidLayout,
+                    "%s must be %zu-byte aligned (alignof(RowStats))", name, alignof(RowStats));
+  return Status::kSuccess;
+}
+
 // The PGT exponent: finite, >= 0, and alpha * log2(e) finite (the kernels scale by it).
 inline Status check_alpha(float alpha, const char* name) {
   POWERGRAD_REQUIRE(std::isfinite(alpha) && alpha >= 0.f && std::isfinite(alpha * math::kLog2e),
@@ -168,6 +183,12 @@ Status check_problem(const XentArgNames& n, XentProblem<T, Tg>& p) {
                         p.reduction == Reduction::kSum,
                     Status::kInvalidValue, "%s (%d) is not a Reduction value", n.reduction,
                     static_cast<int>(p.reduction));
+  POWERGRAD_REQUIRE(std::isfinite(p.z_loss_scale) && p.z_loss_scale >= 0.f, Status::kInvalidValue,
+                    "%s (%g) must be finite and >= 0", n.z_loss_scale, static_cast<double>(p.z_loss_scale));
+  // 1 / c must be finite too: the kernels scale by it.
+  POWERGRAD_REQUIRE(p.softcap == 0.f || (std::isfinite(p.softcap) && p.softcap > 0.f && std::isfinite(1.f / p.softcap)),
+                    Status::kInvalidValue, "%s (%g) must be finite and > 0, or 0 (off)", n.softcap,
+                    static_cast<double>(p.softcap));
   POWERGRAD_REQUIRE(p.logits != nullptr, Status::kNullPointer, "%s is null", n.logits);
   if constexpr (target_traits<Tg>::hard) {
     POWERGRAD_REQUIRE(p.targets.index != nullptr, Status::kNullPointer, "%s is null", n.targets_index);
@@ -196,6 +217,10 @@ Region targets_region(const XentArgNames& n, const XentProblem<T, Tg>& p) {
     return {p.targets.index, static_cast<uint64_t>(p.rows) * sizeof(*p.targets.index), n.targets_index};
   else
     return {p.targets.prob, span_bytes<T>(p.rows, p.cols, p.targets.ld), n.targets_prob};
+}
+template <class T, class Tg>
+Region weight_region(const XentArgNames& n, const XentProblem<T, Tg>& p) {
+  return {p.weight, static_cast<uint64_t>(p.cols) * sizeof(float), n.weight};
 }
 template <class T, class Tg>
 Region bad_count_region(const XentArgNames& n, const XentProblem<T, Tg>& p) {
@@ -252,13 +277,14 @@ Status check_workspace(const XentArgNames& n, const XentJob<T, Tg>& j, Backend b
 
 template <class T, class Tg>
 void init_job(XentJob<T, Tg>& j) {
-  j.k = math::make_scalars(j.p.alpha, j.p.label_smoothing, j.p.total_cols);
+  j.k = math::make_scalars(j.p.alpha, j.p.label_smoothing, j.p.total_cols, j.p.softcap, j.p.z_loss_scale);
 }
 
-// Host backend: every class index is ignore_index or in [0, total_cols) (the CUDA backend cannot
-// check without a host synchronisation: it counts bad rows instead, docs/design.md §8).
+// Host backend: every class index is ignore_index or in [0, total_cols), and every class weight is
+// finite and >= 0 (the CUDA backend cannot check either without a host synchronisation: it counts
+// bad rows instead, docs/design.md §8, and lets a bad weight propagate).
 template <class T, class Tg>
-Status check_host_targets(const XentArgNames& n, const XentJob<T, Tg>& j) {
+Status check_host_inputs(const XentArgNames& n, const XentJob<T, Tg>& j) {
   if constexpr (target_traits<Tg>::hard) {
     const auto& t = j.p.targets;
     for (int64_t r = 0; r < j.p.rows; ++r) {
@@ -267,10 +293,28 @@ Status check_host_targets(const XentArgNames& n, const XentJob<T, Tg>& j) {
                         "%s[%lld] = %lld is outside [0, %lld) and is not ignore_index (%lld)", n.targets_index,
                         as_ll(r), as_ll(y), as_ll(j.p.total_cols), as_ll(t.ignore_index));
     }
-  } else {
-    (void)n;
-    (void)j;
   }
+  if (j.p.weight) {
+    for (int64_t c = 0; c < j.p.cols; ++c)
+      POWERGRAD_REQUIRE(std::isfinite(j.p.weight[c]) && j.p.weight[c] >= 0.f, Status::kInvalidValue,
+                        "%s[%lld] (%g) must be finite and >= 0", n.weight, as_ll(c),
+                        static_cast<double>(j.p.weight[c]));
+  }
+  return Status::kSuccess;
+}
+
+// The CUDA backend does not implement the options of docs/design.md §2.5 yet: it refuses them.
+template <class T, class Tg>
+Status check_device_options(const XentArgNames& n, const XentJob<T, Tg>& j) {
+  const char* what = j.p.weight ? n.weight
+                     : j.p.z_loss_scale != 0.f ? n.z_loss_scale
+                     : j.p.softcap != 0.f ? n.softcap
+                     : j.out.z_loss ? n.z_loss
+                     : j.out.argmax ? n.argmax
+                     : j.out.correct ? n.correct
+                                     : nullptr;
+  POWERGRAD_REQUIRE(what == nullptr, Status::kUnsupported, "%s is not implemented by the CUDA backend yet (host only)",
+                    what);
   return Status::kSuccess;
 }
 
@@ -278,10 +322,11 @@ template <XentMode MODE, class T, class Tg>
 Status dispatch(const XentArgNames& n, Backend b, const XentJob<T, Tg>& j, void* ws, size_t ws_bytes,
                 stream_t stream) {
   if (b == Backend::kHost) {
-    POWERGRAD_TRY(check_host_targets(n, j));
+    POWERGRAD_TRY(check_host_inputs(n, j));
     return host::xent_run(j);
   }
 #if defined(__CUDACC__)
+  POWERGRAD_TRY(check_device_options(n, j));
   return device::xent_run<MODE>(j, ws, ws_bytes, stream);
 #else
   (void)ws;
@@ -294,13 +339,16 @@ Status dispatch(const XentArgNames& n, Backend b, const XentJob<T, Tg>& j, void*
 // rows == 0: nothing to compute; a reduced loss is 0 by the contract for an empty batch.
 template <class T, class Tg>
 Status empty_batch(Backend b, const XentJob<T, Tg>& j, stream_t stream) {
-  if (j.out.loss == nullptr || j.p.reduction == Reduction::kNone) return Status::kSuccess;
+  if (j.p.reduction == Reduction::kNone) return Status::kSuccess;
   if (b == Backend::kHost) {
-    j.out.loss[0] = 0.f;
+    if (j.out.loss) j.out.loss[0] = 0.f;
+    if (j.out.z_loss) j.out.z_loss[0] = 0.f;
     return Status::kSuccess;
   }
 #if defined(__CUDACC__)
-  return device::zero_floats(j.out.loss, 1, stream);
+  if (j.out.loss) POWERGRAD_TRY(device::zero_floats(j.out.loss, 1, stream));
+  if (j.out.z_loss) POWERGRAD_TRY(device::zero_floats(j.out.z_loss, 1, stream));
+  return Status::kSuccess;
 #else
   (void)stream;
   return Status::kNoCudaSupport;
@@ -322,14 +370,36 @@ Status check_buffers(const XentArgNames& n, XentJob<T, Tg>& j, Backend b, void* 
   POWERGRAD_TRY(check_workspace(n, j, b, ws, ws_bytes));
   const bool none = p.reduction == Reduction::kNone;
   const Region ins[] = {input_region(n, p), targets_region(n, p),
-                        floats_region(j.up.values, none ? p.rows : 1, n.upstream_values), extra_in};
+                        floats_region(j.up.values, none ? p.rows : 1, n.upstream_values), extra_in,
+                        weight_region(n, p)};
   const Region outs[] = {{j.out.dlogits, j.out.dlogits ? span_bytes<T>(p.rows, p.cols, j.out.ld_dlogits) : 0, grad_name},
                          floats_region(j.out.loss, none ? p.rows : 1, n.loss),
                          floats_region(j.out.lse, p.rows, n.lse),
                          floats_region(j.out.lse_alpha, p.rows, n.lse_alpha),
                          bad_count_region(n, p),
-                         workspace_region(j, b, ws, ws_bytes)};
+                         workspace_region(j, b, ws, ws_bytes),
+                         floats_region(j.out.z_loss, none ? p.rows : 1, n.z_loss),
+                         {j.out.argmax, static_cast<uint64_t>(p.rows) * sizeof(int64_t), n.argmax},
+                         {j.out.correct, static_cast<uint64_t>(p.rows) * sizeof(int32_t), n.correct}};
   return check_disjoint(ins, outs, 0);
+}
+
+// Which options an op supports (docs/design.md §2.5). `whole_rows`: forward_backward and backward,
+// whose kMean denominator needs the target's weight, so weights need the whole row there (the split
+// form carries it in the statistics).
+template <class T, class Tg>
+Status check_options(const XentArgNames& n, const XentJob<T, Tg>& j, bool whole_rows) {
+  const XentProblem<T, Tg>& p = j.p;
+  if (whole_rows)
+    POWERGRAD_REQUIRE(!p.weight || (p.col_offset == 0 && p.total_cols == p.cols), Status::kUnsupported,
+                      "%s with a column shard (%s %lld, %s %lld) needs the split form (shard_stats, merge_stats, "
+                      "shard_apply)",
+                      n.weight, n.col_offset, as_ll(p.col_offset), n.total_cols, as_ll(p.total_cols));
+  if constexpr (!target_traits<Tg>::hard)
+    POWERGRAD_REQUIRE(j.out.correct == nullptr, Status::kUnsupported,
+                      "%s needs class targets (dense targets have no target class; %s is defined)", n.correct,
+                      n.argmax);
+  return Status::kSuccess;
 }
 
 template <class T, class Tg>
@@ -342,6 +412,7 @@ Status forward_backward(const XentArgNames& n, Backend backend, XentProblem<T, T
   j.up = upstream;
   j.out = out;
   init_job(j);
+  POWERGRAD_TRY(check_options(n, j, true));
   POWERGRAD_TRY(check_buffers(n, j, backend, workspace, workspace_bytes, false, n.dlogits, n.ld_dlogits,
                               Region{nullptr, 0, ""}));
   if (problem.rows == 0) return empty_batch(backend, j, stream);
@@ -355,16 +426,20 @@ Status backward(const XentArgNames& n, Backend backend, XentProblem<T, Tg> probl
   POWERGRAD_TRY(open_op(n, backend, problem));
   XentJob<T, Tg> j;
   j.p = problem;
-  j.mode = saved_lse_alpha ? XentMode::kApplySaved : XentMode::kFused;
-  j.lse_alpha_in = saved_lse_alpha;
+  // The z-loss gradient needs lse as well as lse_alpha: with a z-loss the statistics are recomputed
+  // (docs/design.md §2.5), and the saved lse_alpha is only checked for overlaps.
+  const bool use_saved = saved_lse_alpha != nullptr && problem.z_loss_scale == 0.f;
+  j.mode = use_saved ? XentMode::kApplySaved : XentMode::kFused;
+  j.lse_alpha_in = use_saved ? saved_lse_alpha : nullptr;
   j.up = upstream;
   j.out.dlogits = dlogits;
   j.out.ld_dlogits = ld_dlogits;
   init_job(j);
+  POWERGRAD_TRY(check_options(n, j, true));
   POWERGRAD_TRY(check_buffers(n, j, backend, workspace, workspace_bytes, true, n.backward_grad, n.backward_ld,
                               floats_region(saved_lse_alpha, j.p.rows, n.saved_lse_alpha)));
   if (problem.rows == 0) return Status::kSuccess;
-  if (saved_lse_alpha) return dispatch<XentMode::kApplySaved>(n, backend, j, workspace, workspace_bytes, stream);
+  if (use_saved) return dispatch<XentMode::kApplySaved>(n, backend, j, workspace, workspace_bytes, stream);
   return dispatch<XentMode::kFused>(n, backend, j, workspace, workspace_bytes, stream);
 }
 
@@ -378,6 +453,14 @@ Status hook(const XentArgNames& n, Backend backend, XentProblem<T, Tg> problem, 
                     as_ll(problem.col_offset), n.total_cols, as_ll(problem.total_cols), n.cols, as_ll(problem.cols));
   POWERGRAD_REQUIRE(std::isfinite(scale.scale) && scale.scale >= 0.f, Status::kInvalidValue,
                     "%s (%g) must be finite and >= 0", n.hook_scale, static_cast<double>(scale.scale));
+  // Its input is a gradient: p cannot be recovered from it once weights, a z-loss term or a softcap
+  // chain factor are in it (docs/design.md §2.5).
+  POWERGRAD_REQUIRE(problem.weight == nullptr, Status::kUnsupported, "the hook form does not support %s",
+                    n.weight);
+  POWERGRAD_REQUIRE(problem.z_loss_scale == 0.f, Status::kUnsupported, "the hook form does not support %s (%g)",
+                    n.z_loss_scale, static_cast<double>(problem.z_loss_scale));
+  POWERGRAD_REQUIRE(problem.softcap == 0.f, Status::kUnsupported, "the hook form does not support %s (%g)",
+                    n.softcap, static_cast<double>(problem.softcap));
   XentJob<T, Tg> j;
   j.p = problem;
   j.mode = XentMode::kHook;
@@ -396,7 +479,8 @@ Status shard_stats(const XentArgNames& n, Backend backend, XentProblem<T, Tg> pr
                    stream_t stream) {
   POWERGRAD_TRY(open_op(n, backend, problem));
   POWERGRAD_REQUIRE(stats != nullptr, Status::kNullPointer, "%s is null", n.stats);
-  const Region ins[] = {input_region(n, problem), targets_region(n, problem)};
+  POWERGRAD_TRY(check_stats_aligned(stats, n.stats));
+  const Region ins[] = {input_region(n, problem), targets_region(n, problem), weight_region(n, problem)};
   const Region outs[] = {{stats, static_cast<uint64_t>(problem.rows) * sizeof(RowStats), n.stats},
                          bad_count_region(n, problem)};
   POWERGRAD_TRY(check_disjoint(ins, outs));
@@ -415,6 +499,7 @@ Status shard_apply(const XentArgNames& n, Backend backend, XentProblem<T, Tg> pr
                    stream_t stream) {
   POWERGRAD_TRY(open_op(n, backend, problem));
   POWERGRAD_REQUIRE(merged != nullptr, Status::kNullPointer, "%s is null", n.merged);
+  POWERGRAD_TRY(check_stats_aligned(merged, n.merged));
   XentJob<T, Tg> j;
   j.p = problem;
   j.mode = XentMode::kApplyMerged;
@@ -422,6 +507,7 @@ Status shard_apply(const XentArgNames& n, Backend backend, XentProblem<T, Tg> pr
   j.up = upstream;
   j.out = out;
   init_job(j);
+  POWERGRAD_TRY(check_options(n, j, false));
   POWERGRAD_TRY(check_buffers(n, j, backend, workspace, workspace_bytes, false, n.dlogits, n.ld_dlogits,
                               Region{merged, static_cast<uint64_t>(problem.rows) * sizeof(RowStats), n.merged}));
   if (problem.rows == 0) return empty_batch(backend, j, stream);
@@ -439,6 +525,8 @@ inline Status merge_stats(Backend backend, const RowStats* parts, int64_t shards
                     Status::kInvalidSize, "shards x rows (%lld x %lld) overflows", as_ll(shards), as_ll(rows));
   POWERGRAD_REQUIRE(parts != nullptr, Status::kNullPointer, "parts is null");
   POWERGRAD_REQUIRE(merged != nullptr, Status::kNullPointer, "merged is null");
+  POWERGRAD_TRY(check_stats_aligned(parts, "parts"));
+  POWERGRAD_TRY(check_stats_aligned(merged, "merged"));
   const Region ins[] = {{parts, sizeof(RowStats) * static_cast<uint64_t>(shards * rows), "parts"}};
   const Region outs[] = {{merged, sizeof(RowStats) * static_cast<uint64_t>(rows), "merged"}};
   POWERGRAD_TRY(check_disjoint(ins, outs));
@@ -487,7 +575,8 @@ template <class T, class Tg>
   return detail::hook(detail::kXentCppNames, backend, problem, scale, out, ld_out, stream);
 }
 
-// Split form, step 1: partial statistics (m, s, sa, t) of this column shard for every row.
+// Split form, step 1: partial statistics (m, s, sa, t, a, w, argmax: docs/design.md §2.3) of this
+// column shard for every row; problem.weight, when given, holds this shard's weights.
 // problem.col_offset / total_cols place the shard in the full row.
 template <class T, class Tg>
 [[nodiscard]] Status xent_shard_stats(Backend backend, XentProblem<T, Tg> problem, RowStats* stats,

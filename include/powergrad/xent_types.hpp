@@ -46,6 +46,10 @@ struct XentProblem {
   // neither ignore_index nor in [0, total_cols); such a row's loss and gradient are NaN. The host
   // backend instead rejects the call with kInvalidTarget before writing anything.
   int32_t* bad_target_count = nullptr;
+  // Options (docs/design.md §2.5), off by default.
+  const float* weight = nullptr;  // class weights of these `cols` columns (same memory), finite and >= 0
+  float z_loss_scale = 0.f;       // lambda >= 0: adds lambda * lse^2 per row (gradient with the ordinary softmax)
+  float softcap = 0.f;            // c > 0: every logit z becomes c * tanh(z / c); 0 = off
 };
 
 // Upstream gradient of the loss: g_r = scale * v / (kMean ? n_valid : 1), where v = values[0] for
@@ -64,6 +68,9 @@ struct XentOutputs {
   float* lse_alpha = nullptr;  // rows values: log-sum-exp of alpha*z (what a later backward needs)
   T* dlogits = nullptr;        // gradient; may equal logits (in place, then ld must match)
   int64_t ld_dlogits = 0;      // 0 means the logits' ld
+  float* z_loss = nullptr;     // the z-loss part of `loss`, reduced as `loss` (docs/design.md §2.5)
+  int64_t* argmax = nullptr;   // rows values: first column of the row's maximum (global index)
+  int32_t* correct = nullptr;  // rows values, class targets: 1 when argmax equals the target, else 0
 };
 
 // Scale of an incoming gradient for the hook form: s_r = scale * (row_scale ? row_scale[r] : 1).

@@ -179,6 +179,9 @@ class XentProblem(_CheckedStructure):
         ("col_offset", ctypes.c_int64),
         ("total_cols", ctypes.c_int64),
         ("bad_target_count", ctypes.c_void_p),
+        ("weight", ctypes.c_void_p),
+        ("z_loss_scale", ctypes.c_float),
+        ("softcap", ctypes.c_float),
     ]
 
     def __init__(self, **kw):
@@ -210,6 +213,9 @@ class XentOutputs(_CheckedStructure):
         ("lse_alpha", ctypes.c_void_p),
         ("dlogits", ctypes.c_void_p),
         ("ld_dlogits", ctypes.c_int64),
+        ("z_loss", ctypes.c_void_p),
+        ("argmax", ctypes.c_void_p),
+        ("correct", ctypes.c_void_p),
     ]
 
     def __init__(self, **kw):
@@ -217,9 +223,10 @@ class XentOutputs(_CheckedStructure):
 
 
 class RowStats(ctypes.Structure):
-    """pg_row_stats_t (16 bytes)."""
+    """pg_row_stats_t (32 bytes)."""
 
-    _fields_ = [("m", ctypes.c_float), ("s", ctypes.c_float), ("sa", ctypes.c_float), ("t", ctypes.c_float)]
+    _fields_ = [("m", ctypes.c_float), ("s", ctypes.c_float), ("sa", ctypes.c_float), ("t", ctypes.c_float),
+                ("a", ctypes.c_float), ("w", ctypes.c_float), ("argmax", ctypes.c_int64)]
 
 
 class BucketTensor(_CheckedStructure):

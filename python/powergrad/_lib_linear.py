@@ -1,5 +1,5 @@
 """ctypes binding of the linear cross-entropy part of the C ABI (include/powergrad/powergrad_c.h:
-pg_linear_xent_*; docs/design.md §2.5). The library handle and the error mapping are _lib's."""
+pg_linear_xent_*; docs/design.md §2.6). The library handle and the error mapping are _lib's."""
 
 import ctypes
 import enum

@@ -123,7 +123,8 @@ def _upstream(upstream, reduction, rows):
 
 
 def cross_entropy_forward_backward(logits, targets, alpha=1.0, ignore_index=-100, label_smoothing=0.0,
-                                   reduction="mean", inplace=False, upstream=None, return_lse_alpha=False):
+                                   reduction="mean", inplace=False, upstream=None, return_lse_alpha=False,
+                                   weight=None, z_loss_scale=0.0, softcap=0.0, return_extras=False):
     """PGT cross-entropy loss and gradient in one sweep (pg_xent_forward_backward, host backend).
 
     Returns ``(loss, grad)``: ``loss`` a Python float for 'mean'/'sum' and a float32 ``[rows]`` array
@@ -135,9 +136,23 @@ def cross_entropy_forward_backward(logits, targets, alpha=1.0, ignore_index=-100
     float32 ``[rows]`` log-sum-exp of alpha*z, is returned for :func:`cross_entropy_backward`.
     Misaligned, byte-swapped or strided inputs are copied first (``inplace=True`` raises ValueError for
     logits that would need a copy); see the module docstring.
+
+    Options (docs/design.md §2.5): ``weight`` (``[cols]`` class weights, PyTorch's ``weight=``),
+    ``z_loss_scale`` (adds lambda * lse^2 per row), ``softcap`` (logits become c * tanh(z / c)). With
+    ``return_extras=True`` the last returned value is a dict: ``z_loss`` (the z-loss part of the loss,
+    reduced as the loss), ``argmax`` (int64 ``[rows]``) and, for class targets, ``correct`` (int32
+    ``[rows]``: argmax == target, 0 for ignored rows).
     """
     p, logits, ld, t = _problem(logits, targets, alpha, ignore_index, label_smoothing, reduction, inplace)
     rows, cols = logits.shape
+    w = None
+    if weight is not None:
+        w = _c_array(weight, np.float32, "weight")
+        if w.ndim != 1 or w.shape[0] != cols:
+            raise ValueError("weight must have shape [%d] (one per class), not %s" % (cols, w.shape))
+        p.weight = _ptr(w)
+    p.z_loss_scale = float(z_loss_scale)
+    p.softcap = float(softcap)
     red = _lib.reduction_of(reduction)
     up, _keep = _upstream(upstream, reduction, rows)
     loss = np.empty(rows if red == _lib.Reduction.NONE else 1, dtype=np.float32)
@@ -148,11 +163,23 @@ def cross_entropy_forward_backward(logits, targets, alpha=1.0, ignore_index=-100
     lse_alpha = np.empty(rows, dtype=np.float32) if return_lse_alpha else None
     out = _lib.XentOutputs(loss=_ptr(loss), lse=None, lse_alpha=_ptr(lse_alpha), dlogits=_ptr(grad),
                            ld_dlogits=ld_grad)
+    extras = {}
+    if return_extras:
+        extras["z_loss"] = np.empty(rows if red == _lib.Reduction.NONE else 1, dtype=np.float32)
+        extras["argmax"] = np.empty(rows, dtype=np.int64)
+        out.z_loss = _ptr(extras["z_loss"])
+        out.argmax = _ptr(extras["argmax"])
+        if t.dtype in (np.int32, np.int64):
+            extras["correct"] = np.empty(rows, dtype=np.int32)
+            out.correct = _ptr(extras["correct"])
     _lib.call("pg_xent_forward_backward", ctypes.byref(p), ctypes.byref(up), ctypes.byref(out), None, 0, None)
     loss_value = loss if red == _lib.Reduction.NONE else float(loss[0])
-    if return_lse_alpha:
-        return loss_value, grad, lse_alpha
-    return loss_value, grad
+    result = (loss_value, grad) + ((lse_alpha,) if return_lse_alpha else ())
+    if return_extras:
+        if red != _lib.Reduction.NONE:
+            extras["z_loss"] = float(extras["z_loss"][0])
+        result += (extras,)
+    return result
 
 
 def cross_entropy_backward(logits, targets, alpha=1.0, ignore_index=-100, label_smoothing=0.0, reduction="mean",

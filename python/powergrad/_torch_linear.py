@@ -1,4 +1,4 @@
-"""PyTorch integration of the PGT linear cross-entropy (docs/design.md §2.5, docs/python.md):
+"""PyTorch integration of the PGT linear cross-entropy (docs/design.md §2.6, docs/python.md):
 ``linear_cross_entropy(hidden, weight, target, bias=None, alpha=...)`` is
 ``F.cross_entropy(F.linear(hidden, weight, bias), target)`` with the PGT gradient, computed in row
 chunks so that the logits [rows x vocab] never exist. Re-exported by ``powergrad.torch``.

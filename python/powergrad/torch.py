@@ -828,16 +828,18 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         p.col_offset = 0 if empty else int(vocab_start)
         p.total_cols = int(vocab_size)
         _, stream = _device_and_stream(xs)
-        stats = torch.empty((rows, 4), dtype=torch.float32, device=dev)
+        # pg_row_stats_t: 32 bytes, 6 floats then an int64 (docs/design.md §2.3).
+        stats = torch.empty((rows, 8), dtype=torch.float32, device=dev)
         if empty:
             stats[:, 0] = float("-inf")
-            stats[:, 1:] = 0.0
+            stats[:, 1:6] = 0.0
+            stats.view(torch.int64)[:, 3] = 2 ** 63 - 1  # argmax of no column: the merge identity
         elif rows:
             _call(dev, "pg_xent_shard_stats", ctypes.byref(p), _vp(stats), stream)
-        # The one collective of the op: 16 bytes per row from every rank.
-        parts = torch.empty((world, rows, 4), dtype=torch.float32, device=dev)
+        # The one collective of the op: 32 bytes per row from every rank.
+        parts = torch.empty((world, rows, 8), dtype=torch.float32, device=dev)
         dist.all_gather(list(parts.unbind(0)), stats, group=group)
-        merged = torch.empty((rows, 4), dtype=torch.float32, device=dev)
+        merged = torch.empty((rows, 8), dtype=torch.float32, device=dev)
         dev_kind = _lib.Device.CUDA if dev.type == "cuda" else _lib.Device.HOST
         if rows:
             _call(dev, "pg_xent_merge_stats", int(dev_kind), _vp(parts), world, rows, ctypes.c_float(alpha),
@@ -871,7 +873,7 @@ def vocab_parallel_cross_entropy(logits, target, vocab_start, vocab_size, alpha=
     Each rank passes its shard ``logits`` ``[N, width]`` (columns ``[vocab_start, vocab_start + width)``
     of the full ``[N, vocab_size]`` logits; ``width`` may be 0 and may differ between ranks) and the
     same global class ``target`` ``[N]``. The op computes this shard's partial row statistics (max, two
-    exponential sums, target term), exchanges them with ONE ``all_gather`` on ``group`` (16 bytes per
+    exponential sums, target term), exchanges them with ONE ``all_gather`` on ``group`` (32 bytes per
     row per rank, whatever the vocabulary size), merges them in rank order (the same bits on every
     rank) and writes the shard's gradient and the loss; every rank returns the same loss, equal to the
     unsharded :func:`cross_entropy` to rounding (float32, as there). Backward scales the gradient by

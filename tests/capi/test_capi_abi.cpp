@@ -157,7 +157,7 @@ void check_all_ops() {
       ASSERT_EQ(powergrad::xent_forward_backward(powergrad::Backend::kHost, d.cpp(red), up, out),
                 powergrad::Status::kSuccess);
       const pg_xent_outputs_t c_out{sizeof(pg_xent_outputs_t), o_c.loss.data(), o_c.lse.data(), o_c.lse_alpha.data(),
-                                    g_c.data(), 0};
+                                    g_c.data(), 0, nullptr, nullptr, nullptr};
       const pg_xent_problem_t cp = d.c(red);
       expect_ok(pg_xent_forward_backward(&cp, &c_up, &c_out, nullptr, 0, nullptr));
       expect_bitwise_equal(o_cpp.loss, o_c.loss, "forward_backward loss");
@@ -228,7 +228,7 @@ void check_all_ops() {
                                               merged_cpp.data(), up, out),
                   powergrad::Status::kSuccess);
         const pg_xent_outputs_t c_out{sizeof(pg_xent_outputs_t), oa_c.loss.data(), oa_c.lse.data(),
-                                      oa_c.lse_alpha.data(), a_c.data() + off[s], kLd};
+                                      oa_c.lse_alpha.data(), a_c.data() + off[s], kLd, nullptr, nullptr, nullptr};
         const pg_xent_problem_t cp = d.c(red, off[s], cols[s]);
         expect_ok(pg_xent_shard_apply(&cp, merged_c.data(), &c_up, &c_out, nullptr, 0, nullptr));
         expect_bitwise_equal(oa_cpp.loss, oa_c.loss, "shard_apply loss");

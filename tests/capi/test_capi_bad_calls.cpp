@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstddef>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -32,6 +33,8 @@ struct Env {
   Guarded<float> logits{kRows * kCols}, dense{kRows * kCols}, loss{kRows}, lse{kRows}, lse_alpha{kRows},
       dlogits{kRows * kCols}, upstream_values{kRows};
   Guarded<int32_t> targets{kRows};
+  Guarded<float> weight{kCols}, neg_weight{kCols}, nan_weight{kCols}, inf_weight{kCols};  // options
+  Guarded<int32_t> correct{kRows};
   Guarded<pg_row_stats_t> stats{2 * kRows}, merged{kRows};
   Guarded<unsigned char> workspace{4096};
   pg_xent_problem_t p{};
@@ -43,7 +46,13 @@ struct Env {
     for (int64_t i = 0; i < kRows * kCols; ++i) dense.at()[i] = 1.f / kCols;
     for (int64_t r = 0; r < kRows; ++r) targets.at()[r] = static_cast<int32_t>(r % kCols);
     for (int64_t r = 0; r < kRows; ++r) upstream_values.at()[r] = 1.f;
-    for (int64_t i = 0; i < 2 * kRows; ++i) stats.at()[i] = pg_row_stats_t{0.f, 1.f, 1.f, 0.f};
+    for (int64_t i = 0; i < 2 * kRows; ++i) stats.at()[i] = pg_row_stats_t{0.f, 1.f, 1.f, 0.f, 1.f, 1.f, 0};
+    for (int64_t c = 0; c < kCols; ++c) {
+      weight.at()[c] = neg_weight.at()[c] = nan_weight.at()[c] = inf_weight.at()[c] = 1.f;
+    }
+    neg_weight.at()[3] = -1.f;
+    nan_weight.at()[5] = std::numeric_limits<float>::quiet_NaN();
+    inf_weight.at()[0] = std::numeric_limits<float>::infinity();
     p.struct_size = sizeof p;
     p.device = PG_DEVICE_HOST;
     p.dtype = PG_DTYPE_FLOAT32;
@@ -56,11 +65,12 @@ struct Env {
     p.alpha = 0.5f;
     p.reduction = PG_REDUCTION_MEAN;
     up = pg_upstream_t{sizeof up, 1.f, nullptr};
-    out = pg_xent_outputs_t{sizeof out, loss.at(), lse.at(), lse_alpha.at(), dlogits.at(), 0};
+    out = pg_xent_outputs_t{sizeof out, loss.at(), lse.at(), lse_alpha.at(), dlogits.at(), 0, nullptr, nullptr, nullptr};
   }
   std::vector<std::vector<unsigned char>> snapshot() const {
     return {logits.bytes, dense.bytes, loss.bytes, lse.bytes, lse_alpha.bytes, dlogits.bytes, upstream_values.bytes,
-            targets.bytes, stats.bytes, merged.bytes, workspace.bytes};
+            targets.bytes, stats.bytes, merged.bytes, workspace.bytes, weight.bytes, neg_weight.bytes,
+            nan_weight.bytes, inf_weight.bytes, correct.bytes};
   }
 
   pg_status_t fb(const pg_xent_problem_t& q) { return pg_xent_forward_backward(&q, &up, &out, nullptr, 0, nullptr); }
@@ -113,6 +123,76 @@ const std::vector<BadCall>& bad_calls() {
          e.out.struct_size = 1;
          return pg_xent_shard_apply(&e.p, e.merged.at(), &e.up, &e.out, nullptr, 0, nullptr);
        }},
+      // options (docs/design.md §2.5)
+      {"weight negative", PG_STATUS_INVALID_VALUE, same, "problem->weight[3]",
+       [](Env& e) { auto q = e.p; q.weight = e.neg_weight.at(); return e.fb(q); }},
+      {"weight NaN", PG_STATUS_INVALID_VALUE, same, "problem->weight[5]",
+       [](Env& e) { auto q = e.p; q.weight = e.nan_weight.at(); return e.fb(q); }},
+      {"weight inf (backward)", PG_STATUS_INVALID_VALUE, same, "problem->weight[0]",
+       [](Env& e) {
+         auto q = e.p;
+         q.weight = e.inf_weight.at();
+         return pg_xent_backward(&q, &e.up, nullptr, e.dlogits.at(), 0, nullptr, 0, nullptr);
+       }},
+      {"weight negative (shard_stats)", PG_STATUS_INVALID_VALUE, same, "problem->weight[3]",
+       [](Env& e) { auto q = e.p; q.weight = e.neg_weight.at(); return pg_xent_shard_stats(&q, e.stats.at(), nullptr); }},
+      {"weight over dlogits", PG_STATUS_INVALID_LAYOUT, same, "problem->weight",
+       [](Env& e) { auto q = e.p; q.weight = e.dlogits.at() + 3; return e.fb(q); }},
+      {"dlogits over weight", PG_STATUS_INVALID_LAYOUT, same, "problem->weight",
+       [](Env& e) {
+         auto q = e.p;
+         q.weight = e.weight.at();
+         e.out.dlogits = e.weight.at();
+         return e.fb(q);
+       }},
+      {"weight on a column shard (forward_backward)", PG_STATUS_UNSUPPORTED, same, "problem->weight",
+       [](Env& e) {
+         auto q = e.p;
+         q.weight = e.weight.at();
+         q.col_offset = 8;
+         q.total_cols = 16;
+         return e.fb(q);
+       }},
+      {"softcap negative", PG_STATUS_INVALID_VALUE, same, "problem->softcap",
+       [](Env& e) { auto q = e.p; q.softcap = -1.f; return e.fb(q); }},
+      {"softcap NaN", PG_STATUS_INVALID_VALUE, same, "problem->softcap",
+       [](Env& e) { auto q = e.p; q.softcap = kNaN; return e.fb(q); }},
+      {"softcap inf", PG_STATUS_INVALID_VALUE, same, "problem->softcap",
+       [](Env& e) { auto q = e.p; q.softcap = kInf; return e.fb(q); }},
+      {"z_loss_scale negative", PG_STATUS_INVALID_VALUE, same, "problem->z_loss_scale",
+       [](Env& e) { auto q = e.p; q.z_loss_scale = -0.5f; return e.fb(q); }},
+      {"z_loss_scale NaN (shard_apply)", PG_STATUS_INVALID_VALUE, same, "problem->z_loss_scale",
+       [](Env& e) {
+         auto q = e.p;
+         q.z_loss_scale = kNaN;
+         return pg_xent_shard_apply(&q, e.merged.at(), &e.up, &e.out, nullptr, 0, nullptr);
+       }},
+      {"hook with weight", PG_STATUS_UNSUPPORTED, same, "problem->weight",
+       [](Env& e) { auto q = e.p; q.weight = e.weight.at(); return pg_xent_hook(&q, 1.f, nullptr, e.dlogits.at(), 0, nullptr); }},
+      {"hook with z_loss_scale", PG_STATUS_UNSUPPORTED, same, "problem->z_loss_scale",
+       [](Env& e) { auto q = e.p; q.z_loss_scale = 0.1f; return pg_xent_hook(&q, 1.f, nullptr, e.dlogits.at(), 0, nullptr); }},
+      {"hook with softcap", PG_STATUS_UNSUPPORTED, same, "problem->softcap",
+       [](Env& e) { auto q = e.p; q.softcap = 30.f; return pg_xent_hook(&q, 1.f, nullptr, e.dlogits.at(), 0, nullptr); }},
+      {"correct with dense targets", PG_STATUS_UNSUPPORTED, same, "outputs->correct",
+       [](Env& e) {
+         auto q = e.p;
+         q.target_kind = PG_TARGET_DENSE;
+         q.targets = e.dense.at();
+         e.out.correct = e.correct.at();
+         return e.fb(q);
+       }},
+      {"stats misaligned (shard_stats)", PG_STATUS_INVALID_LAYOUT, same, "stats",
+       [](Env& e) {
+         auto* st = reinterpret_cast<pg_row_stats_t*>(reinterpret_cast<unsigned char*>(e.stats.at()) + 4);
+         return pg_xent_shard_stats(&e.p, st, nullptr);
+       }},
+      {"merged misaligned (merge_stats)", PG_STATUS_INVALID_LAYOUT, same, "merged",
+       [](Env& e) {
+         auto* m = reinterpret_cast<pg_row_stats_t*>(reinterpret_cast<unsigned char*>(e.merged.at()) + 4);
+         return pg_xent_merge_stats(PG_DEVICE_HOST, e.stats.at(), 2, kRows - 1, 1.f, m, nullptr);
+       }},
+      {"correct over loss", PG_STATUS_INVALID_LAYOUT, same, "outputs->correct",
+       [](Env& e) { e.out.correct = reinterpret_cast<int32_t*>(e.loss.at()); return e.fb(e.p); }},
       // enum values out of range
       {"dtype 7", PG_STATUS_INVALID_VALUE, same, "dtype",
        [](Env& e) { auto q = e.p; set_raw(q.dtype, 7); return e.fb(q); }},
@@ -272,6 +352,23 @@ INSTANTIATE_TEST_SUITE_P(Table, CapiBadCall, testing::Range<size_t>(0, bad_calls
                          });
 
 TEST(CapiBadCallTable, HasAtLeastThirtyCases) { EXPECT_GE(bad_calls().size(), 30u); }
+
+// The first layouts (structs that end before the options) are still accepted, with every option off: the
+// result equals the current struct's with the options off, bit for bit.
+TEST(CapiStructVersions, OldStructSizesAreAcceptedWithOptionsOff) {
+  Env a, b;
+  ASSERT_EQ(a.fb(a.p), PG_STATUS_SUCCESS) << pg_last_error();
+  auto q = b.p;
+  q.struct_size = offsetof(pg_xent_problem_t, weight);
+  q.z_loss_scale = kNaN;  // past the first layout: never read
+  q.softcap = -1.f;
+  b.out.struct_size = offsetof(pg_xent_outputs_t, z_loss);
+  b.out.correct = reinterpret_cast<int32_t*>(b.loss.at());  // past the first layout: never read
+  ASSERT_EQ(b.fb(q), PG_STATUS_SUCCESS) << pg_last_error();
+  EXPECT_EQ(a.loss.bytes, b.loss.bytes);
+  EXPECT_EQ(a.dlogits.bytes, b.dlogits.bytes);
+  EXPECT_EQ(a.lse.bytes, b.lse.bytes);
+}
 
 // A bad call after a good one, and a good one after a bad one: the message follows the last call.
 TEST(CapiBadCallTable, LastErrorFollowsTheLastCall) {

@@ -426,15 +426,17 @@ XentRef xent_reference(int64_t rows, int64_t C, const std::vector<double>& z, co
       s += std::exp(zr[j] - m);
       sa += std::exp(alpha * (zr[j] - m));
     }
+    double A = 0;  // the target mass: a dense row need not sum to 1 (docs/design.md §2.1, §2.5)
     for (int64_t j = 0; j < C; ++j)
       if (qr[j] != 0) {
         t += qr[j] * zr[j];
         tabs += std::fabs(qr[j] * zr[j]);
+        A += qr[j];
       }
     ref.lse[r] = m + std::log(s);
     ref.lse_a[r] = alpha == 0 ? std::log(static_cast<double>(unmasked)) : alpha * m + std::log(sa);
-    ref.loss_row[r] = ignored[r] ? 0 : ref.lse[r] - t;
-    ref.loss_tol_row[r] = ignored[r] ? 0 : 3e-5 * (std::fabs(ref.lse[r]) + tabs + 1);
+    ref.loss_row[r] = ignored[r] ? 0 : A * ref.lse[r] - t;
+    ref.loss_tol_row[r] = ignored[r] ? 0 : 3e-5 * (A * std::fabs(ref.lse[r]) + tabs + 1);
     double g = g_row[r];
     if (reduction == PG_REDUCTION_MEAN) g = ref.n_valid ? g / static_cast<double>(ref.n_valid) : 0;
     for (int64_t j = 0; j < C; ++j) {
@@ -442,9 +444,9 @@ XentRef xent_reference(int64_t rows, int64_t C, const std::vector<double>& z, co
       if (zr[j] == -INFINITY) pa = 0;
       else if (alpha == 0) pa = 1.0 / static_cast<double>(unmasked);
       else pa = std::exp(alpha * zr[j] - ref.lse_a[r]);
-      const double v = ignored[r] ? 0 : g * (pa - qr[j]);
+      const double v = ignored[r] ? 0 : g * (A * pa - qr[j]);
       ref.grad[r * C + j] = v;
-      ref.gtol[r * C + j] = std::fabs(g) * (3e-5 * (pa + std::fabs(qr[j])) + 1e-7) + std::fabs(v) * rel_ulp(dtype) +
+      ref.gtol[r * C + j] = std::fabs(g) * (3e-5 * (A * pa + std::fabs(qr[j])) + 1e-7) + std::fabs(v) * rel_ulp(dtype) +
                             min_step(dtype);
     }
   }
@@ -744,8 +746,10 @@ void valid_split(Reader& r) {
     start[k] = lo + r.u8() % (hi - lo + 1);
   }
   const int64_t ldd = v.C + r.u8() % 3;
-  auto* parts = static_cast<pg_row_stats_t*>(al.take(r, static_cast<size_t>(K * v.rows) * 16, 16));
-  auto* merged = static_cast<pg_row_stats_t*>(al.take(r, static_cast<size_t>(v.rows) * 16, 16));
+  constexpr size_t kStatsBytes = sizeof(pg_row_stats_t);  // 32 (docs/design.md §2.3)
+  static_assert(kStatsBytes == 32, "pg_row_stats_t is 32 bytes");
+  auto* parts = static_cast<pg_row_stats_t*>(al.take(r, static_cast<size_t>(K * v.rows) * kStatsBytes, 16));
+  auto* merged = static_cast<pg_row_stats_t*>(al.take(r, static_cast<size_t>(v.rows) * kStatsBytes, 16));
   void* d = al.take(r, static_cast<size_t>((v.rows > 0 ? v.rows : 1) * ldd) * es, 16);
   const int64_t nloss = v.reduction == PG_REDUCTION_NONE ? v.rows : 1;
   auto* loss = static_cast<float*>(al.take(r, static_cast<size_t>(nloss) * 4, 4));
@@ -772,12 +776,17 @@ void valid_split(Reader& r) {
     const pg_xent_problem_t p = shard(k);
     snapshot();
     std::memset(g_mask, 0, sizeof g_mask);
-    allow(parts + k * v.rows, v.rows * 16);
+    allow(parts + k * v.rows, v.rows * kStatsBytes);
     note("  shard_stats %lld: cols [%lld, %lld)\n", (long long)k, (long long)start[k], (long long)start[k + 1]);
     check_outcome("pg_xent_shard_stats", pg_xent_shard_stats(&p, parts + k * v.rows, nullptr), nullptr);
     for (int64_t i = 0; i < v.rows; ++i) {
-      double m = -INFINITY, s = 0, sa = 0, t = 0, tabs = 0;
-      for (int64_t j = start[k]; j < start[k + 1]; ++j) m = std::fmax(m, v.z[i * v.C + j]);
+      double m = -INFINITY, s = 0, sa = 0, t = 0, tabs = 0, a = 0;
+      int64_t am = start[k];  // the first maximum; the shard's first column when all are masked
+      for (int64_t j = start[k]; j < start[k + 1]; ++j)
+        if (v.z[i * v.C + j] > m) {
+          m = v.z[i * v.C + j];
+          am = j;
+        }
       for (int64_t j = start[k]; j < start[k + 1]; ++j) {
         const double zj = v.z[i * v.C + j], qj = v.q[i * v.C + j];
         if (zj != -INFINITY) {
@@ -787,19 +796,23 @@ void valid_split(Reader& r) {
         if (qj != 0) {
           t += qj * zj;
           tabs += std::fabs(qj * zj);
+          a += qj;
         }
       }
       const pg_row_stats_t& g = parts[k * v.rows + i];
-      // Ignored rows: t is not part of the contract (their loss is 0 whatever t is).
+      // Ignored rows: t and a are not part of the contract (their loss is 0 whatever they are).
       if (static_cast<double>(g.m) != m || !close(g.s, s, 3e-5 * s) || !close(g.sa, sa, 3e-5 * sa) ||
-          (!v.ignored[i] && !close(g.t, t, 3e-5 * (tabs + 1))))
-        oracle_failure("shard %lld row %lld stats (m %.9g s %.9g sa %.9g t %.9g), reference (%.9g %.9g %.9g %.9g)",
-                       (long long)k, (long long)i, (double)g.m, (double)g.s, (double)g.sa, (double)g.t, m, s, sa, t);
+          (!v.ignored[i] && !close(g.t, t, 3e-5 * (tabs + 1))) || (!v.ignored[i] && !close(g.a, a, 3e-5 * (a + 1))) ||
+          (std::isfinite(m) && g.argmax != am))
+        oracle_failure("shard %lld row %lld stats (m %.9g s %.9g sa %.9g t %.9g a %.9g argmax %lld), reference (%.9g "
+                       "%.9g %.9g %.9g %.9g %lld)",
+                       (long long)k, (long long)i, (double)g.m, (double)g.s, (double)g.sa, (double)g.t, (double)g.a,
+                       (long long)g.argmax, m, s, sa, t, a, (long long)am);
     }
   }
   snapshot();
   std::memset(g_mask, 0, sizeof g_mask);
-  allow(merged, v.rows * 16);
+  allow(merged, v.rows * kStatsBytes);
   note("  merge_stats shards %lld rows %lld\n", (long long)K, (long long)v.rows);
   check_outcome("pg_xent_merge_stats",
                 pg_xent_merge_stats(PG_DEVICE_HOST, parts, K, v.rows, static_cast<float>(v.alpha), merged, nullptr),
@@ -1022,11 +1035,13 @@ Expect model_xent(XentOp op, const RawXent& x) {
   }
   if (op == kStats) {
     e.rule(!x.stats, PG_STATUS_NULL_POINTER, "stats null");
-    outs.push_back({x.stats, static_cast<u128>(nrows) * 16, "stats"});
+    e.rule(x.stats && reinterpret_cast<uintptr_t>(x.stats) % 8 != 0, PG_STATUS_INVALID_LAYOUT, "stats misaligned");
+    outs.push_back({x.stats, static_cast<u128>(nrows) * sizeof(pg_row_stats_t), "stats"});
   }
   if (op == kApply) {
     e.rule(!x.stats, PG_STATUS_NULL_POINTER, "merged null");
-    ins.push_back({x.stats, static_cast<u128>(nrows) * 16, "merged"});
+    e.rule(x.stats && reinterpret_cast<uintptr_t>(x.stats) % 8 != 0, PG_STATUS_INVALID_LAYOUT, "merged misaligned");
+    ins.push_back({x.stats, static_cast<u128>(nrows) * sizeof(pg_row_stats_t), "merged"});
   }
   outs.push_back({p.bad_target_count, 4, "bad_target_count"});
   for (size_t o = 0; o < outs.size(); ++o) {
@@ -1084,7 +1099,7 @@ void allow_xent(XentOp op, const RawXent& x) {
     if (x.out.dlogits) allow_grad(x.out.dlogits, p.rows, p.cols, x.out.ld_dlogits ? x.out.ld_dlogits : ld, es);
   }
   if (op == kBackward || op == kHook) allow_grad(x.grad, p.rows, p.cols, x.ld_grad ? x.ld_grad : ld, es);
-  if (op == kStats) allow(x.stats, static_cast<u128>(p.rows) * 16);
+  if (op == kStats) allow(x.stats, static_cast<u128>(p.rows) * sizeof(pg_row_stats_t));
 }
 
 void raw_xent(Reader& r, XentOp op) {
@@ -1135,21 +1150,24 @@ void raw_merge(Reader& r) {
   e.rule(shards < 1, PG_STATUS_INVALID_SIZE, "shards < 1");
   e.rule(!std::isfinite(alpha) || alpha < 0 || !std::isfinite(alpha * 1.4426950408889634f), PG_STATUS_INVALID_VALUE,
          "alpha");
-  e.rule(rows > 0 && shards > 0 && mul_sat(mul_sat(static_cast<u128>(rows), static_cast<u128>(shards)), 16) > static_cast<u128>(INT64_MAX),
+  constexpr u128 kSB = sizeof(pg_row_stats_t);  // 32 bytes (docs/design.md §2.3)
+  e.rule(rows > 0 && shards > 0 && mul_sat(mul_sat(static_cast<u128>(rows), static_cast<u128>(shards)), kSB) > static_cast<u128>(INT64_MAX),
          PG_STATUS_INVALID_SIZE, "shards x rows overflows");
   e.rule(!parts, PG_STATUS_NULL_POINTER, "parts null");
   e.rule(!merged, PG_STATUS_NULL_POINTER, "merged null");
+  e.rule(parts && reinterpret_cast<uintptr_t>(parts) % 8 != 0, PG_STATUS_INVALID_LAYOUT, "parts misaligned");
+  e.rule(merged && reinterpret_cast<uintptr_t>(merged) % 8 != 0, PG_STATUS_INVALID_LAYOUT, "merged misaligned");
   const u128 nr = rows < 0 ? 0 : static_cast<u128>(rows), ns = shards < 0 ? 0 : static_cast<u128>(shards);
-  e.rule(overlap({parts, mul_sat(mul_sat(nr, ns), 16), ""}, {merged, nr * 16, ""}), PG_STATUS_INVALID_LAYOUT,
+  e.rule(overlap({parts, mul_sat(mul_sat(nr, ns), kSB), ""}, {merged, nr * kSB, ""}), PG_STATUS_INVALID_LAYOUT,
          "merged overlaps parts");
-  e.touch(parts, mul_sat(mul_sat(nr, ns), 16));
-  e.touch(merged, nr * 16);
+  e.touch(parts, mul_sat(mul_sat(nr, ns), kSB));
+  e.touch(merged, nr * kSB);
   if (e.skip()) return;
   pg_device_t d;
   set_enum(d, dev);
   snapshot();
   std::memset(g_mask, 0, sizeof g_mask);
-  allow(merged, nr * 16);
+  allow(merged, nr * kSB);
   note("raw pg_xent_merge_stats dev %d shards %lld rows %lld alpha %g parts %zd merged %zd | must 0x%x: %s\n", dev,
        (long long)shards, (long long)rows, (double)alpha, parts ? (ptrdiff_t)off_of(parts) : -1,
        merged ? (ptrdiff_t)off_of(merged) : -1, e.must, e.why.c_str());

@@ -1,4 +1,4 @@
-// powergrad host backend: the matrix parts of the PGT linear cross-entropy (docs/design.md §2.5):
+// powergrad host backend: the matrix parts of the PGT linear cross-entropy (docs/design.md §2.6):
 // the three GEMMs through a CBLAS (OpenBLAS by default), conversions of fp16/bf16 blocks to and from
 // fp32 around them, the bias broadcast and the fixed-order bias-gradient sums. The chunk loop and the
 // row op (host::xent_run through xent.hpp) are driven by linear_xent.hpp.

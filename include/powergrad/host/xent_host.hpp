@@ -26,23 +26,45 @@ namespace detail_host {
 using powergrad::detail::XentJob;
 using powergrad::detail::XentMode;
 
-// Per-row view of the targets.
+// Class weight of local column c (1 without weights).
+template <class T, class Tg>
+float weight_of(const XentJob<T, Tg>& j, int64_t c) {
+  return j.p.weight ? j.p.weight[c] : 1.f;
+}
+
+// Per-row view of the targets: q (the hook form's target, no options) and b, the weighted smoothed
+// target of docs/design.md §2.5 (b = q without weights).
 template <class Tg>
 struct RowTarget;
 
 template <class Index>
 struct RowTarget<ClassTargets<Index>> {
   int64_t y = 0;
+  int64_t yl = 0;         // target column relative to this shard
   bool ignored = false;
+  bool in_shard = false;  // the target column is one of these columns
+  float wy = 0.f;         // its weight when it is (1 without weights), else 0
   template <class T>
   RowTarget(const XentJob<T, ClassTargets<Index>>& j, int64_t r) {
     y = static_cast<int64_t>(j.p.targets.index[r]);
     ignored = (y == j.p.targets.ignore_index);
+    yl = y - j.p.col_offset;
+    in_shard = !ignored && yl >= 0 && yl < j.p.cols;
+    wy = in_shard ? weight_of(j, yl) : 0.f;
   }
   // Target probability of local column c.
   template <class T>
   float q(const XentJob<T, ClassTargets<Index>>& j, int64_t, int64_t c) const {
     return math::hard_q(c + j.p.col_offset, y, j.k);
+  }
+  // The part of b_c that is not the target column's (1 - eps) w_y.
+  template <class T>
+  float b_off(const XentJob<T, ClassTargets<Index>>& j, int64_t c) const {
+    return j.p.weight ? j.k.smooth_off * j.p.weight[c] : j.k.smooth_off;
+  }
+  template <class T>
+  float b(const XentJob<T, ClassTargets<Index>>& j, int64_t c) const {
+    return (c == yl ? j.k.smooth_on * wy : 0.f) + b_off(j, c);
   }
 };
 
@@ -56,6 +78,11 @@ struct RowTarget<DenseTargets<TT>> {
   float q(const XentJob<T, DenseTargets<TT>>& j, int64_t, int64_t c) const {
     return math::dense_q(to_float(row[c]), j.k);
   }
+  template <class T>
+  float b(const XentJob<T, DenseTargets<TT>>& j, int64_t c) const {
+    const float qc = math::dense_q(to_float(row[c]), j.k);
+    return j.p.weight ? j.p.weight[c] * qc : qc;
+  }
 };
 
 template <class Tg>
@@ -63,12 +90,13 @@ constexpr bool is_hard() {
   return powergrad::detail::target_traits<Tg>::hard;
 }
 
-// The value the statistics run over: the logit, or for the hook form log(p) with p recovered from
-// the incoming gradient (p = G/s + q clamped to [0, 1]; log 0 = -inf acts as a masked class).
+// The value the statistics run over: the logit (softcapped when asked), or for the hook form log(p)
+// with p recovered from the incoming gradient (p = G/s + q clamped to [0, 1]; log 0 = -inf acts as
+// a masked class).
 template <class T, class Tg>
 float row_z(const XentJob<T, Tg>& j, const RowTarget<Tg>& tg, const T* x, int64_t r, int64_t c, float s_r) {
   const float v = to_float(x[c]);
-  if (j.mode != XentMode::kHook) return v;
+  if (j.mode != XentMode::kHook) return j.k.softcap > 0.f ? math::softcapped(v, j.k) : v;
   float p = v / s_r + tg.q(j, r, c);
   p = p < 0.f ? 0.f : (p > 1.f ? 1.f : p);  // comparisons keep NaN
   return std::log(p);
@@ -80,42 +108,87 @@ RowStats row_stats(const XentJob<T, Tg>& j, const RowTarget<Tg>& tg, const T* x,
   RowStats total = math::empty_stats();
   for (int64_t c0 = 0; c0 < C; c0 += kChunkCols) {
     const int64_t c1 = c0 + kChunkCols < C ? c0 + kChunkCols : C;
+    // The chunk's values, formed once (a softcap's tanh or the hook's log is not computed twice).
+    float zbuf[kChunkCols];
     float bm = math::neg_inf();
+    int64_t bi = c0;
     for (int64_t c = c0; c < c1; ++c) {
       const float z = row_z(j, tg, x, r, c, s_r);
-      bm = z > bm ? z : bm;  // NaN never becomes the max; it reaches the sums instead
+      zbuf[c - c0] = z;
+      if (z > bm) {  // NaN never becomes the max; it reaches the sums instead. The first maximum wins.
+        bm = z;
+        bi = c;
+      }
     }
     RowStats part = math::empty_stats();
     const float ref = math::rescale_to(part, bm, j.k);
+    part.argmax = bi + j.p.col_offset;
     for (int64_t c = c0; c < c1; ++c) {
-      const float z = row_z(j, tg, x, r, c, s_r);
+      const float z = zbuf[c - c0];
       math::accumulate(part, z, ref, j.k);
       if (j.mode == XentMode::kHook) continue;
       if constexpr (is_hard<Tg>()) {
-        part.t += math::q_times_z(j.k.smooth_off, z);
+        const float bo = tg.b_off(j, c);
+        part.t += math::q_times_z(bo, z);
+        part.a += bo;
       } else {
-        part.t += math::q_times_z(tg.q(j, r, c), z);
+        const float b = tg.b(j, c);
+        part.t += math::q_times_z(b, z);
+        part.a += b;
       }
     }
     total = math::merge(total, part, j.k.alpha_log2e);
   }
   if constexpr (is_hard<Tg>()) {
-    const int64_t yl = tg.y - j.p.col_offset;
-    if (j.mode != XentMode::kHook && !tg.ignored && yl >= 0 && yl < C) {
-      total.t += math::q_times_z(j.k.smooth_on, to_float(x[yl]));
+    if (j.mode != XentMode::kHook && tg.in_shard) {
+      const float on = j.k.smooth_on * tg.wy;
+      total.t += math::q_times_z(on, row_z(j, tg, x, r, tg.yl, s_r));
+      total.a += on;
+      total.w = tg.wy;
     }
   }
+  if (tg.ignored) total.a = total.w = 0.f;  // an ignored row has no target
   return total;
 }
 
-
+// Sum of the weights of these columns (class targets with weights and smoothing: part of A).
 template <class T, class Tg>
-int64_t count_valid(const XentJob<T, Tg>& j) {
-  if constexpr (!is_hard<Tg>()) {
-    return j.p.rows;
+double weight_sum(const XentJob<T, Tg>& j) {
+  if (!j.p.weight) return static_cast<double>(j.p.cols);
+  double s = 0.0;
+  for (int64_t c = 0; c < j.p.cols; ++c) s += j.p.weight[c];
+  return s;
+}
+
+// The target mass A of a row when only a saved lse_alpha is at hand (docs/design.md §2.5).
+template <class T, class Tg>
+float saved_mode_mass(const XentJob<T, Tg>& j, const RowTarget<Tg>& tg, double wsum) {
+  if constexpr (is_hard<Tg>()) {
+    if (!j.p.weight) return 1.f;
+    return j.k.smooth_on * tg.wy + static_cast<float>(j.k.smooth_off * wsum);
   } else {
-    int64_t n = 0;
-    for (int64_t r = 0; r < j.p.rows; ++r) n += (static_cast<int64_t>(j.p.targets.index[r]) != j.p.targets.ignore_index);
+    double A = 0.0;  // one long sequential sum: in double (the statistics pass sums by chunk)
+    for (int64_t c = 0; c < j.p.cols; ++c) A += tg.b(j, c);
+    return static_cast<float>(A);
+  }
+}
+
+// The kMean denominator D (docs/design.md §2.5): the non-ignored rows (class targets), the sum of
+// their targets' weights (class targets with weights; from the merged statistics in the split
+// form, where each shard holds only its own weights), or every row (dense targets).
+template <class T, class Tg>
+double mean_denominator(const XentJob<T, Tg>& j) {
+  if constexpr (!is_hard<Tg>()) {
+    return static_cast<double>(j.p.rows);
+  } else {
+    double n = 0.0;
+    for (int64_t r = 0; r < j.p.rows; ++r) {
+      const int64_t y = static_cast<int64_t>(j.p.targets.index[r]);
+      if (y == j.p.targets.ignore_index) continue;
+      if (!j.p.weight) n += 1.0;
+      else if (j.mode == XentMode::kApplyMerged) n += static_cast<double>(j.stats_in[r].w);
+      else n += static_cast<double>(j.p.weight[y - j.p.col_offset]);  // whole rows: checked by the API
+    }
     return n;
   }
 }
@@ -126,11 +199,15 @@ int64_t count_valid(const XentJob<T, Tg>& j) {
 template <class T, class Tg>
 Status xent_run(const powergrad::detail::XentJob<T, Tg>& j) {
   using namespace detail_host;
-  // Class indices were checked by the API layer (xent.hpp: check_host_targets) before this runs.
+  // Class indices and weights were checked by the API layer (xent.hpp: check_host_inputs) before this runs.
   const int64_t R = j.p.rows, C = j.p.cols;
   const bool reduced = j.p.reduction != Reduction::kNone;
-  const int64_t n_valid = count_valid(j);
-  double loss_sum = 0.0;
+  const bool mean = j.p.reduction == Reduction::kMean;
+  const double denom = (mean && j.mode != XentMode::kHook && j.mode != XentMode::kStats) ? mean_denominator(j) : 1.0;
+  const double wsum = j.mode == XentMode::kApplySaved ? weight_sum(j) : 0.0;
+  const bool capped = j.k.softcap > 0.f;
+  const float lambda = j.k.z_loss_scale;
+  double loss_sum = 0.0, z_sum = 0.0;
 
   for (int64_t r = 0; r < R; ++r) {
     const T* x = j.p.logits + r * j.p.ld;
@@ -158,22 +235,33 @@ Status xent_run(const powergrad::detail::XentJob<T, Tg>& j) {
 
     // Statistics: computed (kFused, kStats), merged (kApplyMerged) or only lse_alpha (kApplySaved).
     RowStats st{};
-    float ref = 0.f, c2 = 0.f;
+    float ref = 0.f, c2 = 0.f, A = 1.f, lse = 0.f;
     if (j.mode == XentMode::kApplySaved) {
       c2 = j.lse_alpha_in[r] * math::kLog2e;
+      if (!tg.ignored) A = saved_mode_mass(j, tg, wsum);
     } else {
       st = (j.mode == XentMode::kApplyMerged) ? j.stats_in[r] : row_stats(j, tg, x, r, 1.f);
       if (j.mode == XentMode::kStats) {
         j.stats_out[r] = st;
         continue;
       }
+      // Class targets without weights: A = 1 exactly (the statistics' a is 1 up to rounding).
+      if (!is_hard<Tg>() || j.p.weight) A = st.a;
       ref = math::safe_ref(st.m);
       c2 = math::fast_log2(st.sa);
-      if (j.out.lse) j.out.lse[r] = math::lse_of(st);
+      lse = math::lse_of(st);
+      if (j.out.lse) j.out.lse[r] = lse;
       if (j.out.lse_alpha) j.out.lse_alpha[r] = math::lse_alpha_of(st, j.k.alpha);
-      const float row_loss = tg.ignored ? 0.f : math::row_loss_of(math::lse_of(st), st);
+      const float zrow = tg.ignored || lambda == 0.f ? 0.f : lambda * lse * lse;
+      const float row_loss = tg.ignored ? 0.f : math::row_loss_mass(lse, A, st) + zrow;
       if (!reduced && j.out.loss) j.out.loss[r] = row_loss;
+      if (!reduced && j.out.z_loss) j.out.z_loss[r] = zrow;
+      if (j.out.argmax) j.out.argmax[r] = st.argmax;
+      if constexpr (is_hard<Tg>()) {
+        if (j.out.correct) j.out.correct[r] = !tg.ignored && st.argmax == tg.y ? 1 : 0;
+      }
       loss_sum += static_cast<double>(row_loss);
+      z_sum += static_cast<double>(zrow);
     }
 
     if (!j.out.dlogits) continue;
@@ -183,17 +271,25 @@ Status xent_run(const powergrad::detail::XentJob<T, Tg>& j) {
       continue;
     }
     float g = j.up.scale * (j.up.values ? j.up.values[reduced ? 0 : r] : 1.f);
-    if (j.p.reduction == Reduction::kMean) g = n_valid > 0 ? g / static_cast<float>(n_valid) : 0.f;
+    if (mean) g = denom > 0.0 ? g / static_cast<float>(denom) : 0.f;
+    const float zl2 = 2.f * lambda * lse;  // z-loss: the API runs kFused whenever lambda > 0
     for (int64_t c = 0; c < C; ++c) {
       const float z = to_float(x[c]);
-      o[c] = from_float<T>(math::grad_elem(g, math::pgt_prob(z, j.k.alpha_log2e, ref, c2), tg.q(j, r, c)));
+      float zc = z, slope = 1.f;
+      if (capped) math::softcap_with_slope(z, j.k, zc, slope);
+      const float pp = math::pgt_prob(zc, j.k.alpha_log2e, ref, c2);
+      float p = 0.f;
+      if (lambda != 0.f) p = zc == math::neg_inf() ? 0.f : math::fast_exp2((zc - lse) * math::kLog2e);
+      float d = math::option_grad(A, pp, tg.b(j, c), zl2, p);
+      if (capped) d *= slope;
+      o[c] = from_float<T>(g * d);
     }
   }
 
-  if (reduced && j.out.loss && (j.mode == XentMode::kFused || j.mode == XentMode::kApplyMerged)) {
-    double l = loss_sum;
-    if (j.p.reduction == Reduction::kMean) l = n_valid > 0 ? l / static_cast<double>(n_valid) : 0.0;
-    j.out.loss[0] = static_cast<float>(l);
+  if (reduced && (j.mode == XentMode::kFused || j.mode == XentMode::kApplyMerged)) {
+    const auto finish = [&](double v) { return static_cast<float>(mean ? (denom > 0.0 ? v / denom : 0.0) : v); };
+    if (j.out.loss) j.out.loss[0] = finish(loss_sum);
+    if (j.out.z_loss) j.out.z_loss[0] = finish(z_sum);
   }
   return Status::kSuccess;
 }

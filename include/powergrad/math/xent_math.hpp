@@ -10,7 +10,10 @@
 //   m  = max_j z_j
 //   s  = sum_j exp(z_j - m)               -> lse   = m + log s
 //   sa = sum_j exp(alpha (z_j - m))       -> lse_a = alpha m + log sa   (max(alpha z) = alpha max z)
-//   t  = sum_j q_j z_j  (this shard's part of the target dot product)
+//   t  = sum_j b_j z_j  (this shard's part of the target dot product; b = q without class weights)
+//   a  = sum_j b_j      (this shard's part of the target mass A, docs/design.md §2.5)
+//   w  = w_y when the target column is in this shard (the row's weight in a weighted mean)
+//   argmax = global column of the first maximum
 // Sums are kept in base 2 internally (exp2 with a pre-scaled log2(e)), which is what the special
 // function unit computes.
 #pragma once
@@ -49,7 +52,8 @@ PG_HD float fast_log2(float x) {
 #endif
 }
 
-PG_HD RowStats empty_stats() { return RowStats{neg_inf(), 0.f, 0.f, 0.f}; }
+// argmax starts past every column, so that merging with any real statistic keeps that one's index.
+PG_HD RowStats empty_stats() { return RowStats{neg_inf(), 0.f, 0.f, 0.f, 0.f, 0.f, INT64_MAX}; }
 
 // Per-op constants, computed once on the host.
 struct XentScalars {
@@ -57,10 +61,18 @@ struct XentScalars {
   float alpha_log2e;  // alpha * log2(e)
   float smooth_on;    // 1 - eps: weight of the one-hot (or dense) target
   float smooth_off;   // eps / C_total: uniform part of q
+  // Options (docs/design.md §2.5); 0 when off.
+  float softcap;       // c
+  float inv_softcap;   // 1 / c
+  float z_loss_scale;  // lambda
 };
 
-inline XentScalars make_scalars(float alpha, float label_smoothing, int64_t total_cols) {
+inline XentScalars make_scalars(float alpha, float label_smoothing, int64_t total_cols, float softcap = 0.f,
+                                float z_loss_scale = 0.f) {
   XentScalars k;
+  k.softcap = softcap;
+  k.inv_softcap = softcap > 0.f ? 1.f / softcap : 0.f;
+  k.z_loss_scale = z_loss_scale;
   k.alpha = alpha;
   k.alpha_log2e = alpha * kLog2e;
   k.smooth_on = 1.f - label_smoothing;
@@ -128,6 +140,10 @@ PG_HD RowStats merge(const RowStats& a, const RowStats& b, float alpha_log2e) {
   r.s = sum_of_products(a.s, fa, b.s, fb);
   r.sa = sum_of_products(a.sa, fa2, b.sa, fb2);
   r.t = a.t + b.t;
+  r.a = a.a + b.a;
+  r.w = a.w + b.w;
+  // The first maximum: the larger max wins, equal maxima keep the smaller column (torch.argmax).
+  r.argmax = b.m > a.m ? b.argmax : (a.m > b.m ? a.argmax : (a.argmax < b.argmax ? a.argmax : b.argmax));
   return r;
 }
 
@@ -165,6 +181,57 @@ PG_HD float row_loss_of(float lse, const RowStats& st) {
   const float nan = std::numeric_limits<float>::quiet_NaN();
 #endif
   return st.m == neg_inf() ? nan : lse - st.t;
+}
+
+// Softcapping (Gemma 2; docs/design.md §2.5): zc = c tanh(z / c). A masked logit (-inf) stays
+// masked; +inf becomes c, NaN stays NaN.
+PG_HD float softcapped(float z, const XentScalars& k) {
+#if defined(__CUDA_ARCH__)
+  return z == neg_inf() ? z : k.softcap * tanhf(z * k.inv_softcap);
+#else
+  return z == neg_inf() ? z : k.softcap * std::tanh(z * k.inv_softcap);
+#endif
+}
+// d zc / d z = 1 - tanh^2(z / c): the chain factor of the capped gradient (0 for a masked logit,
+// whose gradient is 0 anyway).
+PG_HD float softcap_slope(float z, const XentScalars& k) {
+#if defined(__CUDA_ARCH__)
+  const float t = tanhf(z * k.inv_softcap);
+#else
+  const float t = std::tanh(z * k.inv_softcap);
+#endif
+  return z == neg_inf() ? 0.f : 1.f - t * t;
+}
+
+// Both at once, from one tanh: the capped logit and its chain factor (the same values as
+// softcapped() and softcap_slope()).
+PG_HD void softcap_with_slope(float z, const XentScalars& k, float& zc, float& slope) {
+#if defined(__CUDA_ARCH__)
+  const float t = tanhf(z * k.inv_softcap);
+#else
+  const float t = std::tanh(z * k.inv_softcap);
+#endif
+  const bool masked = z == neg_inf();
+  zc = masked ? z : k.softcap * t;
+  slope = masked ? 0.f : 1.f - t * t;
+}
+
+// dL/dzc of one element (docs/design.md §2.5): A p' - b, plus the z-loss term 2 lambda lse p with
+// the ordinary softmax p (zl2 = 2 lambda lse; p is only used when zl2 != 0). Formed in fp32 before
+// the single final rounding, so A p'_y - b_y does not cancel as p'_y -> 1.
+PG_HD float option_grad(float A, float pp, float b, float zl2, float p) {
+  const float ce = A * pp - b;  // A = 1: exactly pp - b
+  return zl2 == 0.f ? ce : ce + zl2 * p;
+}
+
+// The row's loss with a target mass A: A lse - t. A row whose every column is masked: NaN.
+PG_HD float row_loss_mass(float lse, float A, const RowStats& st) {
+#if defined(__CUDA_ARCH__)
+  const float nan = __int_as_float(0x7fffffff);
+#else
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+#endif
+  return st.m == neg_inf() ? nan : A * lse - st.t;  // A = 1: exactly lse - t
 }
 
 // Target probability of column j (global index) for a hard target y (already known valid).

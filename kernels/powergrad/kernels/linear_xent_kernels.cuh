@@ -1,4 +1,4 @@
-// powergrad device kernels: the parts of the PGT linear cross-entropy (docs/design.md §2.5) around
+// powergrad device kernels: the parts of the PGT linear cross-entropy (docs/design.md §2.6) around
 // the row op: the cuBLAS GEMMs (fp32 accumulation, the caller's handle and stream), the bias
 // broadcast, fp32 <-> fp16/bf16 conversions, fixed-order column sums for the bias gradient, the
 // count of valid rows and the chunk-loss sum. No floating-point atomics, no allocation, no host

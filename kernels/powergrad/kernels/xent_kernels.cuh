@@ -51,17 +51,39 @@ PG_HD constexpr int rows_per_block(int G) { return G <= 32 ? kSmallGroupBlock / 
 // Group-wide merge of RowStats. Every thread of the group ends with the same statistics.
 // W <= 32 lanes (a power of two) form an aligned sub-group of the warp; the shuffles name only
 // that sub-group's lanes, so sub-groups of one warp may be on different rows or paths.
-template <int W>
+// Which fields a mode merges (docs/design.md §2.3, §6): every mode the max, the two sums and the
+// target term; the target mass `a` where it is summed per element (dense targets, shard
+// statistics); `w` and `argmax` only for the shard statistics. Fields a mode does not merge are
+// neither exchanged nor stored, so the other modes' kernels are what they were before the fields
+// existed.
+enum class MergeFields : int { kCore = 0, kMass = 1, kAll = 2 };
+
+template <MergeFields F>
+PG_DEVICE RowStats with_fields(RowStats s) {
+  if constexpr (F == MergeFields::kCore) s.a = 0.f;
+  if constexpr (F != MergeFields::kAll) {
+    s.w = 0.f;
+    s.argmax = 0;
+  }
+  return s;
+}
+
+template <int W, MergeFields F>
 PG_DEVICE RowStats subwarp_merge(RowStats s, float a2) {
   const unsigned mask = W == 32 ? kFullMask : (((1u << W) - 1u) << (threadIdx.x & 31 & ~(W - 1)));
 #pragma unroll
   for (int o = W / 2; o > 0; o >>= 1) {
-    RowStats other;
+    RowStats other = with_fields<F>(math::empty_stats());
     other.m = __shfl_xor_sync(mask, s.m, o);
     other.s = __shfl_xor_sync(mask, s.s, o);
     other.sa = __shfl_xor_sync(mask, s.sa, o);
     other.t = __shfl_xor_sync(mask, s.t, o);
-    s = math::merge(s, other, a2);
+    if constexpr (F != MergeFields::kCore) other.a = __shfl_xor_sync(mask, s.a, o);
+    if constexpr (F == MergeFields::kAll) {
+      other.w = __shfl_xor_sync(mask, s.w, o);
+      other.argmax = static_cast<int64_t>(__shfl_xor_sync(mask, static_cast<long long>(s.argmax), o));
+    }
+    s = with_fields<F>(math::merge(s, other, a2));
   }
   // Shuffles exchange registers but do not order memory: the barrier makes every pass-1 read of
   // the sub-group (including the target column read by lane 0) happen before any in-place write.
@@ -69,16 +91,44 @@ PG_DEVICE RowStats subwarp_merge(RowStats s, float a2) {
   return s;
 }
 
-template <int G>
+// The block-level exchange slot of one warp: only the fields of F are stored and loaded.
+template <MergeFields F>
+PG_DEVICE void store_fields(RowStats& slot, const RowStats& s) {
+  slot.m = s.m;
+  slot.s = s.s;
+  slot.sa = s.sa;
+  slot.t = s.t;
+  if constexpr (F != MergeFields::kCore) slot.a = s.a;
+  if constexpr (F == MergeFields::kAll) {
+    slot.w = s.w;
+    slot.argmax = s.argmax;
+  }
+}
+template <MergeFields F>
+PG_DEVICE RowStats load_fields(const RowStats& slot) {
+  RowStats s = with_fields<F>(math::empty_stats());
+  s.m = slot.m;
+  s.s = slot.s;
+  s.sa = slot.sa;
+  s.t = slot.t;
+  if constexpr (F != MergeFields::kCore) s.a = slot.a;
+  if constexpr (F == MergeFields::kAll) {
+    s.w = slot.w;
+    s.argmax = slot.argmax;
+  }
+  return s;
+}
+
+template <int G, MergeFields F = MergeFields::kCore>
 PG_DEVICE RowStats group_merge(RowStats s, float a2, RowStats* smem) {
-  s = subwarp_merge<(G < 32 ? G : 32)>(s, a2);
+  s = subwarp_merge<(G < 32 ? G : 32), F>(s, a2);
   if constexpr (G > 32) {
     constexpr int kWarps = G / 32;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) smem[warp] = s;
+    if (lane == 0) store_fields<F>(smem[warp], s);
     __syncthreads();
-    s = lane < kWarps ? smem[lane] : math::empty_stats();
-    s = subwarp_merge<32>(s, a2);
+    s = lane < kWarps ? load_fields<F>(smem[lane]) : with_fields<F>(math::empty_stats());
+    s = subwarp_merge<32, F>(s, a2);
     __syncthreads();  // smem is reused by the next row
   }
   return s;
@@ -149,6 +199,12 @@ struct RowWorker {
   static constexpr int V = Vec<T>::kSize;
   static constexpr int kBatch = BATCH;  // independent 16-byte loads in flight per thread (streamed part)
   static constexpr bool kNeedQInPass1 = (MODE == XentMode::kHook) || !kHardTargets<Tg>;
+  // The target mass A = sum q (docs/design.md §2.5): 1 for class targets, summed per element for
+  // dense targets (a row need not sum to 1); the shard statistics also carry w and the argmax.
+  static constexpr bool kDenseMass = !kHardTargets<Tg> && MODE != XentMode::kHook;
+  static constexpr MergeFields kFields =
+      MODE == XentMode::kStats ? MergeFields::kAll : (kDenseMass ? MergeFields::kMass : MergeFields::kCore);
+  static constexpr bool kArgmax = MODE == XentMode::kStats;
 
   const XentJob<T, Tg>& j;
   const int tid;  // thread index within the group
@@ -160,6 +216,7 @@ struct RowWorker {
   int64_t tail0;        // first column of the scalar tail
   bool out_vec;         // output shares the input's alignment
   float s_r;            // hook form: the incoming gradient's scale
+  float mass = 1.f;     // dense targets: the row's target mass A (the gradient is g (A p' - q))
   uint4 cache[CACHE > 0 ? CACHE : 1];
   uint4* stage;         // SMEM > 0: this group's shared-memory slots (SMEM vectors per thread)
 
@@ -204,11 +261,16 @@ struct RowWorker {
     if constexpr (kNeedQInPass1) tg.template qvec<T, V>(j, c0, q);
     float z[V];
     float bm = math::neg_inf();
+    int be = 0;
 #pragma unroll
     for (int e = 0; e < V; ++e) {
       z[e] = zval(v[e], kNeedQInPass1 ? q[e] : 0.f);
+      if constexpr (kArgmax) {
+        if (z[e] > bm) be = e;  // the first maximum of the vector (NaN never is one)
+      }
       bm = fmaxf(bm, z[e]);
     }
+    if constexpr (kArgmax) note_max(st, bm, c0 + be);
     const float ref = math::rescale_to(st, bm, j.k);
 #pragma unroll
     for (int e = 0; e < V; ++e) {
@@ -226,12 +288,22 @@ struct RowWorker {
       st.t += z;
     } else {
       st.t += math::q_times_z(q, z);
+      st.a += q;
     }
+  }
+
+  // Shard statistics: the first column of the maximum (global index) before st.m moves to `bm`.
+  // A thread visits its columns out of order (vector body, then the scalar head and tail), so an
+  // equal maximum keeps the smaller column.
+  PG_DEVICE void note_max(RowStats& st, float bm, int64_t c) const {
+    const int64_t g = c + j.p.col_offset;
+    if (bm > st.m || (bm == st.m && g < st.argmax)) st.argmax = g;
   }
 
   PG_DEVICE void stats_scalar(RowStats& st, int64_t c, const DevRowTarget<Tg>& tg) const {
     const float q = kNeedQInPass1 ? tg.q(j, c) : 0.f;
     const float z = zval(to_float(x[c]), q);
+    if constexpr (kArgmax) note_max(st, z, c);
     const float ref = math::rescale_to(st, z, j.k);
     math::accumulate(st, z, ref, j.k);
     add_t(st, z, q);
@@ -287,7 +359,12 @@ struct RowWorker {
   // p' = exp2((z - ref) alpha_log2e - c2); out = g (p' - q).
   PG_DEVICE float out_elem(float v, float q, float g, float ref, float c2) const {
     const float z = zval(v, q);
-    return math::grad_elem(g, math::pgt_prob(z, j.k.alpha_log2e, ref, c2), q);
+    const float p = math::pgt_prob(z, j.k.alpha_log2e, ref, c2);
+    if constexpr (kDenseMass) {
+      return math::grad_elem(g, mass * p, q);
+    } else {
+      return math::grad_elem(g, p, q);
+    }
   }
 
   PG_DEVICE void write_vec(const uint4& raw, int64_t k, float g, float ref, float c2, const DevRowTarget<Tg>& tg) {
@@ -384,7 +461,8 @@ __global__ void __launch_bounds__(block_threads(G), MIN_BLOCKS)
 
   extern __shared__ uint4 stage_smem[];  // SMEM vectors per thread (dynamic; 0 bytes when SMEM = 0)
   uint4* stage = SMEM > 0 ? stage_smem + (G <= 32 ? (threadIdx.x / G) * G * SMEM : 0) : nullptr;
-  RowWorker<T, Tg, G, CACHE, SMEM, BATCH, MODE> w(j, tid, stage);
+  using W = RowWorker<T, Tg, G, CACHE, SMEM, BATCH, MODE>;
+  W w(j, tid, stage);
   for (int64_t r = first; r < j.p.rows; r += stride) {
     w.setup(r);
     const DevRowTarget<Tg> tg(j, r);
@@ -409,25 +487,51 @@ __global__ void __launch_bounds__(block_threads(G), MIN_BLOCKS)
       bool cached = false;
       if constexpr (MODE == XentMode::kApplySaved) {
         c2 = j.lse_alpha_in[r] * math::kLog2e;
+        if constexpr (W::kDenseMass) {
+          // Dense targets: A = sum q before the write (one read of the target row; the fused op
+          // gets it from its statistics pass). Summed through the group merge's target mass.
+          RowStats part = with_fields<MergeFields::kMass>(math::empty_stats());
+          for (int64_t c = tid; c < j.p.cols; c += G) part.a += tg.q(j, c);
+          w.mass = group_merge<G, MergeFields::kMass>(part, a2, smem).a;
+        }
       } else {
         RowStats st;
         if constexpr (MODE == XentMode::kApplyMerged) {
           st = j.stats_in[r];
         } else {
-          st = group_merge<G>(w.pass1(tg), a2, smem);
+          st = group_merge<G, W::kFields>(w.pass1(tg), a2, smem);
           cached = true;
         }
         if constexpr (MODE == XentMode::kStats) {
-          if (tid == 0) j.stats_out[r] = st;
+          if (tid == 0) {
+            if constexpr (kHardTargets<Tg>) {
+              // Class targets: a = (1 - eps) [y in shard] + (eps / C) cols, w = [y in shard]; an
+              // ignored row has no target (docs/design.md §2.3).
+              const bool in_shard = !tg.ignored && !tg.bad && tg.yl >= 0 && tg.yl < j.p.cols;
+              st.a = tg.ignored ? 0.f
+                                : (in_shard ? j.k.smooth_on : 0.f) + j.k.smooth_off * static_cast<float>(j.p.cols);
+              st.w = in_shard ? 1.f : 0.f;
+            } else {
+              st.w = 0.f;
+            }
+            j.stats_out[r] = st;
+          }
           continue;
         }
         ref = math::safe_ref(st.m);
         c2 = math::fast_log2(st.sa);
+        if constexpr (W::kDenseMass) w.mass = st.a;
         if (tid == 0) {
           const float lse = math::lse_of(st);
           if (j.out.lse) j.out.lse[r] = lse;
           if (j.out.lse_alpha) j.out.lse_alpha[r] = math::lse_alpha_of(st, j.k.alpha);
-          if (row_loss) row_loss[r] = tg.ignored ? 0.f : (tg.bad ? nan : math::row_loss_of(lse, st));
+          float loss_r;
+          if constexpr (W::kDenseMass) {
+            loss_r = math::row_loss_mass(lse, st.a, st);
+          } else {
+            loss_r = math::row_loss_of(lse, st);
+          }
+          if (row_loss) row_loss[r] = tg.ignored ? 0.f : (tg.bad ? nan : loss_r);
         }
       }
       if (!w.out) continue;
