@@ -9,8 +9,8 @@
 //
 //   pg_jax_xent_fwd     logits, targets           -> loss[rows], lse_alpha[rows]
 //   pg_jax_xent_bwd     logits, targets, lse_alpha[rows], g[rows] -> dlogits [rows x cols]
-//   pg_jax_xent_stats   logits shard, targets     -> stats[rows x 4]            (RowStats)
-//   pg_jax_xent_merge   parts[shards x rows x 4]  -> merged[rows x 4]
+//   pg_jax_xent_stats   logits shard, targets     -> stats[rows x 8]            (RowStats)
+//   pg_jax_xent_merge   parts[shards x rows x 8]  -> merged[rows x 8]
 //
 // Attributes: alpha, ignore_index, label_smoothing, total_cols (0: cols; the vocabulary-parallel
 // form passes the full vocabulary and targets already placed in the shard's coordinates). Its loss
@@ -34,10 +34,13 @@ inline constexpr pg::detail::XentArgNames kXentJaxNames = {
     "loss",             "lse",                      "lse_alpha",        "dlogits",
     "dlogits row stride", "dlogits",                "dlogits row stride", "saved lse_alpha",
     "out",              "out row stride",           "scale",            "row_scale",
-    "stats",            "merged stats",             "xent_workspace_bytes()"};
+    "stats",            "merged stats",             "xent_workspace_bytes()",
+    // The options of docs/design.md §2.5 (powergrad.jax does not pass them yet).
+    "weight",           "z_loss_scale",             "softcap",          "z_loss",
+    "argmax",           "correct"};
 // One name per field: a field added to XentArgNames must be named here too (a missing initialiser
 // would print "(null)" in a message).
-static_assert(sizeof(pg::detail::XentArgNames) == 31 * sizeof(const char*),
+static_assert(sizeof(pg::detail::XentArgNames) == 37 * sizeof(const char*),
               "XentArgNames changed: update kXentJaxNames");
 
 struct XentAttrs {
@@ -129,13 +132,17 @@ ffi::Error xent_bwd(pg::stream_t stream, ffi::AnyBuffer logits, ffi::AnyBuffer t
   });
 }
 
+// Floats per row of the exchanged statistics (RowStats: docs/design.md §2.3).
+inline constexpr int64_t kStatsFloats = static_cast<int64_t>(sizeof(pg::RowStats) / sizeof(float));
+static_assert(sizeof(pg::RowStats) % sizeof(float) == 0, "RowStats is a whole number of floats");
+
 template <pg::Backend B>
 ffi::Error xent_stats(pg::stream_t stream, ffi::AnyBuffer logits, ffi::AnyBuffer targets, XentAttrs a,
                       ffi::Result<ffi::Buffer<ffi::F32>> stats) {
   return with_float_type(logits.element_type(), "logits", [&](auto tag) {
     using T = typename decltype(tag)::type;
     return with_problem<T>(logits, targets, a, [&](auto p) {
-      if (auto e = check_count("stats", stats->element_count(), 4 * p.rows); e.failure()) return e;
+      if (auto e = check_count("stats", stats->element_count(), kStatsFloats * p.rows); e.failure()) return e;
       return error_of(pg::detail::shard_stats(kXentJaxNames, B, p, reinterpret_cast<pg::RowStats*>(stats->typed_data()),
                                               stream));
     });
@@ -146,8 +153,8 @@ template <pg::Backend B>
 ffi::Error xent_merge(pg::stream_t stream, ffi::Buffer<ffi::F32> parts, float alpha,
                       ffi::Result<ffi::Buffer<ffi::F32>> merged) {
   auto d = parts.dimensions();
-  if (d.size() != 3 || d[2] != 4) return invalid("parts must have shape [shards, rows, 4]");
-  if (auto e = check_count("merged stats", merged->element_count(), 4 * d[1]); e.failure()) return e;
+  if (d.size() != 3 || d[2] != kStatsFloats) return invalid("parts must have shape [shards, rows, 8]");
+  if (auto e = check_count("merged stats", merged->element_count(), kStatsFloats * d[1]); e.failure()) return e;
   return error_of(pg::xent_merge_stats(B, reinterpret_cast<const pg::RowStats*>(parts.typed_data()), d[0], d[1], alpha,
                                        reinterpret_cast<pg::RowStats*>(merged->typed_data()), stream));
 }

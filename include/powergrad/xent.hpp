@@ -395,6 +395,14 @@ Status check_options(const XentArgNames& n, const XentJob<T, Tg>& j, bool whole_
                       "%s with a column shard (%s %lld, %s %lld) needs the split form (shard_stats, merge_stats, "
                       "shard_apply)",
                       n.weight, n.col_offset, as_ll(p.col_offset), n.total_cols, as_ll(p.total_cols));
+  // A dense row's target mass A sums over every column (docs/design.md §2.5): a column shard sees only
+  // its part of it, so a whole-row op over a shard of dense targets would silently use the wrong A.
+  if constexpr (!target_traits<Tg>::hard)
+    if (whole_rows)
+      POWERGRAD_REQUIRE(p.col_offset == 0 && p.total_cols == p.cols, Status::kUnsupported,
+                        "dense %s with a column shard (%s %lld, %s %lld) need the split form (shard_stats, "
+                        "merge_stats, shard_apply): the row's target mass sums over every shard",
+                        n.targets_prob, n.col_offset, as_ll(p.col_offset), n.total_cols, as_ll(p.total_cols));
   if constexpr (!target_traits<Tg>::hard)
     POWERGRAD_REQUIRE(j.out.correct == nullptr, Status::kUnsupported,
                       "%s needs class targets (dense targets have no target class; %s is defined)", n.correct,

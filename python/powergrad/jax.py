@@ -10,7 +10,7 @@ jittable and differentiable:
 * :func:`cross_entropy` -- a ``jax.custom_vjp``: the forward saves one float per row (lse_alpha),
   the backward reads the logits once and writes the gradient, applying the cotangent exactly;
 * :func:`vocab_parallel_cross_entropy` -- the split form (docs/design.md §2.3) inside
-  ``jax.shard_map`` with the vocabulary sharded: one ``all_gather`` of 16 bytes per row;
+  ``jax.shard_map`` with the vocabulary sharded: one ``all_gather`` of 32 bytes per row;
 * :func:`clip_by_global_norm`, :func:`adaptive_grad_clip`, :func:`power_map` -- optax
   ``GradientTransformation`` objects, one FFI call per dtype for the whole tree (docs/design.md §2.4).
 
@@ -39,6 +39,7 @@ __all__ = [
 LIBRARY_NAME = "libpowergrad_jax.so"
 _TARGETS = ("xent_fwd", "xent_bwd", "xent_stats", "xent_merge", "clip_norm", "power", "agc")
 _FLOATS = (jnp.float32, jnp.float16, jnp.bfloat16)
+_STATS_FLOATS = 8  # RowStats (docs/design.md §2.3): {m, s, sa, t, a, w} floats and an int64 argmax, 32 bytes
 
 _lock = threading.Lock()
 _state = {"lib": None, "path": None, "cuda": False}
@@ -224,11 +225,19 @@ def _row_cotangent(ct, n_valid, rows, reduction):
     return jnp.broadcast_to(ct, (rows,))
 
 
-def _target_cotangent(z, y, dense, g, label_smoothing):
-    # loss_r = lse - sum_j ((1 - eps) q_j + eps / C) z_j, so d loss_r / d q_j = -(1 - eps) z_j.
+def _target_cotangent(z, y, dense, g, label_smoothing, lse=None):
+    # loss_r = A_r lse_r - sum_j q'_j z_j with q' = (1 - eps) q + eps / C and A_r = sum_j q'_j
+    # (docs/design.md §2.5: a dense row need not sum to 1, as in PyTorch), so
+    # d loss_r / d q_j = (1 - eps) (lse_r - z_j) = -(1 - eps) log p_j. lse: the rows' global
+    # log-sum-exp (the split form passes the merged one); computed here otherwise (XLA drops it when
+    # the targets' cotangent is unused).
     if not dense:
         return None
-    return (-(1.0 - label_smoothing) * g[:, None] * z.astype(jnp.float32)).astype(y.dtype)
+    zf = z.astype(jnp.float32)
+    if lse is None:
+        lse = jax.nn.logsumexp(zf, axis=-1)
+    logp = jnp.where(zf == -jnp.inf, 0.0, zf - lse[:, None])  # q_j 0 * -inf: a masked class adds 0
+    return (-(1.0 - label_smoothing) * g[:, None] * logp).astype(y.dtype)
 
 
 # ---- cross-entropy -------------------------------------------------------------------------------
@@ -312,26 +321,39 @@ def _shard_targets(y, dense, ignore_index, shard, cols, total_cols):
 def _vp_impl(z, y, y_global, params, dense, axis_name, total_cols):
     alpha, ignore_index, eps, reduction = params
     rows = z.shape[0]
-    stats = _call("xent_stats", jax.ShapeDtypeStruct((rows, 4), jnp.float32), z, y,
+    stats = _call("xent_stats", jax.ShapeDtypeStruct((rows, _STATS_FLOATS), jnp.float32), z, y,
                   **_attrs(alpha, ignore_index, eps, total_cols))
-    # [shards, rows, 4], in shard order. Under check_vma the gathered statistics are the same on
+    # [shards, rows, 8], in shard order. Under check_vma the gathered statistics are the same on
     # every shard: gathered as such ('invarying'), so that the loss computed from them is replicated.
     if axis_name in _vma(stats):
         parts = jax.lax.all_gather(stats, axis_name, to="invarying")
     else:
         parts = jax.lax.all_gather(stats, axis_name)
-    merged = _call("xent_merge", jax.ShapeDtypeStruct((rows, 4), jnp.float32), parts, alpha=np.float32(alpha))
-    # From the merged (m, s, sa, t), the same on every shard (docs/design.md §2.3): lse = m + log s,
-    # loss = lse - t (NaN for a row with every column masked), lse_alpha = alpha m + log sa (the
-    # alpha m term dropped at alpha = 0). Computed here, from values every shard holds, so that the
-    # loss is replicated (shard_map's out_specs P() under check_vma) without another collective.
-    m, s_, sa, t = merged[:, 0], merged[:, 1], merged[:, 2], merged[:, 3]
-    loss_rows = jnp.where(m == -jnp.inf, jnp.nan, m + jnp.log(s_) - t)
+    merged = _call("xent_merge", jax.ShapeDtypeStruct((rows, _STATS_FLOATS), jnp.float32), parts,
+                   alpha=np.float32(alpha))
+    # From the merged (m, s, sa, t, a), the same on every shard (docs/design.md §2.3, §2.5):
+    # lse = m + log s, loss = a lse - t (a: the row's target mass, 1 for class targets; NaN for a row
+    # with every column masked), lse_alpha = alpha m + log sa (the alpha m term dropped at alpha = 0).
+    # Computed here, from values every shard holds, so that the loss is replicated (shard_map's
+    # out_specs P() under check_vma) without another collective.
+    m, s_, sa, t, a = merged[:, 0], merged[:, 1], merged[:, 2], merged[:, 3], merged[:, 4]
+    lse = m + jnp.log(s_)
+    loss_rows = jnp.where(m == -jnp.inf, jnp.nan, a * lse - t)
     lse_alpha = (0.0 if alpha == 0.0 else alpha * m) + jnp.log(sa)
     if not dense:
         loss_rows = jnp.where(y_global == ignore_index, 0.0, loss_rows)
     n_valid = _n_valid(y_global, dense, ignore_index)
-    return _reduce(loss_rows, n_valid, reduction), (lse_alpha, n_valid)
+    return _reduce(loss_rows, n_valid, reduction), (lse_alpha, n_valid, lse, a)
+
+
+def _dense_shard_grad(z, q, lse_alpha, a, g, alpha, eps, total_cols):
+    """g_r (A_r p'_j - q'_j) over a shard's columns (docs/design.md §2.5), with the row's whole target
+    mass A_r from the merged statistics: the library's backward of a shard would sum only the
+    shard's part of it, so it refuses dense targets on a column shard."""
+    zf = z.astype(jnp.float32)
+    p = jnp.where(zf == -jnp.inf, 0.0, jnp.exp(alpha * jnp.where(zf == -jnp.inf, 0.0, zf) - lse_alpha[:, None]))
+    qq = (1.0 - eps) * q.astype(jnp.float32) + eps / total_cols
+    return (g[:, None] * (a[:, None] * p - qq)).astype(z.dtype)
 
 
 def _make_vp(dense):
@@ -341,15 +363,18 @@ def _make_vp(dense):
         return _vp_impl(z, y, y_global, params, dense, axis_name, total_cols)[0]
 
     def fwd(z, y, y_global, params, axis_name, total_cols):
-        loss, (lse_alpha, n_valid) = _vp_impl(z, y, y_global, params, dense, axis_name, total_cols)
-        return loss, (z, y, lse_alpha, n_valid)
+        loss, (lse_alpha, n_valid, lse, a) = _vp_impl(z, y, y_global, params, dense, axis_name, total_cols)
+        return loss, (z, y, lse_alpha, n_valid, lse, a)
 
     def bwd(params, axis_name, total_cols, res, ct):
-        z, y, lse_alpha, n_valid = res
+        z, y, lse_alpha, n_valid, lse, a = res
         g = _row_cotangent(ct, n_valid, z.shape[0], params[3])
-        dz = _xent_bwd_rows(z, y, lse_alpha, g, params, total_cols)
+        if dense:
+            dz = _dense_shard_grad(z, y, lse_alpha, a, g, params[0], params[2], total_cols)
+        else:
+            dz = _xent_bwd_rows(z, y, lse_alpha, g, params, total_cols)
         # Dense targets are passed twice (y is y_global): the cotangent goes to the first.
-        return dz, _target_cotangent(z, y, dense, g, params[2]), None
+        return dz, _target_cotangent(z, y, dense, g, params[2], lse), None
 
     f = jax.custom_vjp(f, nondiff_argnums=(3, 4, 5))
     f.defvjp(fwd, bwd)
@@ -365,7 +390,7 @@ def vocab_parallel_cross_entropy(logits, targets, axis_name, alpha=1.0, ignore_i
     """The PGT cross-entropy of a row split over the vocabulary (docs/design.md §2.3), for use inside
     ``jax.shard_map``: ``logits`` is this shard's block of columns (every shard the same width, in
     shard order along ``axis_name``), ``targets`` the global class indices (the same on every shard)
-    or this shard's columns of probability targets. One ``all_gather`` of 16 bytes per row; every
+    or this shard's columns of probability targets. One ``all_gather`` of 32 bytes per row; every
     shard returns the same loss, and the gradient of its own columns.
 
     ``ignore_index`` must lie outside ``[0, vocabulary)``.
