@@ -13,7 +13,6 @@ import os
 import pytest
 
 try:
-    import numpy as np
     import torch
     import torch.nn.functional as F
 
@@ -30,22 +29,8 @@ from torch.library import opcheck  # noqa: E402
 ops = torch.ops.powergrad
 
 
-def _devices():
-    devs = ["cpu"]
-    if torch.cuda.is_available():
-        devs.append("cuda")
-    else:
-        print("CUDA variants skipped: no CUDA device visible to torch")
-    return devs
-
-
 DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA device visible to torch"))]
-
-
-@pytest.fixture
-def device(request):
-    return request.param
 
 
 def _need(dev):
@@ -276,8 +261,6 @@ def test_compiled_gradient_matches_the_reference(dev):
     cf = torch.compile(f, fullgraph=True)
     x = z.clone().requires_grad_(True)
     loss = cf(x, y)
-    x.grad = torch.full_like(x, float("nan"))  # poisoned: backward must overwrite every element
-    x.grad = None
     loss.backward()
     want_loss, want_grad = ref.xent(z.double().cpu().numpy(), y.cpu().numpy(), 0.2, -100, 0.05, "mean")
     torch.testing.assert_close(loss.double().cpu(), torch.tensor(float(want_loss), dtype=torch.float64),

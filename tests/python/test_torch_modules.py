@@ -2,7 +2,6 @@
 targets, clip_grad_norm_'s torch signature, and the bad-input list (each case raises naming the
 argument, or is handled and equals F.cross_entropy at alpha = 1)."""
 
-import math
 import os
 
 import pytest

@@ -7,7 +7,6 @@ import collections
 
 import torch
 
-from .. import _lib
 from . import _common as c
 
 _PLAN_CACHE = collections.OrderedDict()

@@ -11,7 +11,7 @@ import itertools
 import torch
 
 from .. import _lib
-from .._problem import xent_problem
+from .._problem import unchecked, xent_problem
 
 DTYPES = {torch.float32: _lib.DType.FLOAT32, torch.float16: _lib.DType.FLOAT16,
           torch.bfloat16: _lib.DType.BFLOAT16}
@@ -80,10 +80,23 @@ def on_device(device):
     return contextlib.nullcontext()
 
 
+_FUNCTIONS = {}
+
+
 def call(device, function, *args):
-    """_lib.call with `device` current (CUDA launches go to the current device's stream)."""
-    with on_device(device):
-        _lib.call(function, *args)
+    """Calls a pg_* function with `device` current (CUDA launches go to the current device's stream);
+    PowerGradError on failure. Unlike _lib.call it does not range-check the arguments again: every
+    caller here passes sizes from tensors and options its public wrapper checked."""
+    fn = _FUNCTIONS.get(function)
+    if fn is None:
+        fn = _FUNCTIONS[function] = getattr(_lib.load_library(), function)
+    if device.type == "cpu":
+        status = fn(*args)
+    else:
+        with on_device(device):
+            status = fn(*args)
+    if status:
+        _lib.check(function, status)
 
 
 def workspace(x, reduction):
@@ -113,8 +126,18 @@ def problem(x, target, alpha, ignore_index, label_smoothing, reduction, col_offs
         target_ld = cols
     p = xent_problem(device, DTYPES[x.dtype], vp(x), rows, cols, ld(x), kind, vp(t), target_ld,
                      ignore_index=ignore_index, alpha=alpha, label_smoothing=label_smoothing, reduction=reduction,
-                     col_offset=col_offset, total_cols=total_cols)
+                     col_offset=col_offset, total_cols=total_cols, checked=False)
     return p, t
+
+
+def upstream(scale=1.0, values=None):
+    """pg_upstream_t (values: a c_void_p or None)."""
+    return unchecked(_lib.Upstream, scale=scale, values=values)
+
+
+def outputs(loss=None, lse=None, lse_alpha=None, dlogits=None, ld_dlogits=0):
+    """pg_xent_outputs_t."""
+    return unchecked(_lib.XentOutputs, loss=loss, lse=lse, lse_alpha=lse_alpha, dlogits=dlogits, ld_dlogits=ld_dlogits)
 
 
 def no_double_backward(what):

@@ -45,12 +45,12 @@ def _loss_shape(rows, reduction):
 def _upstream(grad_scale, grad_scale_value, reduction, rows, device):
     """(pg_upstream_t, keep-alive tensor): the expected incoming gradient, applied in fp32 by the kernel."""
     if grad_scale is None:
-        return _lib.Upstream(grad_scale_value, None), None
+        return c.upstream(grad_scale_value, None), None
     v = grad_scale.to(device=device, dtype=torch.float32).reshape(-1)
     if reduction == _NONE and v.numel() == 1:
         v = v.expand(rows)
     v = c.c_tensor(v)
-    return _lib.Upstream(1.0, c.vp(v)), v
+    return c.upstream(1.0, c.vp(v)), v
 
 
 def _fused(x, target, alpha, ignore_index, label_smoothing, reduction, grad, lse, grad_scale, grad_scale_value):
@@ -60,14 +60,15 @@ def _fused(x, target, alpha, ignore_index, label_smoothing, reduction, grad, lse
     _, stream = c.device_and_stream(x)
     loss = torch.empty(rows if reduction == _NONE else 1, dtype=torch.float32, device=x.device)
     ws, ws_bytes = c.workspace(x, reduction) if (grad is not None or reduction != _NONE) else (None, 0)
-    out = _lib.XentOutputs(loss=c.vp(loss), lse=c.vp(lse), lse_alpha=None, dlogits=c.vp(grad),
-                           ld_dlogits=c.ld(grad) if grad is not None else 0)
+    out = c.outputs(loss=c.vp(loss), lse=c.vp(lse), lse_alpha=None, dlogits=c.vp(grad),
+                    ld_dlogits=c.ld(grad) if grad is not None else 0)
     if grad is not None:
-        up, _keep = _upstream(grad_scale, grad_scale_value, reduction, rows, x.device)
+        up, keep = _upstream(grad_scale, grad_scale_value, reduction, rows, x.device)
     else:
-        up, _keep = _lib.Upstream(1.0, None), None
+        up, keep = c.upstream(1.0, None), None
     c.call(x.device, "pg_xent_forward_backward", ctypes.byref(p), ctypes.byref(up), ctypes.byref(out), c.vp(ws),
            ws_bytes, stream)
+    del keep  # the upstream values the kernel read
     return loss.reshape(_loss_shape(rows, reduction))
 
 
@@ -195,9 +196,9 @@ def xent_stats(logits: torch.Tensor, target: torch.Tensor, alpha: float, ignore_
     lse_alpha = torch.empty(rows if compute_lse_alpha else 0, dtype=torch.float32, device=x.device)
     lse = torch.empty(rows if compute_lse else 0, dtype=torch.float32, device=x.device)
     ws, ws_bytes = c.workspace(x, reduction)
-    out = _lib.XentOutputs(loss=c.vp(loss), lse=c.vp(lse) if compute_lse else None,
-                           lse_alpha=c.vp(lse_alpha) if compute_lse_alpha else None, dlogits=None, ld_dlogits=0)
-    up = _lib.Upstream(1.0, None)
+    out = c.outputs(loss=c.vp(loss), lse=c.vp(lse) if compute_lse else None,
+                    lse_alpha=c.vp(lse_alpha) if compute_lse_alpha else None, dlogits=None, ld_dlogits=0)
+    up = c.upstream(1.0, None)
     c.call(x.device, "pg_xent_forward_backward", ctypes.byref(p), ctypes.byref(up), ctypes.byref(out), c.vp(ws),
            ws_bytes, stream)
     return loss.reshape(_loss_shape(rows, reduction)), lse_alpha, lse
@@ -221,10 +222,11 @@ def xent_backward(logits: torch.Tensor, target: torch.Tensor, lse_alpha: torch.T
     p, _t = c.problem(x, target, alpha, ignore_index, label_smoothing, reduction)
     _, stream = c.device_and_stream(x)
     go = c.c_tensor(grad_output.to(device=x.device, dtype=torch.float32).reshape(-1))
-    up = _lib.Upstream(1.0, c.vp(go))
+    up = c.upstream(1.0, c.vp(go))
     grad = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     ws, ws_bytes = c.workspace(x, reduction)
-    c.call(x.device, "pg_xent_backward", ctypes.byref(p), ctypes.byref(up), c.vp(c.c_tensor(lse_alpha)), c.vp(grad),
+    saved = c.c_tensor(lse_alpha)  # a name keeps a copy alive through the call
+    c.call(x.device, "pg_xent_backward", ctypes.byref(p), ctypes.byref(up), c.vp(saved), c.vp(grad),
            grad.shape[1], c.vp(ws), ws_bytes, stream)
     return grad
 

@@ -89,14 +89,14 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         dev_kind = _lib.Device.CUDA if dev.type == "cuda" else _lib.Device.HOST
         if rows:
             c.call(dev, "pg_xent_merge_stats", int(dev_kind), c.vp(parts), world, rows, ctypes.c_float(alpha),
-                      c.vp(merged), stream)
+                   c.vp(merged), stream)
         loss = torch.empty(rows if red == _lib.Reduction.NONE else 1, dtype=torch.float32, device=dev)
         grad = torch.empty(xs.shape, dtype=x.dtype, device=dev)
         ws, ws_bytes = c.workspace(xs, reduction)
-        out = _lib.XentOutputs(loss=c.vp(loss), lse=None, lse_alpha=None, dlogits=c.vp(grad), ld_dlogits=xs.shape[1])
-        up = _lib.Upstream(1.0, None)
+        out = c.outputs(loss=c.vp(loss), lse=None, lse_alpha=None, dlogits=c.vp(grad), ld_dlogits=xs.shape[1])
+        up = c.upstream(1.0, None)
         c.call(dev, "pg_xent_shard_apply", ctypes.byref(p), c.vp(merged), ctypes.byref(up), ctypes.byref(out),
-                  c.vp(ws), ws_bytes, stream)
+               c.vp(ws), ws_bytes, stream)
         ctx.grad = grad[:, :0] if empty else grad
         ctx.reduction = red
         return loss if red == _lib.Reduction.NONE else loss.reshape(())  # float32, as cross_entropy
