@@ -4,7 +4,7 @@
 Usage::
 
     bench/binding_overhead.py [--shapes 256x1000,1x8] [--repeats 25] [--calls 200] [--json PATH]
-                              [--no-compile] [--library PATH]
+                              [--no-compile] [--threads N] [--library PATH]
 
 For each shape (float32 logits, class targets, 'mean', alpha 0.3 for powergrad) it times, in one run:
 
@@ -124,11 +124,15 @@ def main():
     ap.add_argument("--calls", type=int, default=200)
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch.set_num_threads (default: torch's; 1 keeps a loaded machine from oversubscribing)")
     ap.add_argument("--library", default=None, help="libpowergrad.so to use (else the usual lookup)")
     args = ap.parse_args()
     if args.library:
         os.environ["POWERGRAD_LIBRARY"] = args.library
     powergrad.load_library()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",") if s]
     meta = dict(torch=torch.__version__, threads=torch.get_num_threads(), cpu=platform.processor() or platform.machine(),
                 nproc=os.cpu_count(), loadavg=os.getloadavg(), library=powergrad.library_path(),
