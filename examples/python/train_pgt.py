@@ -12,20 +12,24 @@ Both runs start from the same weights and see the same batches and the same augm
 the logits gradient differs:
 
 * baseline:           loss = F.cross_entropy(logits, y)
-* --mode loss (PGT):  loss = powergrad.torch.cross_entropy(logits, y, alpha=alpha)
+* --mode loss (PGT):  loss = powergrad.torch.CrossEntropyLoss(alpha=alpha)(logits, y)
 * --mode hook (PGT):  pgt_hook(logits, y, alpha=alpha, scale=1.0); loss = F.cross_entropy(logits, y)
                       (the paper's drop-in form: rewrite the gradient autograd produced)
+
+--compile runs the model and the loss under torch.compile(fullgraph=True) in both runs (the powergrad
+loss is a torch.library op that the compiler traces; backward and the optimizer step stay eager, as
+torch.optim's step breaks graphs by design); --mode loss only.
 
 The reported loss is the ordinary cross-entropy in every run (PGT changes only the backward pass). Train
 loss/accuracy are running averages over the epoch's batches (forward pass before each update, on
 augmented samples); test loss/accuracy are measured on the held-out set after each epoch.
 
     POWERGRAD_LIBRARY=build/src/libpowergrad.so /usr/bin/python3 examples/python/train_pgt.py
-    ... [--epochs N] [--alpha A] [--seed S] [--device auto|cpu|cuda] [--mode loss|hook] [--quick]
+    ... [--epochs N] [--alpha A] [--seed S] [--device auto|cpu|cuda] [--mode loss|hook] [--compile] [--quick]
 
 With --alpha 1 the PGT run must reproduce the baseline (tests/python/test_example_train.py checks it).
-The default run (12 epochs, both runs) takes about 50 s on the CPU with Debian's torch 1.13 and its
-reference BLAS; --quick takes about 2 s.
+The default run (12 epochs, both runs) takes about 50 s on 2 CPU cores; --quick takes a few seconds
+(plus the compilation with --compile).
 """
 
 import argparse
@@ -43,7 +47,7 @@ try:
 except ImportError:  # not installed: use the repository's python/ folder
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
     import powergrad
-from powergrad.torch import cross_entropy, pgt_hook
+from powergrad.torch import CrossEntropyLoss, pgt_hook
 
 # Problem sizes: (features, hidden, classes, train samples, test samples). --quick is for tests.
 FULL = dict(features=64, hidden=128, classes=200, n_train=20000, n_test=5000)
@@ -69,8 +73,17 @@ def make_data(sizes, seed):
     return sample(sizes["n_train"]), sample(sizes["n_test"])
 
 
-def train(model, alpha, mode, data, epochs, seed, device, label):
+def train(model, alpha, mode, data, epochs, seed, device, label, compile_step=False):
     """Train `model` in place; alpha = None is the baseline (plain F.cross_entropy). Returns per-epoch stats."""
+    # PGT: was torch.nn.CrossEntropyLoss()
+    loss_fn = torch.nn.CrossEntropyLoss() if alpha is None else CrossEntropyLoss(alpha=alpha)
+
+    def forward(model, x, y):
+        logits = model(x)
+        return loss_fn(logits, y), logits
+
+    if compile_step:
+        forward = torch.compile(forward, fullgraph=True)
     (x_train, y_train), (x_test, y_test) = [(x.to(device), y.to(device)) for x, y in data]
     n = x_train.shape[0]
     weights = [p for name, p in model.named_parameters() if name.endswith("weight")]
@@ -93,12 +106,10 @@ def train(model, alpha, mode, data, epochs, seed, device, label):
             x, y = x_train[idx] + aug[idx], y_train[idx]
             for group in opt.param_groups:  # cosine schedule, per step, no warm-up
                 group["lr"] = 0.5 * LR * (1 + math.cos(math.pi * step / total_steps))
-            logits = model(x)
-            if alpha is None:
-                loss = F.cross_entropy(logits, y)
-            elif mode == "loss":
-                loss = cross_entropy(logits, y, alpha=alpha)  # PGT: was F.cross_entropy(logits, y)
+            if alpha is None or mode == "loss":
+                loss, logits = forward(model, x, y)
             else:
+                logits = model(x)
                 pgt_hook(logits, y, alpha=alpha, scale=1.0)  # scale: what the loss is multiplied by
                 loss = F.cross_entropy(logits, y)
             opt.zero_grad(set_to_none=True)
@@ -128,11 +139,15 @@ def main():
                     help="auto: CUDA when torch.cuda.is_available(), else the CPU")
     ap.add_argument("--mode", choices=("loss", "hook"), default="loss",
                     help="loss: powergrad.torch.cross_entropy; hook: F.cross_entropy + powergrad.torch.pgt_hook")
+    ap.add_argument("--compile", action="store_true",
+                    help="model + loss under torch.compile(fullgraph=True) (--mode loss)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes and 3 epochs (for tests)")
     args = ap.parse_args()
     epochs = args.epochs if args.epochs is not None else (3 if args.quick else 12)
     if epochs < 1:
         ap.error("--epochs must be >= 1")
+    if args.compile and args.mode != "loss":
+        ap.error("--compile needs --mode loss (the hook is registered on a tensor inside the step)")
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     elif args.device == "cuda" and not torch.cuda.is_available():
@@ -153,19 +168,20 @@ def main():
     init = torch.nn.Sequential(torch.nn.Linear(sizes["features"], sizes["hidden"]), torch.nn.ReLU(),
                                torch.nn.Linear(sizes["hidden"], sizes["classes"]))
     print("train_pgt: MLP %d-%d-%d, %d train / %d test, batch %d, %d epochs, SGD lr %g (cosine) momentum %g "
-          "wd %g, seed %d, device %s, mode %s, torch %s, library %s"
+          "wd %g, seed %d, device %s, mode %s%s, torch %s, library %s"
           % (sizes["features"], sizes["hidden"], sizes["classes"], sizes["n_train"], sizes["n_test"], BATCH,
-             epochs, LR, MOMENTUM, WEIGHT_DECAY, args.seed, device, args.mode, torch.__version__,
+             epochs, LR, MOMENTUM, WEIGHT_DECAY, args.seed, device, args.mode, " (compiled)" if args.compile else "",
+             torch.__version__,
              powergrad.library_path()), flush=True)
 
     results = {}
     for label, alpha in (("baseline", None), ("pgt", args.alpha)):
-        title = "F.cross_entropy (alpha = 1)" if alpha is None else (
-            "powergrad.torch.%s (alpha = %g)" % ("cross_entropy" if args.mode == "loss" else "pgt_hook", alpha))
+        title = "nn.CrossEntropyLoss (alpha = 1)" if alpha is None else (
+            "powergrad.torch.%s (alpha = %g)" % ("CrossEntropyLoss" if args.mode == "loss" else "pgt_hook", alpha))
         print("%s: %s" % (label, title), flush=True)
         t0 = time.perf_counter()
         model = copy.deepcopy(init).to(device)  # the same initial weights in both runs
-        results[label] = train(model, alpha, args.mode, data, epochs, args.seed, device, label)
+        results[label] = train(model, alpha, args.mode, data, epochs, args.seed, device, label, args.compile)
         print("  (%.2f s)" % (time.perf_counter() - t0), flush=True)
 
     b, p = results["baseline"][-1], results["pgt"][-1]

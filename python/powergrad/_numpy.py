@@ -21,6 +21,7 @@ import ctypes
 import numpy as np
 
 from . import _lib
+from ._problem import xent_problem
 
 _DTYPES = {np.dtype(np.float32): _lib.DType.FLOAT32, np.dtype(np.float16): _lib.DType.FLOAT16}
 
@@ -98,12 +99,8 @@ def _problem(logits, targets, alpha, ignore_index, label_smoothing, reduction, i
         target_ld = cols
     else:
         raise ValueError("targets must be 1-D class indices or 2-D dense probabilities")
-    p = _lib.XentProblem(
-        device=_lib.Device.HOST, dtype=_DTYPES[logits.dtype], logits=_ptr(logits), rows=rows, cols=cols, ld=ld,
-        target_kind=kind, targets=_ptr(t), target_ld=target_ld,
-        ignore_index=_lib.check_int("ignore_index", ignore_index),
-        alpha=float(alpha), label_smoothing=float(label_smoothing), reduction=_lib.reduction_of(reduction),
-        col_offset=0, total_cols=0, bad_target_count=None)
+    p = xent_problem(_lib.Device.HOST, _DTYPES[logits.dtype], _ptr(logits), rows, cols, ld, kind, _ptr(t), target_ld,
+                     ignore_index=ignore_index, alpha=alpha, label_smoothing=label_smoothing, reduction=reduction)
     return p, logits, ld, t
 
 

@@ -49,11 +49,33 @@ def skip_or_fail(reason):
     pytest.skip(reason)
 
 
+# powergrad.torch needs PyTorch >= 2.4 (docs/python.md). Under an older PyTorch the modules testing
+# it are not collected, and the report header says why; everything else still runs.
+MIN_TORCH = (2, 4)
+_TORCH_MODULES = ["test_arguments.py", "test_bucket.py", "test_distributed.py", "test_example_train.py",
+                  "test_mixed_precision.py", "test_torch.py", "test_torch_compile.py", "test_torch_modules.py"]
+try:
+    import torch as _torch
+    _TORCH_VERSION = tuple(int(v) for v in _torch.__version__.split("+")[0].split(".")[:2])
+except ImportError:
+    _TORCH_VERSION = None
+TORCH_TOO_OLD = None
+if _TORCH_VERSION is not None and _TORCH_VERSION < MIN_TORCH:
+    TORCH_TOO_OLD = "PyTorch %s is older than powergrad.torch's minimum %d.%d" % (
+        _torch.__version__, MIN_TORCH[0], MIN_TORCH[1])
+collect_ignore = list(_TORCH_MODULES) if TORCH_TOO_OLD else []
+
+
 def pytest_report_header(config):
+    lines = []
+    if TORCH_TOO_OLD:
+        lines.append("powergrad.torch tests not collected: %s (%s)" % (TORCH_TOO_OLD, ", ".join(_TORCH_MODULES)))
     if _LIB_ERROR is None:
-        return "powergrad library: %s (version %d, cuda %s)" % (
-            powergrad.library_path(), powergrad.version(), powergrad.has_cuda())
-    return "powergrad library: NOT FOUND, tests will %s" % ("fail (strict)" if STRICT else "be skipped")
+        lines.append("powergrad library: %s (version %d, cuda %s)" % (
+            powergrad.library_path(), powergrad.version(), powergrad.has_cuda()))
+    else:
+        lines.append("powergrad library: NOT FOUND, tests will %s" % ("fail (strict)" if STRICT else "be skipped"))
+    return lines
 
 
 @pytest.fixture(autouse=True)

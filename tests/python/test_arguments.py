@@ -173,7 +173,7 @@ def pointer_spy(monkeypatch):
     seen = []
     real = _lib.call
 
-    def spy(function, *args):
+    def record(function, args):
         objs = [getattr(a, "_obj", None) for a in args]
         prob = next((o for o in objs if isinstance(o, _lib.XentProblem)), None)
         if prob is not None:
@@ -188,9 +188,21 @@ def pointer_spy(monkeypatch):
                     seen.append(("upstream", o.values, 4))
             if function in ("pg_xent_backward", "pg_xent_hook"):
                 seen.extend([("arg2", _addr(args[2]), 4), ("arg3", _addr(args[3]), e)])
+
+    def spy(function, *args):
+        record(function, args)
         return real(function, *args)
 
     monkeypatch.setattr(_lib, "call", spy)
+    # powergrad.torch's ops call the library through _common.call (no second range check)
+    from powergrad.torch import _common
+    real_torch = _common.call
+
+    def torch_spy(device, function, *args):
+        record(function, args)
+        return real_torch(device, function, *args)
+
+    monkeypatch.setattr(_common, "call", torch_spy)
     return seen
 
 

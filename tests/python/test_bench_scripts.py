@@ -42,6 +42,10 @@ try:
     LIBRARY_ERROR = None
 except powergrad.LibraryNotFoundError as e:
     LIBRARY_ERROR = str(e)
+try:
+    import powergrad.torch  # noqa: F401
+except ImportError as e:  # PyTorch older than powergrad.torch's minimum: its rows are skipped
+    LIBRARY_ERROR = LIBRARY_ERROR or str(e)
 
 SHAPES = ["256x1000", "64x5000"]
 ALPHAS = [0.3, 1.0]
@@ -410,3 +414,21 @@ def test_summarize_run_summary_of_a_recorded_run(tmp_path):
     assert "- GPU: NVIDIA H100 80GB HBM3 x 1, driver 580.159.04" in summary
     assert "- GOAL fwd_bwd_inplace bf16 8192x128256: ratio_to_copy 0.877 (goal >= 0.85): MET" in summary
     assert "| bf16 | 8192x128256 | 3013 | 0.877 | 0.843 | 0.970 | 0.441 | 0.091 |" in summary
+
+
+def test_binding_overhead_script_reports_every_row(tmp_path):
+    # bench/binding_overhead.py (the per-call overhead of powergrad.torch next to F.cross_entropy):
+    # a tiny eager run, every row present with a positive time.
+    if LIBRARY_ERROR is not None:
+        pytest.skip(LIBRARY_ERROR.splitlines()[0])
+    out = tmp_path / "overhead.json"
+    env = dict(os.environ, POWERGRAD_LIBRARY=powergrad.library_path())
+    proc = run([sys.executable, os.path.join(ROOT, "bench", "binding_overhead.py"), "--shapes", "4x8",
+                "--repeats", "2", "--calls", "3", "--no-compile", "--json", str(out)], env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(out.read_text())
+    got = {(r["what"], r["mode"], r["impl"]) for r in doc["rows"]}
+    for what in ("forward", "forward+backward"):
+        assert {(what, "-", "lib-direct"), (what, "eager", "powergrad"), (what, "eager", "F.cross_entropy")} <= got
+    assert all(r["us"] > 0 for r in doc["rows"])
+    assert "us/call" in proc.stdout

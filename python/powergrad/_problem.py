@@ -1,0 +1,46 @@
+"""The one builder of pg_xent_problem_t shared by the NumPy and PyTorch bindings.
+
+Each binding lays its arrays out for the C ABI (docs/c-abi.md) and passes pointers, sizes and the
+loss options here; this module checks the scalar options (integers that do not fit the C type raise
+:class:`powergrad._lib.ArgumentRangeError` naming the argument, an unknown reduction raises
+ValueError) and fills the struct. Loss options added to the C struct later become keyword arguments
+of :func:`xent_problem` (and of the callers' ``cross_entropy``) without changing its callers.
+"""
+
+import ctypes
+
+from . import _lib
+
+_set_field = ctypes.Structure.__setattr__
+
+
+def unchecked(cls, **fields):
+    """A struct of one of _lib's argument types filled WITHOUT the per-field range checks (the struct
+    size set, other fields zero): for callers whose values are checked already (integers from tensor
+    shapes, pointers from tensors, options range-checked by the caller). Saves most of a small call's
+    Python time."""
+    s = cls.__new__(cls)
+    _set_field(s, "struct_size", ctypes.sizeof(cls))
+    for name, value in fields.items():
+        _set_field(s, name, value)
+    return s
+
+
+def xent_problem(device, dtype, logits, rows, cols, ld, target_kind, targets, target_ld, ignore_index=-100,
+                 alpha=1.0, label_smoothing=0.0, reduction="mean", col_offset=0, total_cols=0, checked=True):
+    """A filled :class:`powergrad._lib.XentProblem` (pointers as ctypes.c_void_p or None).
+
+    ``checked=False``: ``ignore_index``, ``col_offset`` and ``total_cols`` are known to fit int64_t and
+    ``reduction`` is a valid name (the torch ops: their wrappers checked them); the fields are then
+    written without the per-field checks."""
+    if not checked:
+        return unchecked(_lib.XentProblem, device=device, dtype=dtype, logits=logits, rows=rows, cols=cols, ld=ld,
+                         target_kind=target_kind, targets=targets, target_ld=target_ld, ignore_index=ignore_index,
+                         alpha=alpha, label_smoothing=label_smoothing, reduction=_lib.reduction_of(reduction),
+                         col_offset=col_offset, total_cols=total_cols)
+    return _lib.XentProblem(
+        device=device, dtype=dtype, logits=logits, rows=rows, cols=cols, ld=ld, target_kind=target_kind,
+        targets=targets, target_ld=target_ld, ignore_index=_lib.check_int("ignore_index", ignore_index),
+        alpha=float(alpha), label_smoothing=float(label_smoothing), reduction=_lib.reduction_of(reduction),
+        col_offset=_lib.check_int("col_offset", col_offset), total_cols=_lib.check_int("total_cols", total_cols),
+        bad_target_count=None)

@@ -1,0 +1,316 @@
+"""PGT cross-entropy and the gradient hook as functions (the torch.library ops of _ops.py underneath).
+
+Switching a model's loss to PGT::
+
+    from powergrad.torch import cross_entropy
+    loss = cross_entropy(logits, target, alpha=0.3)   # instead of F.cross_entropy(logits, target)
+
+The forward value is ordinary cross-entropy; only the gradient changes (softmax(alpha z) - q instead
+of softmax(z) - q; arXiv 2111.12495, docs/design.md §2.1).
+"""
+
+import operator
+
+import torch
+
+from .. import _lib
+from . import _common as c
+from . import _ops  # noqa: F401  (registers torch.ops.powergrad.*)
+from ._inplace import bump_version, inplace_is_safe
+
+__all__ = ["cross_entropy", "pgt_hook"]
+
+_ops_ns = torch.ops.powergrad
+
+
+def _check_inputs(logits, target, what):
+    """(logits as [N, C], target as [N] or [N, C], leading shape, dense?) after the bad-input checks;
+    every error names the argument."""
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError("powergrad %s: logits must be a torch.Tensor, not %s" % (what, type(logits).__name__))
+    if not isinstance(target, torch.Tensor):
+        raise TypeError("powergrad %s: target must be a torch.Tensor, not %s" % (what, type(target).__name__))
+    if logits.dtype not in c.DTYPES:
+        raise TypeError("powergrad %s: logits must be float32, float16 or bfloat16, not %s" % (what, logits.dtype))
+    if logits.device.type not in ("cpu", "cuda"):
+        raise ValueError("powergrad %s: logits must be on the CPU or a CUDA device, not %s" % (what, logits.device))
+    if logits.dim() < 1:
+        raise ValueError("powergrad %s: logits must have a class dimension (last), got a 0-d tensor" % what)
+    if target.device != logits.device:
+        raise ValueError("powergrad %s: target is on %s, logits on %s" % (what, target.device, logits.device))
+    cols = logits.shape[-1]
+    lead = tuple(logits.shape[:-1])
+    if cols == 0:
+        raise ValueError("powergrad %s: logits has no classes (its last dimension, the class dimension, is 0)"
+                         % what)
+    if target.is_floating_point():
+        if tuple(target.shape) == tuple(logits.shape):
+            return logits.reshape(-1, cols), target.reshape(-1, cols), lead, True
+        if tuple(target.shape) == lead:
+            raise TypeError("powergrad %s: target has the shape of class indices %s but dtype %s; class indices "
+                            "must be integers (probabilities must have the logits' shape %s)"
+                            % (what, tuple(target.shape), target.dtype, tuple(logits.shape)))
+        raise ValueError("powergrad %s: the probability target has shape %s; it must equal the logits' shape %s"
+                         % (what, tuple(target.shape), tuple(logits.shape)))
+    if target.dtype == torch.bool or target.is_complex():
+        raise TypeError("powergrad %s: target must be integer class indices or floating probabilities, not %s"
+                        % (what, target.dtype))
+    if tuple(target.shape) != lead:
+        raise ValueError("powergrad %s: class-index target has shape %s; logits %s (classes last) need %s"
+                         % (what, tuple(target.shape), tuple(logits.shape), lead))
+    t = target.reshape(-1)
+    if t.dtype not in (torch.int32, torch.int64):
+        t = t.long()
+    return logits.reshape(-1, cols), t, lead, False
+
+
+def _check_grad_scale(grad_scale, reduction, rows):
+    """(tensor or None, float): None, a positive finite float (rounded to fp32), or a floating tensor
+    with one element (or, for 'none', one per row), read on the device."""
+    if grad_scale is None:
+        return None, 1.0
+    if isinstance(grad_scale, torch.Tensor):
+        n = grad_scale.numel()
+        if not grad_scale.is_floating_point() or not (n == 1 or (reduction == "none" and n == rows
+                                                                  and grad_scale.dim() == 1)):
+            raise ValueError("powergrad cross_entropy: grad_scale must be a float, a one-element floating tensor "
+                             "or (reduction='none') an [N] one; got a %s tensor of shape %s"
+                             % (grad_scale.dtype, tuple(grad_scale.shape)))
+        return grad_scale.detach(), 1.0
+    try:
+        v = float(grad_scale)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError("powergrad cross_entropy: grad_scale must be a float or a one-element tensor, not %r"
+                         % (grad_scale,)) from None
+    # Positive and finite once rounded to float32 (the kernel's type): (2^-150, 2^128 - 2^103).
+    if not (_F32_ROUNDS_TO_ZERO < v < _F32_ROUNDS_TO_INF):
+        raise ValueError("powergrad cross_entropy: grad_scale must be positive and finite in float32, not %r"
+                         % (grad_scale,))
+    return None, v
+
+
+_F32_ROUNDS_TO_ZERO = 2.0 ** -150
+_F32_ROUNDS_TO_INF = 2.0 ** 128 - 2.0 ** 103
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _check_int64(name, value):
+    """_lib.check_int for int64_t without ctypes (the wrappers are traced by torch.compile)."""
+    if isinstance(value, bool):
+        value = int(value)
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError("powergrad: %s must be an integer, not %r" % (name, value)) from None
+    if v < _INT64_MIN or v > _INT64_MAX:
+        raise _lib.ArgumentRangeError("powergrad: %s = %d does not fit int64_t (range [%d, %d])"
+                                      % (name, v, _INT64_MIN, _INT64_MAX))
+    return v
+
+
+def _check_float(name, value):
+    """float(value); the library checks the range (and names the argument)."""
+    if isinstance(value, torch.Tensor):
+        raise TypeError("powergrad: %s must be a Python number, not a tensor" % name)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError("powergrad: %s must be a real number, not %r" % (name, value)) from None
+
+
+# Rows per chunk when an fp16/bf16 gradient is scaled in fp32 (bounds the fp32 temporary).
+_SCALE_CHUNK_ELEMENTS = 1 << 24
+
+
+def _scale_in_place(grad, ratio):
+    """grad *= ratio, the product formed in fp32 and rounded once to grad's dtype, a chunk of rows at a
+    time for fp16/bf16 (torch would round a float ratio to the dtype first: 65536 is inf in fp16)."""
+    if grad.dtype == torch.float32:
+        grad.mul_(ratio)
+        return
+    rows, cols = grad.shape
+    step = max(1, _SCALE_CHUNK_ELEMENTS // max(1, cols))
+    for r0 in range(0, rows, step):
+        blk = grad[r0:r0 + step]
+        f = ratio[r0:r0 + step] if ratio.dim() else ratio
+        blk.copy_(blk.float().mul_(f))
+
+
+class _EagerFused(torch.autograd.Function):
+    """Eager mode's fused cross-entropy: the powergrad::xent op (or powergrad::xent_, writing the
+    gradient over the logits), with backward scaling the stored gradient IN PLACE by grad_output /
+    grad_scale (no second logits-sized buffer). torch.compile traces powergrad::xent's registered
+    autograd instead, whose backward is functional (the compiler plans the buffers)."""
+
+    @staticmethod
+    def forward(ctx, logits, target, alpha, ignore_index, label_smoothing, reduction, write_over, compute_lse,
+                grad_scale, grad_scale_value):
+        if write_over:
+            loss = _ops_ns.xent_(logits, target, alpha, ignore_index, label_smoothing, reduction, grad_scale,
+                                 grad_scale_value)
+            bump_version(logits)  # a backward that saved the logits now raises instead of reading the gradient
+            grad, lse = logits, None
+        else:
+            loss, grad, lse = _ops_ns.xent(logits, target, alpha, ignore_index, label_smoothing, reduction, True,
+                                           compute_lse, grad_scale, grad_scale_value)
+        ctx.grad = grad
+        ctx.reduction = reduction
+        ctx.grad_scale = grad_scale
+        ctx.grad_scale_value = grad_scale_value
+        ctx.target_info = (label_smoothing, target.dtype) if compute_lse else None
+        if compute_lse:
+            ctx.save_for_backward(logits, lse)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        c.no_double_backward("cross_entropy")
+        grad = ctx.grad
+        if grad is None:
+            raise RuntimeError("powergrad cross_entropy: backward ran twice through the same graph; the "
+                               "gradient buffer was scaled in place the first time (call the loss again "
+                               "instead of retain_graph=True, or use fused=False)")
+        ctx.grad = None
+        factor = _ops.row_factor(grad_output, ctx.reduction)
+        with torch.no_grad():
+            _scale_in_place(grad, _ops.upstream_ratio(factor, ctx.grad_scale, ctx.grad_scale_value))
+        dtarget = None
+        if ctx.target_info is not None:
+            logits, lse = ctx.saved_tensors
+            dtarget = _ops.target_grad(logits, lse, factor, ctx.reduction, *ctx.target_info)
+        return grad, dtarget, None, None, None, None, None, None, None, None
+
+
+def cross_entropy(logits, target, alpha=1.0, ignore_index=-100, label_smoothing=0.0, reduction="mean",
+                  inplace=False, fused=True, grad_scale=None):
+    """PGT softmax cross-entropy: F.cross_entropy's value, with the gradient softmax(alpha z) - q.
+
+    ``logits``: ``[..., C]`` float32/float16/bfloat16 with the class dimension LAST (``[N, C]``,
+    ``[B, T, V]``, or ``[C]`` for one sample), on the CPU or a CUDA device. ``target``: class
+    indices of the leading shape (``[...]``, int64/int32, other integer types converted;
+    ``ignore_index`` entries add nothing and are not counted by 'mean') or probabilities of the
+    logits' shape (mixup/cutmix soft targets). ``alpha`` = 1 is ordinary training; the paper uses
+    0.05-0.3. ``label_smoothing`` and ``reduction`` follow PyTorch; 'none' returns the leading shape.
+    The loss is float32 for every logits dtype (as F.cross_entropy under autocast), so a
+    mixed-precision loss scale does not overflow it; fp16/bf16 logits are read as they are (no fp32
+    copy) and their gradient has their dtype.
+
+    Unlike F.cross_entropy, K-dimensional inputs put the classes last: F.cross_entropy's
+    ``[N, C, d1, ...]`` becomes ``logits.movedim(1, -1)`` here (docs/python.md).
+
+    Like Liger-Kernel, the gradient is computed during the forward pass (one read of the logits, one
+    write) into a buffer, and backward multiplies it by the incoming gradient (a scalar for 'mean' and
+    'sum', per row for 'none'), in fp32, with one rounding to the logits' dtype; no host
+    synchronisation. Differences from PyTorch: 'mean' over zero valid rows returns 0 (PyTorch: NaN);
+    out-of-range class indices raise PowerGradError on the CPU and give a NaN loss/gradient row on
+    CUDA; double backward (``create_graph=True``) raises.
+
+    ``grad_scale`` (fused form): the incoming gradient backward is expected to receive, e.g. the
+    mixed-precision loss scale (a float, or a one-element float tensor such as GradScaler's scale on
+    the device, read by the kernel without synchronisation; for 'none' also an ``[N]`` tensor). The
+    kernel applies it in fp32 before rounding the stored gradient, and backward multiplies by
+    ``grad_output / grad_scale`` in fp32 (exact when they agree). Use it with fp16 logits and a loss
+    scale: without it the stored gradient ``(p' - q) / N`` falls below fp16's range for small
+    probabilities. ``fused=False`` does not need it.
+
+    Probability targets that require grad get PyTorch's gradient, ``-(1 - label_smoothing) *
+    log_softmax(logits)`` times the incoming gradient (over N for 'mean'); that is one more read of
+    the logits in backward, which are then kept (and never written over by ``inplace``).
+
+    ``inplace=True`` (eager mode) writes the gradient over ``logits`` when that is safe (see
+    :func:`inplace_is_safe`), and otherwise silently uses a buffer; backward may then run only once.
+    Under torch.compile it is ignored (the compiler plans the buffers).
+
+    ``fused=False`` is the two-pass form (docs/design.md §6): forward reads the logits once for the
+    loss and a per-row ``lse_alpha`` and keeps the logits; backward reads them once more and writes
+    the gradient with the incoming gradient applied exactly. It ignores ``inplace`` and ``grad_scale``.
+
+    Inputs the library cannot read as they are (non-contiguous, stride-0 / expanded, misaligned) are
+    copied first. Bad input (logits that are not float32/float16/bfloat16, a target of the wrong
+    dtype, shape or device, ...) raises TypeError / ValueError naming the argument; integer arguments
+    that do not fit int64_t (``ignore_index``) raise ``powergrad._lib.ArgumentRangeError``.
+    """
+    x, t, lead, dense = _check_inputs(logits, target, "cross_entropy")
+    red = _lib.reduction_of(reduction)
+    red = {_lib.Reduction.NONE: "none", _lib.Reduction.MEAN: "mean", _lib.Reduction.SUM: "sum"}[red]
+    ignore_index = _check_int64("ignore_index", ignore_index)
+    alpha = _check_float("alpha", alpha)
+    label_smoothing = _check_float("label_smoothing", label_smoothing)
+    grad_on = torch.is_grad_enabled()
+    compute_grad = grad_on and x.requires_grad
+    compute_lse = grad_on and dense and t.requires_grad
+    if not fused:
+        loss, _, _ = _ops_ns.xent_stats(x, t, alpha, ignore_index, label_smoothing, red, compute_grad, compute_lse)
+    else:
+        gs, gs_value = _check_grad_scale(grad_scale, red, x.shape[0])
+        if compute_grad and not torch.compiler.is_compiling():
+            write_over = inplace and not compute_lse and inplace_is_safe(x)
+            loss = _EagerFused.apply(x, t, alpha, ignore_index, label_smoothing, red, write_over, compute_lse, gs,
+                                     gs_value)
+        else:
+            loss, _, _ = _ops_ns.xent(x, t, alpha, ignore_index, label_smoothing, red, compute_grad, compute_lse,
+                                      gs, gs_value)
+    return loss.reshape(lead) if red == "none" else loss
+
+
+def pgt_hook(logits, target, alpha, scale=1.0, ignore_index=-100, label_smoothing=0.0, reduction="mean"):
+    """Register a tensor hook on ``logits`` that turns its gradient s_r (p - q) into s_r (p' - q).
+
+    A drop-in for an existing ``F.cross_entropy(logits, target, ...)`` loss on ``[N, C]`` logits (pass
+    the same ``ignore_index``, ``label_smoothing`` and ``reduction``; ``[..., C]`` logits with a
+    class-last target work too)::
+
+        logits = model(x)
+        handle = pgt_hook(logits, target, alpha=0.3, scale=loss_scale)
+        loss = F.cross_entropy(logits, target)
+        (loss * loss_scale).backward()
+
+    ``scale`` is everything the loss is multiplied by before backward (1, a mixed-precision loss scale,
+    a gradient-accumulation factor): a float, or a tensor read when the hook runs (e.g. GradScaler's
+    device scale, so no synchronisation). For 'none', ``scale`` is the per-row upstream (a float or an
+    ``[N]`` tensor). The per-row scale the hook gives the library is s_r = scale / n_valid for 'mean'
+    (n_valid = rows whose target is not ``ignore_index``, counted on the device), scale for 'sum', and
+    scale[r] for 'none'.
+
+    Why the scale matters (docs/design.md §2.2): the hook has to recover p from the gradient it receives,
+    p = G / s_r + q. The authors' published hook computes ``grad / B + q`` — it *divides* by the batch
+    size B, while a mean-reduced gradient is (p - q) / B and must be *multiplied* by B (and divided by the
+    loss scale). Their version is exact only when the incoming gradient carries an extra factor B^2,
+    which held by coincidence in their setting: the mixed-precision initial loss scale 65536 = 256^2,
+    their per-GPU batch squared. This hook takes the scale explicitly instead.
+
+    The hook form is less precise than :func:`cross_entropy` (probabilities below the gradient's
+    resolution are lost, which matters in fp16/bf16); prefer the logits form where you can. The hook
+    raises under ``create_graph=True`` (its output has no second-order graph). Returns the hook's
+    RemovableHandle.
+    """
+    x, t, lead, dense = _check_inputs(logits, target, "pgt_hook")
+    red = _lib.reduction_of(reduction)
+    ignore_index = _check_int64("ignore_index", ignore_index)
+    alpha = _check_float("alpha", alpha)
+    label_smoothing = _check_float("label_smoothing", label_smoothing)
+    t = t.detach()
+    rows, cols = x.shape
+    shape = logits.shape
+
+    def row_scale_tensor(device):
+        s = scale
+        s = s.detach().to(device=device, dtype=torch.float32) if isinstance(s, torch.Tensor) else \
+            torch.tensor(float(s), dtype=torch.float32, device=device)
+        if red == _lib.Reduction.MEAN:
+            if not dense:
+                n_valid = (t != ignore_index).sum().to(torch.float32)
+            else:
+                n_valid = torch.tensor(float(rows), device=device)
+            s = s / n_valid.clamp(min=1)
+        return s.reshape(-1).expand(rows) if s.numel() == 1 else s.reshape(-1)
+
+    def hook(grad):
+        c.no_double_backward("pgt_hook")
+        g = grad.reshape(rows, cols)
+        rs = row_scale_tensor(g.device)
+        if rs.shape[0] != rows:
+            raise ValueError("powergrad pgt_hook: scale has %d values for %d rows" % (rs.shape[0], rows))
+        return _ops_ns.hook(g, t, rs, alpha, ignore_index, label_smoothing).reshape(shape)
+
+    return logits.register_hook(hook)
