@@ -12,7 +12,7 @@ prefix, found with no environment variable; ``python -m powergrad`` reports them
 steps of a small MLP with ``cross_entropy(..., alpha=0.3)`` track the same model trained in float64
 with the float64 reference gradient (reference.py, written from docs/design.md §2.1) and differ from
 alpha 1; ``powergrad.torch.CrossEntropyLoss(alpha=0.3)`` under ``torch.compile(fullgraph=True)``
-equals eager (see REQUIRE_MODULE). Prints one line per check; exits 1 on the first failure.
+equals eager. Prints one line per check; exits 1 on the first failure.
 """
 
 import argparse
@@ -20,11 +20,6 @@ import copy
 import os
 import subprocess
 import sys
-
-# TODO(issue 12): powergrad.torch.CrossEntropyLoss comes with the torch.library custom ops. Once it is
-# part of the package, set REQUIRE_MODULE = True: the torch.compile(fullgraph=True) check below then
-# becomes mandatory (today it runs only when the attribute exists, and says so when it does not).
-REQUIRE_MODULE = False
 
 STEPS = 5
 LR = 0.5
@@ -169,11 +164,7 @@ def check_compiled_module():
     import torch
     import powergrad.torch as pgt
 
-    if not hasattr(pgt, "CrossEntropyLoss"):
-        check(not REQUIRE_MODULE, "powergrad.torch.CrossEntropyLoss does not exist")
-        print("install-check: NOT RUN: torch.compile(fullgraph=True) of CrossEntropyLoss "
-              "(powergrad.torch.CrossEntropyLoss does not exist yet; REQUIRE_MODULE is False)", flush=True)
-        return
+    check(hasattr(pgt, "CrossEntropyLoss"), "powergrad.torch.CrossEntropyLoss does not exist")
     x, y = data(seed=3)
     eager = mlp(seed=4)
     compiled_model = copy.deepcopy(eager)
