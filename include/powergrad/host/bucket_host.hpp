@@ -38,6 +38,7 @@ PG_VEC_INLINE void store_f(bfloat16_t* p, int64_t i, float v) { p[i].bits = vec:
 // split into 2^frac (fp32, in [1, 2)) times 2^floor (exact, as two factors so that a subnormal
 // double is rounded once); 0, inf and NaN come back as |x|.
 PG_VEC_INLINE double abs_pow_vec(float x, float e) {
+  PG_FP_STRICT
   const float a = vec::abs_f(x);
   const bool plain = e == 1.f || a == 0.f || !(a < HUGE_VALF);
   float y = e * vec::log2_poly(plain ? 1.f : a);
@@ -53,6 +54,7 @@ PG_VEC_INLINE double abs_pow_vec(float x, float e) {
 // K sign(x)|x|^e for e != 1 and a finite K (math::scaled_signed_pow's contract, the same
 // decomposition as abs_pow_vec so that equal magnitudes cancel exactly against S2).
 PG_VEC_INLINE float scaled_pow_vec(float x, float e, double km, int32_t ke, float kc) {
+  PG_FP_STRICT
   const float a = vec::abs_f(x);
   const float y = e * vec::log2_poly(a);
   const bool fin = y - y == 0.f;
@@ -72,6 +74,7 @@ PG_VEC_INLINE float scaled_pow_vec(float x, float e, double km, int32_t ke, floa
 // The partial sums of one item: kMask selects the sums (math::BucketStat bits).
 template <int kMask, class T, class P>
 PG_VEC_INLINE math::BucketSums item_sums(const T* g, const P* w, int64_t begin, int64_t end, float beta, bool l2) {
+  PG_FP_STRICT
   double s0[kLanes] = {}, s2[kLanes] = {}, s3[kLanes] = {}, s1[kLanes] = {};
   const int64_t n = end - begin;
   const T* gp = g + begin;
@@ -168,6 +171,7 @@ PG_VEC_INLINE void stats_body(const Pass& p, int64_t first, int64_t last) {
 // out = K_group * sign(g)|g|^e over items [first, last).
 template <class T>
 PG_VEC_INLINE void apply_body(const Pass& p, int64_t first, int64_t last) {
+  PG_FP_STRICT
   const detail::BucketPlanTensor* ts = detail::plan_tensors(p.h);
   const float e = detail::bucket_apply_exponent(*p.j);
   for (int64_t i = first; i < last; ++i) {
@@ -191,9 +195,9 @@ PG_VEC_INLINE void apply_body(const Pass& p, int64_t first, int64_t last) {
 
 // The ISA paths: the same bodies, compiled for each target (math/vec_host.hpp).
 template <class T, class P>
-void stats_baseline(const Pass& p, int64_t f, int64_t l) { stats_body<T, P>(p, f, l); }
+PG_NO_CONTRACT void stats_baseline(const Pass& p, int64_t f, int64_t l) { stats_body<T, P>(p, f, l); }
 template <class T>
-void apply_baseline(const Pass& p, int64_t f, int64_t l) { apply_body<T>(p, f, l); }
+PG_NO_CONTRACT void apply_baseline(const Pass& p, int64_t f, int64_t l) { apply_body<T>(p, f, l); }
 #if PG_HOST_ISA_X86
 template <class T, class P>
 PG_TARGET_AVX2 void stats_avx2(const Pass& p, int64_t f, int64_t l) { stats_body<T, P>(p, f, l); }
