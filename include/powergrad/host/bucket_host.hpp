@@ -23,6 +23,7 @@
 POWERGRAD_NS_BEGIN
 namespace host {
 namespace bucket_detail {
+PG_HOST_LOOPS_BEGIN
 
 constexpr int kLanes = 8;
 constexpr int64_t kItemsPerTask = 16;  // 64 k elements per task at most (items hold <= 4096)
@@ -195,9 +196,9 @@ PG_VEC_INLINE void apply_body(const Pass& p, int64_t first, int64_t last) {
 
 // The ISA paths: the same bodies, compiled for each target (math/vec_host.hpp).
 template <class T, class P>
-PG_NO_CONTRACT void stats_baseline(const Pass& p, int64_t f, int64_t l) { stats_body<T, P>(p, f, l); }
+void stats_baseline(const Pass& p, int64_t f, int64_t l) { stats_body<T, P>(p, f, l); }
 template <class T>
-PG_NO_CONTRACT void apply_baseline(const Pass& p, int64_t f, int64_t l) { apply_body<T>(p, f, l); }
+void apply_baseline(const Pass& p, int64_t f, int64_t l) { apply_body<T>(p, f, l); }
 #if PG_HOST_ISA_X86
 template <class T, class P>
 PG_TARGET_AVX2 void stats_avx2(const Pass& p, int64_t f, int64_t l) { stats_body<T, P>(p, f, l); }
@@ -208,6 +209,8 @@ PG_TARGET_AVX512 void stats_avx512(const Pass& p, int64_t f, int64_t l) { stats_
 template <class T>
 PG_TARGET_AVX512 void apply_avx512(const Pass& p, int64_t f, int64_t l) { apply_body<T>(p, f, l); }
 #endif
+
+PG_HOST_LOOPS_END
 
 using RangeFn = void (*)(const Pass&, int64_t, int64_t);
 

@@ -34,24 +34,32 @@
 
 // No contraction of a * b + c into an FMA anywhere in the host loops: AVX-512F has FMA instructions
 // of its own (and a consumer may build with -mfma), and a contracted path would round differently
-// from the others. GCC: the optimize attribute on the functions that hold the loops (the inlined
-// bodies take the flag of the function they are inlined into); clang: a pragma in each body.
+// from the others. And no trapping math: GCC's default -ftrapping-math keeps it from if-converting
+// the selects below (a select's arm may raise an FP exception flag), which leaves the loops scalar;
+// the flags are never read, and values, NaNs and signed zeros are unchanged. GCC: every function of
+// the host loops (here and in host/bucket_host.hpp) is defined between PG_HOST_LOOPS_BEGIN and
+// PG_HOST_LOOPS_END, so they all carry the same options and inline into each other; clang (which
+// does not trap by default): a contract(off) pragma in each body.
 #if defined(__clang__)
 #define PG_FP_STRICT _Pragma("clang fp contract(off)")
-#define PG_NO_CONTRACT
+#define PG_HOST_LOOPS_BEGIN
+#define PG_HOST_LOOPS_END
 #elif defined(__GNUC__)
 #define PG_FP_STRICT
-#define PG_NO_CONTRACT __attribute__((optimize("fp-contract=off")))
+#define PG_HOST_LOOPS_BEGIN \
+  _Pragma("GCC push_options") _Pragma("GCC optimize(\"fp-contract=off\", \"no-trapping-math\")")
+#define PG_HOST_LOOPS_END _Pragma("GCC pop_options")
 #else
 #define PG_FP_STRICT
-#define PG_NO_CONTRACT
+#define PG_HOST_LOOPS_BEGIN
+#define PG_HOST_LOOPS_END
 #endif
 
 // The ISA paths: x86-64 with GCC or clang (the target attribute and __builtin_cpu_supports).
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDA_ARCH__)
 #define PG_HOST_ISA_X86 1
-#define PG_TARGET_AVX2 __attribute__((target("avx2"))) PG_NO_CONTRACT
-#define PG_TARGET_AVX512 __attribute__((target("avx512f"))) PG_NO_CONTRACT
+#define PG_TARGET_AVX2 __attribute__((target("avx2")))
+#define PG_TARGET_AVX512 __attribute__((target("avx512f")))
 #else
 #define PG_HOST_ISA_X86 0
 #endif
@@ -62,6 +70,7 @@ POWERGRAD_NS_BEGIN
 enum class HostIsa : int { kAuto = -1, kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
 
 namespace vec {
+PG_HOST_LOOPS_BEGIN
 
 PG_VEC_INLINE uint32_t f2u(float f) {
   uint32_t u;
@@ -194,6 +203,8 @@ PG_VEC_INLINE uint16_t f32_to_f16(float f) {
   r = a > 0x7F800000u ? nan : r;
   return static_cast<uint16_t>(r | sign);
 }
+
+PG_HOST_LOOPS_END
 
 // ---- the ISA paths ----
 
