@@ -204,6 +204,8 @@ template <class T, class P>
 PG_TARGET_AVX2 void stats_avx2(const Pass& p, int64_t f, int64_t l) { stats_body<T, P>(p, f, l); }
 template <class T>
 PG_TARGET_AVX2 void apply_avx2(const Pass& p, int64_t f, int64_t l) { apply_body<T>(p, f, l); }
+#endif
+#if PG_HOST_ISA_AVX512
 template <class T, class P>
 PG_TARGET_AVX512 void stats_avx512(const Pass& p, int64_t f, int64_t l) { stats_body<T, P>(p, f, l); }
 template <class T>
@@ -216,8 +218,10 @@ using RangeFn = void (*)(const Pass&, int64_t, int64_t);
 
 template <class T, class P>
 RangeFn stats_fn(HostIsa isa) {
-#if PG_HOST_ISA_X86
+#if PG_HOST_ISA_AVX512
   if (isa == HostIsa::kAvx512) return &stats_avx512<T, P>;
+#endif
+#if PG_HOST_ISA_X86
   if (isa == HostIsa::kAvx2) return &stats_avx2<T, P>;
 #endif
   (void)isa;
@@ -225,8 +229,10 @@ RangeFn stats_fn(HostIsa isa) {
 }
 template <class T>
 RangeFn apply_fn(HostIsa isa) {
-#if PG_HOST_ISA_X86
+#if PG_HOST_ISA_AVX512
   if (isa == HostIsa::kAvx512) return &apply_avx512<T>;
+#endif
+#if PG_HOST_ISA_X86
   if (isa == HostIsa::kAvx2) return &apply_avx2<T>;
 #endif
   (void)isa;

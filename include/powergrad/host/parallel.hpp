@@ -12,10 +12,11 @@
 // and ThreadSanitizer reports false races inside an uninstrumented libgomp, while it understands
 // std::thread, std::mutex and std::atomic.
 //
-// Cost model: a parallel region wakes sleeping workers (a condition variable, tens of
-// microseconds on a loaded machine), so the caller asks for threads in proportion to the work
-// (threads_for: one thread per kMinWorkPerThread elements); small problems run on the calling
-// thread without touching the pool. A region that finds the pool busy (another thread of the
+// Cost model: a parallel region wakes sleeping workers (a condition variable: tens of
+// microseconds, far more on a loaded machine), so the caller asks for threads in proportion to the
+// work (threads_for: one thread per kMinWorkPerThread elements), small problems run on the calling
+// thread without touching the pool, and the caller never waits for a worker that has not started
+// a task (it takes the remaining tasks itself). A region that finds the pool busy (another thread of the
 // program is inside a powergrad call, or a nested call) runs on its calling thread: still the same
 // bits, never a deadlock.
 #pragma once
@@ -62,47 +63,66 @@ inline long process_id() {
 #endif
 }
 
-// One job at a time: `run` publishes (fn, ctx, n_tasks), wakes `want` workers, takes tasks itself
-// from the shared counter and waits until every participating worker has left the job.
+// One job at a time. `run` publishes (fn, ctx, n_tasks) under a new generation, wakes `want`
+// workers and takes tasks itself; it returns when every task has completed, not when every woken
+// worker has checked in, so a worker that is slow to be scheduled (a loaded machine) costs nothing:
+// the caller then runs the tasks itself. Tasks are claimed from one 64-bit word holding the
+// generation (high 32 bits) and the next task index (low 32 bits), so a worker that wakes late can
+// never claim a task of a later job with the function of an earlier one.
 class Pool {
  public:
   using TaskFn = void (*)(void* ctx, int64_t task);
+  static constexpr int64_t kMaxTasks = int64_t(1) << 31;
 
-  // Returns false (and runs nothing) when the pool is busy; the caller then runs the tasks itself.
+  // Returns false (and runs nothing) when the pool is busy or the job too large to publish; the
+  // caller then runs the tasks itself.
   bool run(int threads, int64_t n_tasks, TaskFn fn, void* ctx) {
+    if (n_tasks >= kMaxTasks) return false;
     std::unique_lock<std::mutex> submit(submit_, std::try_to_lock);
     if (!submit.owns_lock()) return false;
     const int want = threads - 1;  // workers besides the caller
+    uint32_t gen = 0;
     {
       std::lock_guard<std::mutex> lk(m_);
       while (static_cast<int>(workers_) < want) {
         std::thread(&Pool::worker_loop, this, static_cast<int>(workers_)).detach();
         ++workers_;
       }
+      gen = ++generation_;
       fn_ = fn;
       ctx_ = ctx;
       n_tasks_ = n_tasks;
-      next_.store(0, std::memory_order_relaxed);
       active_ = want;
-      busy_ = want;
-      ++generation_;
+      completed_.store(0, std::memory_order_relaxed);
+      claim_.store(static_cast<uint64_t>(gen) << 32, std::memory_order_release);
     }
     wake_.notify_all();
-    take_tasks(fn, ctx, n_tasks);
+    take_tasks(gen, fn, ctx, n_tasks);
     std::unique_lock<std::mutex> lk(m_);
-    done_.wait(lk, [this] { return busy_ == 0; });
+    done_.wait(lk, [&] { return completed_.load(std::memory_order_acquire) == n_tasks; });
     return true;
   }
 
  private:
-  void take_tasks(TaskFn fn, void* ctx, int64_t n_tasks) {
-    for (int64_t t = next_.fetch_add(1, std::memory_order_relaxed); t < n_tasks;
-         t = next_.fetch_add(1, std::memory_order_relaxed))
+  // Claims and runs tasks of generation `gen` until none is left.
+  void take_tasks(uint32_t gen, TaskFn fn, void* ctx, int64_t n_tasks) {
+    uint64_t v = claim_.load(std::memory_order_acquire);
+    for (;;) {
+      if (static_cast<uint32_t>(v >> 32) != gen) return;
+      const int64_t t = static_cast<int64_t>(v & 0xFFFFFFFFull);
+      if (t >= n_tasks) return;
+      if (!claim_.compare_exchange_weak(v, v + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
       fn(ctx, t);
+      if (completed_.fetch_add(1, std::memory_order_acq_rel) + 1 == n_tasks) {
+        std::lock_guard<std::mutex> lk(m_);
+        done_.notify_one();
+      }
+      v = claim_.load(std::memory_order_acquire);
+    }
   }
 
   void worker_loop(int index) {
-    uint64_t seen = 0;
+    uint32_t seen = 0;
     std::unique_lock<std::mutex> lk(m_);
     for (;;) {
       wake_.wait(lk, [&] { return generation_ != seen; });
@@ -112,22 +132,22 @@ class Pool {
       void* const ctx = ctx_;
       const int64_t n = n_tasks_;
       lk.unlock();
-      take_tasks(fn, ctx, n);
+      take_tasks(seen, fn, ctx, n);
       lk.lock();
-      if (--busy_ == 0) done_.notify_one();
     }
   }
 
   std::mutex submit_;  // held by the one caller whose job is running
-  std::mutex m_;       // guards everything below
+  std::mutex m_;       // guards the job description and the worker count
   std::condition_variable wake_, done_;
   unsigned workers_ = 0;
-  uint64_t generation_ = 0;
-  int active_ = 0, busy_ = 0;
+  uint32_t generation_ = 0;
+  int active_ = 0;
   TaskFn fn_ = nullptr;
   void* ctx_ = nullptr;
   int64_t n_tasks_ = 0;
-  std::atomic<int64_t> next_{0};
+  std::atomic<uint64_t> claim_{0};      // generation << 32 | next task
+  std::atomic<int64_t> completed_{0};   // tasks of the current job that have finished
 };
 
 // The process's pool. Never destroyed: its detached workers sleep on its condition variable until

@@ -44,7 +44,7 @@
 #define PG_FP_STRICT _Pragma("clang fp contract(off)")
 #define PG_HOST_LOOPS_BEGIN
 #define PG_HOST_LOOPS_END
-#elif defined(__GNUC__)
+#elif defined(__GNUC__) && !defined(__CUDACC__)
 #define PG_FP_STRICT
 #define PG_HOST_LOOPS_BEGIN \
   _Pragma("GCC push_options") _Pragma("GCC optimize(\"fp-contract=off\", \"no-trapping-math\")")
@@ -62,6 +62,15 @@
 #define PG_TARGET_AVX512 __attribute__((target("avx512f")))
 #else
 #define PG_HOST_ISA_X86 0
+#endif
+// nvcc's front end does not pass the optimize pragma on to the host compiler, and AVX-512F would
+// then contract into FMAs: in a .cu unit the AVX-512 path is compiled only when the build gives the
+// host compiler -ffp-contract=off -fno-trapping-math itself and says so with
+// POWERGRAD_HOST_FP_FLAGS=1 (libpowergrad's CUDA build does, src/CMakeLists.txt).
+#if PG_HOST_ISA_X86 && (!defined(__CUDACC__) || (defined(POWERGRAD_HOST_FP_FLAGS) && POWERGRAD_HOST_FP_FLAGS))
+#define PG_HOST_ISA_AVX512 1
+#else
+#define PG_HOST_ISA_AVX512 0
 #endif
 
 POWERGRAD_NS_BEGIN
@@ -220,7 +229,9 @@ inline bool host_isa_supported(HostIsa isa) {
   if (isa == HostIsa::kBaseline || isa == HostIsa::kAuto) return true;
 #if PG_HOST_ISA_X86
   if (isa == HostIsa::kAvx2) return __builtin_cpu_supports("avx2");
+#if PG_HOST_ISA_AVX512
   if (isa == HostIsa::kAvx512) return __builtin_cpu_supports("avx512f");
+#endif
 #endif
   return false;
 }
