@@ -1,8 +1,9 @@
 """Thread count of the host backend (pg_set_host_threads / pg_host_threads, docs/design.md §6.1).
 
-The setting is process-wide and changes no result, only how many threads a host op may use. The torch
-binding calls ``follow_torch()`` before a host op, so powergrad uses as many threads as PyTorch's own
-pool (``torch.get_num_threads()``) and the two never oversubscribe the machine together.
+The setting is process-wide and changes no result, only how many threads a host op may use.
+``follow_torch()`` is for the torch binding to call before a host op, so that powergrad uses as many
+threads as PyTorch's own pool (``torch.get_num_threads()``) and the two never oversubscribe the
+machine together.
 """
 
 import ctypes

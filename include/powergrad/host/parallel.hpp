@@ -78,8 +78,13 @@ class Pool {
   // caller then runs the tasks itself.
   bool run(int threads, int64_t n_tasks, TaskFn fn, void* ctx) {
     if (n_tasks >= kMaxTasks) return false;
-    std::unique_lock<std::mutex> submit(submit_, std::try_to_lock);
-    if (!submit.owns_lock()) return false;
+    // A flag, not a mutex: a nested region on the same thread must see "busy" (try_lock on a mutex
+    // the thread already owns is undefined).
+    if (busy_.exchange(true, std::memory_order_acquire)) return false;
+    struct Release {
+      std::atomic<bool>& b;
+      ~Release() { b.store(false, std::memory_order_release); }
+    } release{busy_};
     const int want = threads - 1;  // workers besides the caller
     uint32_t gen = 0;
     {
@@ -137,7 +142,7 @@ class Pool {
     }
   }
 
-  std::mutex submit_;  // held by the one caller whose job is running
+  std::atomic<bool> busy_{false};  // set by the one caller whose job is running
   std::mutex m_;       // guards the job description and the worker count
   std::condition_variable wake_, done_;
   unsigned workers_ = 0;
