@@ -1,14 +1,19 @@
 // powergrad host benchmark: the gradient-bucket transforms on the host backend, against a same-run
 // memcpy moving the same bytes (docs/design.md §5; the device version is bench_bucket_device.cu).
 //
-//   powergrad_bench_bucket_host [google-benchmark flags]
+//   powergrad_bench_bucket_host [--threads=N] [--isa=baseline|avx2|avx512] [google-benchmark flags]
 //
-// Buckets: flat16 (a DDP-style flat bucket of 96 fp32 segments, 8 M elements = 32 MiB), resnet50
+// --threads sets powergrad::set_host_threads (default: the machine's hardware concurrency), --isa the
+// host loops' instruction set (default: the best one this CPU supports); both are reported as
+// counters. Buckets: flat16 (a DDP-style flat bucket of 96 fp32 segments, 8 M elements = 32 MiB),
+// flat32 (the same shape at 16 M elements = 64 MiB), resnet50
 // (ResNet-50's 161 parameter tensors, fp32), tiny1000 (1000 tensors of 1..2000 elements, fp32).
 // Bytes counted as in the device benchmark: power 2N, power_l1 / clip_norm 3N, agc 3N + W (N gradient,
 // W parameter bytes); ratio_to_copy = time of memcpy(bytes / 2), timed after each op iteration, / op
 // time. Ops run in place on the same data every iteration (beta 0.5 keeps the values in range).
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -16,6 +21,7 @@
 #include "bench_common.hpp"
 #include "bucket_shapes.hpp"
 #include "powergrad/bucket.hpp"
+#include "powergrad/host_config.hpp"
 
 namespace {
 
@@ -90,6 +96,8 @@ void run(benchmark::State& state, const pgbench::BucketShapes& shapes, Op op) {
   const double iters = static_cast<double>(state.iterations());
   pgbench::report(state, bytes, sum / iters, copy_sum / iters);
   state.counters["tensors"] = benchmark::Counter(static_cast<double>(ts.size()));
+  state.counters["threads"] = benchmark::Counter(static_cast<double>(powergrad::host_threads()));
+  state.counters["isa"] = benchmark::Counter(static_cast<double>(static_cast<int>(powergrad::host_isa())));
 }
 
 void add(const char* bucket, pgbench::BucketShapes shapes, Op op, const char* opname) {
@@ -103,10 +111,34 @@ void add(const char* bucket, pgbench::BucketShapes shapes, Op op, const char* op
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Our own flags first (google-benchmark rejects unknown ones).
+  int kept = 1;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a.rfind("--threads=", 0) == 0) {
+      if (powergrad::set_host_threads(std::atoi(a.c_str() + 10)) != Status::kSuccess) {
+        std::fprintf(stderr, "%s\n", powergrad::last_error_message());
+        return 2;
+      }
+    } else if (a.rfind("--isa=", 0) == 0) {
+      const std::string v = a.substr(6);
+      const powergrad::HostIsa isa = v == "avx512" ? powergrad::HostIsa::kAvx512
+                                     : v == "avx2" ? powergrad::HostIsa::kAvx2 : powergrad::HostIsa::kBaseline;
+      if (powergrad::set_host_isa(isa) != Status::kSuccess) {
+        std::fprintf(stderr, "%s\n", powergrad::last_error_message());
+        return 2;
+      }
+    } else {
+      argv[kept++] = argv[i];
+    }
+  }
+  argc = kept;
   // 16 MiB of 2-byte elements in the shape helper = 8 M elements; here they are fp32 (32 MiB).
   add("flat16", pgbench::flat256_shapes(16), Op::kPower, "power");
   add("flat16", pgbench::flat256_shapes(16), Op::kPowerL1, "power_l1");
   add("flat16", pgbench::flat256_shapes(16), Op::kClip, "clip_norm");
+  add("flat32", pgbench::flat256_shapes(32), Op::kPower, "power");
+  add("flat32", pgbench::flat256_shapes(32), Op::kClip, "clip_norm");
   add("resnet50", pgbench::resnet50_shapes(), Op::kClip, "clip_norm");
   add("resnet50", pgbench::resnet50_shapes(), Op::kAgc, "agc");
   add("tiny1000", pgbench::tiny_shapes(), Op::kClip, "clip_norm");

@@ -29,6 +29,7 @@
 #include "powergrad/detail/bucket_plan.hpp"
 #include "powergrad/detail/validate.hpp"
 #include "powergrad/host/bucket_host.hpp"
+#include "powergrad/host_config.hpp"
 #include "powergrad/status.hpp"
 
 #if defined(__CUDACC__)

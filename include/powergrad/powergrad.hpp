@@ -4,6 +4,7 @@
 #include "powergrad/bucket.hpp"
 #include "powergrad/bucket_types.hpp"
 #include "powergrad/config.hpp"
+#include "powergrad/host_config.hpp"
 #include "powergrad/math/dtype.hpp"
 #include "powergrad/math/xent_math.hpp"
 #include "powergrad/status.hpp"

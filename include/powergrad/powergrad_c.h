@@ -288,3 +288,21 @@ PG_API pg_status_t pg_linear_xent_forward_backward(const pg_linear_xent_problem_
 #endif
 
 #endif /* POWERGRAD_C_H_ */
+
+/* ---- Host threads (docs/design.md §6.1) ------------------------------------------------------------
+ * Process-wide: how many threads a host-backend op may use. threads >= 1, or 0 for the default (the
+ * machine's hardware concurrency); larger than 256 or negative: PG_STATUS_INVALID_VALUE. Results do
+ * not depend on it (fixed work partition, fixed merge order). Bindings set it from their framework's
+ * own setting (powergrad.torch: torch.get_num_threads()) so the two pools do not oversubscribe. */
+#ifndef POWERGRAD_C_HOST_THREADS_H_
+#define POWERGRAD_C_HOST_THREADS_H_
+#ifdef __cplusplus
+extern "C" {
+#endif
+PG_API pg_status_t pg_set_host_threads(int32_t threads);
+/* The thread count host ops use now (the setting, or the default when it is 0). */
+PG_API int32_t pg_host_threads(void);
+#ifdef __cplusplus
+}
+#endif
+#endif /* POWERGRAD_C_HOST_THREADS_H_ */

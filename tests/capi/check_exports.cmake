@@ -32,7 +32,8 @@ endif()
 foreach(required pg_version pg_status_string pg_last_error pg_has_cuda pg_xent_workspace_bytes
         pg_xent_forward_backward pg_xent_backward pg_xent_hook pg_xent_shard_stats pg_xent_merge_stats
         pg_xent_shard_apply pg_bucket_plan_bytes pg_bucket_plan_build pg_bucket_tensors_from_flat
-        pg_bucket_workspace_bytes pg_bucket_plan_upload pg_bucket_power pg_bucket_clip_norm pg_bucket_agc)
+        pg_bucket_workspace_bytes pg_bucket_plan_upload pg_bucket_power pg_bucket_clip_norm pg_bucket_agc
+        pg_set_host_threads pg_host_threads)
   if(NOT required IN_LIST names)
     message(FATAL_ERROR "check_exports: ${LIB} does not export ${required}")
   endif()
