@@ -10,7 +10,7 @@ import itertools
 
 import torch
 
-from .. import _lib
+from .. import _lib, _threads
 from .._problem import unchecked, xent_problem
 
 DTYPES = {torch.float32: _lib.DType.FLOAT32, torch.float16: _lib.DType.FLOAT16,
@@ -91,6 +91,7 @@ def call(device, function, *args):
     if fn is None:
         fn = _FUNCTIONS[function] = getattr(_lib.load_library(), function)
     if device.type == "cpu":
+        _threads.follow_torch()  # host ops use as many threads as PyTorch's pool (docs/design.md §6.1)
         status = fn(*args)
     else:
         with on_device(device):
