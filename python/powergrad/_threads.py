@@ -40,7 +40,9 @@ def set_host_threads(threads):
     if n < 0 or n > MAX_THREADS:
         raise ValueError("powergrad: threads = %d: must be 0 (the default: hardware concurrency) or 1..%d"
                          % (n, MAX_THREADS))
+    global _followed
     _lib.check("pg_set_host_threads", _library().pg_set_host_threads(n))
+    _followed = None  # an explicit setting: the next follow_torch() sets torch's count again
 
 
 def host_threads():

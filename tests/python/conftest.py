@@ -19,6 +19,10 @@ import pytest
 # of 31 s under load). Set before anything imports torch; subprocesses inherit it. The tests check
 # results, never speed.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# A test that imports the standard library's distutils (Python 3.11 still has it) before setuptools
+# makes setuptools' distutils shim assert when Inductor later imports setuptools; the standard
+# library's copy serves both.
+os.environ.setdefault("SETUPTOOLS_USE_DISTUTILS", "stdlib")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "python"))

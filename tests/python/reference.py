@@ -45,14 +45,16 @@ def pgt_softmax(z, alpha):
 
 
 def xent(z, targets, alpha=1.0, ignore_index=-100, label_smoothing=0.0, reduction="mean", upstream=None):
-    """(loss, grad) in float64: loss = lse - sum q z (ordinary CE), grad = g_r (softmax(alpha z) - q)."""
+    """(loss, grad) in float64: loss = -sum_j q_j log p_j = A lse - sum q z with A = sum_j q_j (ordinary
+    CE, as F.cross_entropy: a probability row need not sum to 1), grad = g_r (A softmax(alpha z) - q)."""
     z = np.asarray(z, np.float64)
     rows, cols = z.shape
     q, valid = target_matrix(targets, rows, cols, ignore_index, label_smoothing)
     lse = _logsumexp(z)
-    per_row = np.where(valid, lse - np.sum(q * np.where(q > 0, z, 0.0), axis=1), 0.0)
+    mass = q.sum(axis=1)
+    per_row = np.where(valid, mass * lse - np.sum(q * np.where(q > 0, z, 0.0), axis=1), 0.0)
     g = row_scales(valid, reduction, upstream)
-    grad = g[:, None] * (pgt_softmax(z, alpha) - q)
+    grad = g[:, None] * (mass[:, None] * pgt_softmax(z, alpha) - q)
     grad[~valid] = 0.0
     n_valid = int(valid.sum())
     if reduction == "none":

@@ -94,7 +94,7 @@ def test_fresh_install_works(tmp_path):
     assert len(found) == 1 and found[0].startswith("powergrad-%s-py3-none-" % version), (found, out)
     wheel = str(wheels / found[0])
     names = zipfile.ZipFile(wheel).namelist()
-    for required in ("powergrad/__init__.py", "powergrad/__main__.py", "powergrad/_lib.py", "powergrad/torch.py",
+    for required in ("powergrad/__init__.py", "powergrad/__main__.py", "powergrad/_lib.py", "powergrad/torch/__init__.py",
                      "powergrad/libpowergrad.so", "powergrad/_version.py"):
         assert required in names, (required, names)
     stray = [n for n in names if not (n.startswith("powergrad/") or n.startswith("powergrad-%s.dist-info/" % version))]

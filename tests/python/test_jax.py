@@ -145,8 +145,11 @@ def test_probability_targets(dtype, eps):
     assert_close(loss, want_loss, 1e-5, 1e-6, "loss")
     assert_close(np.asarray(gz.astype(jnp.float32)).reshape(-1, 19), want_grad, 0.0,
                  GRAD_TOL[dtype] * np.abs(want_grad).max(), "grad logits")
-    # d loss / d q_j = -(1 - eps) z_j / n_rows (the targets are differentiable too).
-    want_gq = -(1.0 - eps) * zr / zr[..., 0].size
+    # loss_r = -sum_j q'_j log p_j, so d loss / d q_j = -(1 - eps) log p_j / n_rows (the targets are
+    # differentiable too).
+    zd64 = zr.astype(np.float64)
+    lse = np.log(np.exp(zd64 - zd64.max(-1, keepdims=True)).sum(-1, keepdims=True)) + zd64.max(-1, keepdims=True)
+    want_gq = -(1.0 - eps) * (zd64 - lse) / zr[..., 0].size
     assert_close(np.asarray(gq.astype(jnp.float32)), want_gq, 0.0, GRAD_TOL[dtype] * np.abs(want_gq).max() * 4,
                  "grad targets")
 
