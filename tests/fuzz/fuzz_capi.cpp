@@ -1027,6 +1027,10 @@ Expect model_xent(XentOp op, const RawXent& x) {
     grad_rules(x.grad, x.ld_grad, true);
     ins.push_back({x.saved, static_cast<u128>(nrows) * 4, "saved_lse_alpha"});
   }
+  // A dense row's target mass sums over every shard (docs/design.md §2.5): the whole-row ops refuse a
+  // column shard of dense targets.
+  if ((op == kFB || op == kBackward) && dense)
+    e.rule(p.col_offset != 0 || total != cols, PG_STATUS_UNSUPPORTED, "dense targets on a column shard");
   if (op == kHook) {
     e.rule(p.col_offset != 0 || total != cols, PG_STATUS_INVALID_SIZE, "hook on a column shard");
     e.rule(!std::isfinite(x.hook_scale) || x.hook_scale < 0, PG_STATUS_INVALID_VALUE, "hook scale");
