@@ -216,20 +216,8 @@ Status check_linear_problem(const LinearXentArgNames& n, LinearXentProblem<T, Tg
                     static_cast<int>(p.reduction));
   POWERGRAD_REQUIRE(p.hidden != nullptr, Status::kNullPointer, "%s is null", n.hidden);
   POWERGRAD_REQUIRE(p.weight != nullptr, Status::kNullPointer, "%s is null", n.weight);
-  if constexpr (target_traits<Tg>::hard) {
-    POWERGRAD_REQUIRE(p.targets.index != nullptr, Status::kNullPointer, "%s is null", n.targets_index);
-  } else {
-    POWERGRAD_REQUIRE(p.targets.prob != nullptr, Status::kNullPointer, "%s is null", n.targets_prob);
-    POWERGRAD_REQUIRE(p.targets.ld >= 0, Status::kInvalidSize, "%s (%lld) is negative", n.targets_ld,
-                      as_ll(p.targets.ld));
-    if (p.targets.ld == 0) p.targets.ld = p.vocab;
-    POWERGRAD_REQUIRE(p.targets.ld >= p.vocab, Status::kInvalidSize, "%s (%lld) is smaller than %s (%lld)",
-                      n.targets_ld, as_ll(p.targets.ld), n.vocab, as_ll(p.vocab));
-    POWERGRAD_REQUIRE(block_fits(p.rows, p.targets.ld, sizeof(T)), Status::kInvalidSize,
-                      "%s x %s (%lld x %lld elements) does not fit in 64-bit byte offsets", n.rows, n.targets_ld,
-                      as_ll(p.rows), as_ll(p.targets.ld));
-  }
-  return Status::kSuccess;
+  return check_targets(TargetArgNames{n.rows, n.vocab, n.targets_index, n.targets_prob, n.targets_ld}, p.targets,
+                       p.rows, p.vocab);
 }
 
 // Validates and normalises the outputs' strides and types.

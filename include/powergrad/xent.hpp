@@ -152,6 +152,33 @@ inline Status check_alpha(float alpha, const char* name) {
 
 // Validates and normalises the problem (ld, total_cols, targets.ld). Checked whatever the number
 // of rows: an argument that is wrong for every batch size is rejected for an empty one too.
+// The targets of a [rows x cols] problem (class indices, or a dense block whose ld = 0 becomes cols),
+// shared by the cross-entropy and the linear cross-entropy with their own argument names.
+struct TargetArgNames {
+  const char* rows;
+  const char* cols;
+  const char* index;
+  const char* prob;
+  const char* ld;
+};
+
+template <class Tg>
+Status check_targets(const TargetArgNames& n, Tg& t, int64_t rows, int64_t cols) {
+  if constexpr (target_traits<Tg>::hard) {
+    POWERGRAD_REQUIRE(t.index != nullptr, Status::kNullPointer, "%s is null", n.index);
+  } else {
+    POWERGRAD_REQUIRE(t.prob != nullptr, Status::kNullPointer, "%s is null", n.prob);
+    POWERGRAD_REQUIRE(t.ld >= 0, Status::kInvalidSize, "%s (%lld) is negative", n.ld, as_ll(t.ld));
+    if (t.ld == 0) t.ld = cols;
+    POWERGRAD_REQUIRE(t.ld >= cols, Status::kInvalidSize, "%s (%lld) is smaller than %s (%lld)", n.ld, as_ll(t.ld),
+                      n.cols, as_ll(cols));
+    POWERGRAD_REQUIRE(block_fits(rows, t.ld, sizeof(*t.prob)), Status::kInvalidSize,
+                      "%s x %s (%lld x %lld elements) does not fit in 64-bit byte offsets", n.rows, n.ld,
+                      as_ll(rows), as_ll(t.ld));
+  }
+  return Status::kSuccess;
+}
+
 template <class T, class Tg>
 Status check_problem(const XentArgNames& n, XentProblem<T, Tg>& p) {
   POWERGRAD_REQUIRE(p.rows >= 0, Status::kInvalidSize, "%s (%lld) is negative", n.rows, as_ll(p.rows));
@@ -190,20 +217,8 @@ Status check_problem(const XentArgNames& n, XentProblem<T, Tg>& p) {
                     Status::kInvalidValue, "%s (%g) must be finite and > 0, or 0 (off)", n.softcap,
                     static_cast<double>(p.softcap));
   POWERGRAD_REQUIRE(p.logits != nullptr, Status::kNullPointer, "%s is null", n.logits);
-  if constexpr (target_traits<Tg>::hard) {
-    POWERGRAD_REQUIRE(p.targets.index != nullptr, Status::kNullPointer, "%s is null", n.targets_index);
-  } else {
-    POWERGRAD_REQUIRE(p.targets.prob != nullptr, Status::kNullPointer, "%s is null", n.targets_prob);
-    POWERGRAD_REQUIRE(p.targets.ld >= 0, Status::kInvalidSize, "%s (%lld) is negative", n.targets_ld,
-                      as_ll(p.targets.ld));
-    if (p.targets.ld == 0) p.targets.ld = p.cols;
-    POWERGRAD_REQUIRE(p.targets.ld >= p.cols, Status::kInvalidSize, "%s (%lld) is smaller than %s (%lld)",
-                      n.targets_ld, as_ll(p.targets.ld), n.cols, as_ll(p.cols));
-    POWERGRAD_REQUIRE(block_fits(p.rows, p.targets.ld, sizeof(T)), Status::kInvalidSize,
-                      "%s x %s (%lld x %lld elements) does not fit in 64-bit byte offsets", n.rows, n.targets_ld,
-                      as_ll(p.rows), as_ll(p.targets.ld));
-  }
-  return Status::kSuccess;
+  return check_targets(TargetArgNames{n.rows, n.cols, n.targets_index, n.targets_prob, n.targets_ld}, p.targets,
+                       p.rows, p.cols);
 }
 
 // The buffers every op reads: the input block and the targets.
