@@ -47,9 +47,41 @@ Status check_struct(size_t got, size_t want, const char* arg, const char* type) 
   return Status::kSuccess;
 }
 
-Status check_linear_call(const pg_linear_xent_problem_t* p, const pg_linear_xent_outputs_t* o) {
+// A struct of the current layout, or of the first layout (which ended before `first_new`): copied
+// into `into` with the fields the caller's struct lacks left zero (the whole vocabulary, every
+// option off).
+template <class S>
+Status read_struct(const S* in, size_t first_new, S& into, const char* arg, const char* type) {
+  const size_t got = in->struct_size;
+  if (got != sizeof(S) && got != first_new)
+    return fail(Status::kInvalidValue,
+                "%s->struct_size (%zu) is not a size this library knows (sizeof(%s) = %zu, or %zu for the first layout)",
+                arg, got, type, sizeof(S), first_new);
+  into = S{};
+  std::memcpy(&into, in, got);
+  into.struct_size = sizeof(S);
+  return Status::kSuccess;
+}
+
+static_assert(sizeof(pg_row_stats_t) == sizeof(powergrad::RowStats) &&
+                  alignof(pg_row_stats_t) == alignof(powergrad::RowStats),
+              "pg_row_stats_t must match powergrad::RowStats");
+
+// The caller's structs read into `c` (full layouts), then checked.
+Status read_linear_call(const pg_linear_xent_problem_t* p, const pg_linear_xent_outputs_t* o,
+                        powergrad_capi::LinearCall& c) {
   if (!p) return fail(Status::kNullPointer, "problem is null");
-  PG_LTRY(check_struct(p->struct_size, sizeof(pg_linear_xent_problem_t), "problem", "pg_linear_xent_problem_t"));
+  PG_LTRY(read_struct(p, offsetof(pg_linear_xent_problem_t, vocab_offset), c.problem_value, "problem",
+                      "pg_linear_xent_problem_t"));
+  c.problem = &c.problem_value;
+  if (!o) return fail(Status::kNullPointer, "outputs is null");
+  PG_LTRY(read_struct(o, offsetof(pg_linear_xent_outputs_t, z_loss), c.outputs_value, "outputs",
+                      "pg_linear_xent_outputs_t"));
+  c.outputs = &c.outputs_value;
+  return Status::kSuccess;
+}
+
+Status check_linear_call(const pg_linear_xent_problem_t* p, const pg_linear_xent_outputs_t* o) {
   const int dev = raw_int(p->device);
   if (dev != PG_DEVICE_HOST && dev != PG_DEVICE_CUDA)
     return fail(Status::kInvalidValue, "problem->device (%d) is not a pg_device_t value", dev);
@@ -64,8 +96,6 @@ Status check_linear_call(const pg_linear_xent_problem_t* p, const pg_linear_xent
   const int red = raw_int(p->reduction);
   if (red != PG_REDUCTION_NONE && red != PG_REDUCTION_MEAN && red != PG_REDUCTION_SUM)
     return fail(Status::kInvalidValue, "problem->reduction (%d) is not a pg_reduction_t value", red);
-  if (!o) return fail(Status::kNullPointer, "outputs is null");
-  PG_LTRY(check_struct(o->struct_size, sizeof(pg_linear_xent_outputs_t), "outputs", "pg_linear_xent_outputs_t"));
   const int dwt = raw_int(o->dweight_type), dbt = raw_int(o->dbias_type);
   if (dwt != PG_GRAD_WEIGHT_DTYPE && dwt != PG_GRAD_FLOAT32)
     return fail(Status::kInvalidValue, "outputs->dweight_type (%d) is not a pg_grad_type_t value", dwt);
@@ -114,12 +144,11 @@ PG_API pg_status_t pg_linear_xent_workspace_bytes(const pg_linear_xent_problem_t
                                                   const pg_linear_xent_outputs_t* outputs, int64_t chunk_rows,
                                                   size_t* bytes) {
   return guarded_linear([&]() -> Status {
-    PG_LTRY(check_linear_call(problem, outputs));
-    if (!bytes) return fail(Status::kNullPointer, "bytes is null");
     powergrad_capi::LinearCall c;
+    PG_LTRY(read_linear_call(problem, outputs, c));
+    PG_LTRY(check_linear_call(c.problem, c.outputs));
+    if (!bytes) return fail(Status::kNullPointer, "bytes is null");
     c.op = powergrad_capi::LinearOp::kWorkspaceBytes;
-    c.problem = problem;
-    c.outputs = outputs;
     c.chunk_rows = chunk_rows;
     c.bytes_out = bytes;
     return dispatch_linear(c);
@@ -130,12 +159,11 @@ PG_API pg_status_t pg_linear_xent_chunk_rows(const pg_linear_xent_problem_t* pro
                                              const pg_linear_xent_outputs_t* outputs, size_t budget,
                                              int64_t* chunk_rows) {
   return guarded_linear([&]() -> Status {
-    PG_LTRY(check_linear_call(problem, outputs));
-    if (!chunk_rows) return fail(Status::kNullPointer, "chunk_rows is null");
     powergrad_capi::LinearCall c;
+    PG_LTRY(read_linear_call(problem, outputs, c));
+    PG_LTRY(check_linear_call(c.problem, c.outputs));
+    if (!chunk_rows) return fail(Status::kNullPointer, "chunk_rows is null");
     c.op = powergrad_capi::LinearOp::kChunkRows;
-    c.problem = problem;
-    c.outputs = outputs;
     c.budget = budget;
     c.chunk_out = chunk_rows;
     return dispatch_linear(c);
@@ -148,15 +176,58 @@ PG_API pg_status_t pg_linear_xent_forward_backward(const pg_linear_xent_problem_
                                                    size_t workspace_bytes, int64_t chunk_rows, void* blas_handle,
                                                    void* stream) {
   return guarded_linear([&]() -> Status {
-    PG_LTRY(check_linear_call(problem, outputs));
     powergrad_capi::LinearCall c;
+    PG_LTRY(read_linear_call(problem, outputs, c));
+    PG_LTRY(check_linear_call(c.problem, c.outputs));
     if (upstream) {
       PG_LTRY(check_struct(upstream->struct_size, sizeof(pg_upstream_t), "upstream", "pg_upstream_t"));
       c.upstream = *upstream;
     }
     c.op = powergrad_capi::LinearOp::kForwardBackward;
-    c.problem = problem;
-    c.outputs = outputs;
+    c.chunk_rows = chunk_rows;
+    c.workspace = workspace;
+    c.workspace_bytes = workspace_bytes;
+    c.blas_handle = blas_handle;
+    c.stream = stream;
+    return dispatch_linear(c);
+  });
+}
+
+PG_API pg_status_t pg_linear_xent_shard_stats(const pg_linear_xent_problem_t* problem, pg_row_stats_t* stats,
+                                              void* workspace, size_t workspace_bytes, int64_t chunk_rows,
+                                              void* blas_handle, void* stream) {
+  return guarded_linear([&]() -> Status {
+    powergrad_capi::LinearCall c;
+    pg_linear_xent_outputs_t none;  // the statistics need no output
+    std::memset(&none, 0, sizeof none);
+    none.struct_size = sizeof none;
+    PG_LTRY(read_linear_call(problem, &none, c));
+    PG_LTRY(check_linear_call(c.problem, c.outputs));
+    c.op = powergrad_capi::LinearOp::kShardStats;
+    c.stats = stats;
+    c.chunk_rows = chunk_rows;
+    c.workspace = workspace;
+    c.workspace_bytes = workspace_bytes;
+    c.blas_handle = blas_handle;
+    c.stream = stream;
+    return dispatch_linear(c);
+  });
+}
+
+PG_API pg_status_t pg_linear_xent_shard_apply(const pg_linear_xent_problem_t* problem, const pg_row_stats_t* merged,
+                                              const pg_upstream_t* upstream, const pg_linear_xent_outputs_t* outputs,
+                                              void* workspace, size_t workspace_bytes, int64_t chunk_rows,
+                                              void* blas_handle, void* stream) {
+  return guarded_linear([&]() -> Status {
+    powergrad_capi::LinearCall c;
+    PG_LTRY(read_linear_call(problem, outputs, c));
+    PG_LTRY(check_linear_call(c.problem, c.outputs));
+    if (upstream) {
+      PG_LTRY(check_struct(upstream->struct_size, sizeof(pg_upstream_t), "upstream", "pg_upstream_t"));
+      c.upstream = *upstream;
+    }
+    c.op = powergrad_capi::LinearOp::kShardApply;
+    c.merged = merged;
     c.chunk_rows = chunk_rows;
     c.workspace = workspace;
     c.workspace_bytes = workspace_bytes;

@@ -72,6 +72,17 @@ struct LinearXentArgNames {
   const char* chunk_rows;
   const char* blas_handle;
   const char* workspace_query;
+  // Split form and options (appended: the C table in src/capi_linear_internal.hpp follows this order).
+  const char* vocab_offset;
+  const char* total_vocab;
+  const char* class_weight;
+  const char* z_loss_scale;
+  const char* softcap;
+  const char* z_loss;
+  const char* argmax;
+  const char* correct;
+  const char* stats;
+  const char* merged;
 };
 
 inline constexpr LinearXentArgNames kLinearXentCppNames = {
@@ -82,7 +93,10 @@ inline constexpr LinearXentArgNames kLinearXentCppNames = {
     "problem.reduction", "problem.bad_target_count", "upstream.scale",      "upstream.values",
     "out.loss",          "out.dhidden",            "out.ld_dhidden",        "out.dweight",
     "out.ld_dweight",    "out.dweight_type",       "out.dbias",             "out.dbias_type",
-    "chunk_rows",        "blas_handle",            "linear_xent_workspace_bytes()"};
+    "chunk_rows",        "blas_handle",            "linear_xent_workspace_bytes()", "problem.vocab_offset",
+    "problem.total_vocab", "problem.class_weight", "problem.z_loss_scale", "problem.softcap",
+    "out.z_loss",        "out.argmax",             "out.correct",           "stats",
+    "merged"};
 
 // BLAS takes int sizes and strides.
 constexpr int64_t kLinearXentMaxDim = INT_MAX;
@@ -207,6 +221,23 @@ Status check_linear_problem(const LinearXentArgNames& n, LinearXentProblem<T, Tg
   if (p.bias_len == 0) p.bias_len = p.vocab;
   POWERGRAD_REQUIRE(p.bias_len == p.vocab, Status::kInvalidSize, "%s (%lld) differs from %s (%lld)", n.bias_len,
                     as_ll(p.bias_len), n.vocab, as_ll(p.vocab));
+  POWERGRAD_REQUIRE(p.vocab_offset >= 0, Status::kInvalidSize, "%s (%lld) is negative", n.vocab_offset,
+                    as_ll(p.vocab_offset));
+  POWERGRAD_REQUIRE(p.total_vocab >= 0, Status::kInvalidSize, "%s (%lld) is negative", n.total_vocab,
+                    as_ll(p.total_vocab));
+  POWERGRAD_REQUIRE(p.vocab_offset == 0 || p.total_vocab != 0, Status::kInvalidSize,
+                    "%s must be given for a vocabulary shard (%s = %lld)", n.total_vocab, n.vocab_offset,
+                    as_ll(p.vocab_offset));
+  if (p.total_vocab == 0) p.total_vocab = p.vocab;
+  // Written as a subtraction: vocab_offset + vocab may overflow int64.
+  POWERGRAD_REQUIRE(p.total_vocab >= p.vocab && p.vocab_offset <= p.total_vocab - p.vocab, Status::kInvalidSize,
+                    "%s (%lld) is smaller than %s + %s (%lld + %lld)", n.total_vocab, as_ll(p.total_vocab),
+                    n.vocab_offset, n.vocab, as_ll(p.vocab_offset), as_ll(p.vocab));
+  POWERGRAD_REQUIRE(std::isfinite(p.z_loss_scale) && p.z_loss_scale >= 0.f, Status::kInvalidValue,
+                    "%s (%g) must be finite and >= 0", n.z_loss_scale, static_cast<double>(p.z_loss_scale));
+  POWERGRAD_REQUIRE(p.softcap == 0.f || (std::isfinite(p.softcap) && p.softcap > 0.f && std::isfinite(1.f / p.softcap)),
+                    Status::kInvalidValue, "%s (%g) must be finite and > 0, or 0 (off)", n.softcap,
+                    static_cast<double>(p.softcap));
   POWERGRAD_TRY(check_alpha(p.alpha, n.alpha));
   POWERGRAD_REQUIRE(p.label_smoothing >= 0.f && p.label_smoothing < 1.f, Status::kInvalidValue,
                     "%s (%g) must be in [0, 1)", n.label_smoothing, static_cast<double>(p.label_smoothing));
@@ -247,6 +278,10 @@ Status check_linear_outputs(const LinearXentArgNames& n, const LinearXentProblem
   }
   POWERGRAD_REQUIRE(o.dbias == nullptr || p.bias != nullptr, Status::kInvalidValue,
                     "%s is given but %s is null (no bias to differentiate)", n.dbias, n.bias);
+  if constexpr (!target_traits<Tg>::hard)
+    POWERGRAD_REQUIRE(o.correct == nullptr, Status::kUnsupported,
+                      "%s needs class targets (dense targets have no target class; %s is defined)", n.correct,
+                      n.argmax);
   return Status::kSuccess;
 }
 
@@ -258,7 +293,8 @@ size_t grad_elem(GradType t) {
 template <class T, class Tg>
 Status check_linear_buffers(const LinearXentArgNames& n, Backend b, const LinearXentProblem<T, Tg>& p,
                             const LinearXentOutputs<T>& o, const Upstream& up, void* ws, size_t ws_bytes,
-                            size_t ws_need) {
+                            size_t ws_need, Region extra_in = Region{nullptr, 0, ""},
+                            Region extra_out = Region{nullptr, 0, ""}) {
   POWERGRAD_REQUIRE(std::isfinite(up.scale), Status::kInvalidValue, "%s (%g) is not finite", n.upstream_scale,
                     static_cast<double>(up.scale));
   POWERGRAD_TRY(check_workspace_size(ws, ws_bytes, ws_need, 16, n.workspace_query));
@@ -274,7 +310,9 @@ Status check_linear_buffers(const LinearXentArgNames& n, Backend b, const Linear
                         {p.weight, span_bytes<T>(p.vocab, p.hidden_dim, p.ld_weight), n.weight},
                         {p.bias, p.bias ? hw * sizeof(T) : 0, n.bias},
                         tg,
-                        floats_region(up.values, none ? p.rows : 1, n.upstream_values)};
+                        floats_region(up.values, none ? p.rows : 1, n.upstream_values),
+                        floats_region(p.class_weight, p.vocab, n.class_weight),
+                        extra_in};
   const uint64_t dw_bytes =
       o.dweight ? (static_cast<uint64_t>(p.vocab - 1) * static_cast<uint64_t>(o.ld_dweight) +
                    static_cast<uint64_t>(p.hidden_dim)) * grad_elem<T>(o.dweight_type)
@@ -284,7 +322,11 @@ Status check_linear_buffers(const LinearXentArgNames& n, Backend b, const Linear
                          {o.dweight, dw_bytes, n.dweight},
                          {o.dbias, o.dbias ? hw * grad_elem<T>(o.dbias_type) : 0, n.dbias},
                          {p.bad_target_count, sizeof(int32_t), n.bad_target_count},
-                         {ws_need ? ws : nullptr, ws_bytes, "workspace"}};
+                         {ws_need ? ws : nullptr, ws_bytes, "workspace"},
+                         floats_region(o.z_loss, none ? p.rows : 1, n.z_loss),
+                         {o.argmax, static_cast<uint64_t>(p.rows) * sizeof(int64_t), n.argmax},
+                         {o.correct, static_cast<uint64_t>(p.rows) * sizeof(int32_t), n.correct},
+                         extra_out};
   return check_disjoint(ins, outs);
 }
 
@@ -346,25 +388,83 @@ DenseTargets<float> chunk_targets(const DenseTargets<T>& t, int64_t r0, const fl
   }
 }
 
-// The host backend's chunk loop.
+// Which pass of the chunk loop runs: the whole op, or one of the two calls of the split form
+// (docs/design.md §2.6) around the caller's exchange of the statistics.
+enum class LinearPass { kFused, kStats, kApply };
+
+// The row op of one chunk: the cross-entropy problem over the chunk's fp32 logits, with the linear
+// problem's options and its place in the vocabulary.
 template <class T, class Tg>
+auto chunk_problem(const LinearXentProblem<T, Tg>& p, float* z, int64_t r0, int64_t c, const float* tconv) {
+  XentProblem<float, decltype(chunk_targets(p.targets, r0, tconv, p.vocab))> xp;
+  xp.logits = z;
+  xp.rows = c;
+  xp.cols = p.vocab;
+  xp.ld = p.vocab;
+  xp.targets = chunk_targets(p.targets, r0, tconv, p.vocab);
+  xp.alpha = p.alpha;
+  xp.label_smoothing = p.label_smoothing;
+  xp.reduction = p.reduction == Reduction::kNone ? Reduction::kNone : Reduction::kSum;
+  xp.col_offset = p.vocab_offset;
+  xp.total_cols = p.total_vocab;
+  xp.bad_target_count = p.bad_target_count;
+  xp.weight = p.class_weight;
+  xp.z_loss_scale = p.z_loss_scale;
+  xp.softcap = p.softcap;
+  return xp;
+}
+
+// The row op's per-row outputs of a chunk (kNone: the chunk's slice of the loss rows; kMean / kSum:
+// the chunk's sums in `loss_sum` / `z_sum`).
+template <class T>
+XentOutputs<float> chunk_outputs(const LinearXentOutputs<T>& o, bool none, int64_t r0, float* loss_sum, float* z_sum,
+                                 float* dlogits) {
+  XentOutputs<float> xo;
+  xo.loss = o.loss ? (none ? o.loss + r0 : loss_sum) : nullptr;
+  xo.z_loss = o.z_loss ? (none ? o.z_loss + r0 : z_sum) : nullptr;
+  xo.argmax = o.argmax ? o.argmax + r0 : nullptr;
+  xo.correct = o.correct ? o.correct + r0 : nullptr;
+  xo.dlogits = dlogits;
+  return xo;
+}
+
+// The kMean denominator D of docs/design.md §2.5 over the whole batch (host memory): the
+// non-ignored rows, the sum of their targets' class weights (from the merged statistics in the split
+// form, where a shard holds only its own weights), or every row for dense targets.
+template <class T, class Tg>
+double linear_mean_denominator(const LinearXentProblem<T, Tg>& p, const RowStats* merged) {
+  if constexpr (!target_traits<Tg>::hard) {
+    (void)merged;
+    return static_cast<double>(p.rows);
+  } else {
+    double d = 0.0;
+    for (int64_t r = 0; r < p.rows; ++r) {
+      const int64_t y = static_cast<int64_t>(p.targets.index[r]);
+      if (y == p.targets.ignore_index) continue;
+      if (!p.class_weight) d += 1.0;
+      else if (merged) d += static_cast<double>(merged[r].w);
+      else d += static_cast<double>(p.class_weight[y]);  // whole vocabulary, y checked in range
+    }
+    return d;
+  }
+}
+
+// The host backend's chunk loop.
+template <LinearPass PASS, class T, class Tg>
 Status linear_host_run(const LinearXentProblem<T, Tg>& p, const Upstream& up, const LinearXentOutputs<T>& o,
-                       void* ws, const LinearXentLayout& l, int64_t chunk) {
+                       void* ws, const LinearXentLayout& l, int64_t chunk, const RowStats* merged, RowStats* stats) {
   constexpr bool lp = !std::is_same<T, float>::value;
   const int64_t V = p.vocab, H = p.hidden_dim;
   const bool none = p.reduction == Reduction::kNone;
-  const bool need_g = o.dhidden || o.dweight || o.dbias;
-  // g for kMean/kSum: scale * v / (kMean ? n_valid : 1), the contract of docs/design.md §2.1 over
+  const bool need_g = PASS != LinearPass::kStats && (o.dhidden || o.dweight || o.dbias);
+  // g for kMean/kSum: scale * v / (kMean ? D : 1), the contract of docs/design.md §2.1 / §2.5 over
   // every row, handed to each chunk's row op as a kSum upstream.
-  int64_t n_valid = p.rows;
-  if constexpr (target_traits<Tg>::hard) {
-    n_valid = 0;
-    for (int64_t r = 0; r < p.rows; ++r) n_valid += static_cast<int64_t>(p.targets.index[r]) != p.targets.ignore_index;
-  }
+  double denom = 1.0;
   float g_all = 0.f;
-  if (!none) {
+  if (PASS != LinearPass::kStats && !none) {
+    if (p.reduction == Reduction::kMean) denom = linear_mean_denominator(p, merged);
     const float v = up.values ? up.values[0] : 1.f;
-    g_all = p.reduction == Reduction::kMean ? (n_valid > 0 ? up.scale * v / static_cast<float>(n_valid) : 0.f)
+    g_all = p.reduction == Reduction::kMean ? (denom > 0.0 ? up.scale * v / static_cast<float>(denom) : 0.f)
                                             : up.scale * v;
   }
   float* z = at<float>(ws, l.logits);
@@ -396,7 +496,7 @@ Status linear_host_run(const LinearXentProblem<T, Tg>& p, const Upstream& up, co
   }
   if (dw_acc && !dw_accumulate_into && p.rows == 0)
     for (int64_t v = 0; v < V; ++v) std::memset(dw_acc + v * ld_dw_acc, 0, static_cast<size_t>(H) * sizeof(float));
-  double loss_sum = 0.0;
+  double loss_sum = 0.0, z_sum = 0.0;
   for (int64_t r0 = 0; r0 < p.rows; r0 += chunk) {
     const int64_t c = p.rows - r0 < chunk ? p.rows - r0 : chunk;
     const float* h32 = reinterpret_cast<const float*>(p.hidden + r0 * p.ld_hidden);
@@ -409,28 +509,26 @@ Status linear_host_run(const LinearXentProblem<T, Tg>& p, const Upstream& up, co
     // z = bias + h W^T
     host::fill_bias_rows(p.bias, c, V, z, V);
     host::sgemm_rm(false, true, c, V, H, h32, ldh32, w32, ldw32, 1.f, z, V);
-    // The fused PGT row op in place: loss rows and G = g (p' - q).
+    // The PGT row op in place: loss rows and G = g (p' - q) (or this shard's statistics).
     float* tconv = nullptr;
     if constexpr (!target_traits<Tg>::hard && lp) {
       tconv = at<float>(ws, l.targets);
       host::block_to_float(p.targets.prob + r0 * p.targets.ld, p.targets.ld, c, V, tconv, V);
     }
-    XentProblem<float, decltype(chunk_targets(p.targets, r0, tconv, V))> xp;
-    xp.logits = z;
-    xp.rows = c;
-    xp.cols = V;
-    xp.ld = V;
-    xp.targets = chunk_targets(p.targets, r0, tconv, V);
-    xp.alpha = p.alpha;
-    xp.label_smoothing = p.label_smoothing;
-    xp.reduction = none ? Reduction::kNone : Reduction::kSum;
-    float chunk_loss = 0.f;
-    XentOutputs<float> xo;
-    xo.loss = o.loss ? (none ? o.loss + r0 : &chunk_loss) : nullptr;
-    xo.dlogits = need_g ? z : nullptr;
-    Upstream xu = none ? Upstream{up.scale, up.values ? up.values + r0 : nullptr} : Upstream{1.f, &g_all};
-    POWERGRAD_TRY(xent_forward_backward(Backend::kHost, xp, xu, xo));
+    const auto xp = chunk_problem(p, z, r0, c, tconv);
+    if constexpr (PASS == LinearPass::kStats) {
+      POWERGRAD_TRY(xent_shard_stats(Backend::kHost, xp, stats + r0));
+      continue;
+    }
+    float chunk_loss = 0.f, chunk_z = 0.f;
+    const XentOutputs<float> xo = chunk_outputs(o, none, r0, &chunk_loss, &chunk_z, need_g ? z : nullptr);
+    const Upstream xu = none ? Upstream{up.scale, up.values ? up.values + r0 : nullptr} : Upstream{1.f, &g_all};
+    if constexpr (PASS == LinearPass::kFused)
+      POWERGRAD_TRY(xent_forward_backward(Backend::kHost, xp, xu, xo));
+    else
+      POWERGRAD_TRY(xent_shard_apply(Backend::kHost, xp, merged + r0, xu, xo));
     loss_sum += chunk_loss;
+    z_sum += chunk_z;
     if (!need_g) continue;
     const bool first = r0 == 0;
     if (o.dhidden) {
@@ -448,9 +546,12 @@ Status linear_host_run(const LinearXentProblem<T, Tg>& p, const Upstream& up, co
                      ld_dw_acc);
     if (db_acc) host::add_column_sums(z, V, c, V, db_acc);
   }
-  if (o.loss && !none)
-    o.loss[0] = p.reduction == Reduction::kMean ? (n_valid > 0 ? static_cast<float>(loss_sum / static_cast<double>(n_valid)) : 0.f)
-                                                : static_cast<float>(loss_sum);
+  if (PASS == LinearPass::kStats) return Status::kSuccess;
+  const auto finish = [&](double v) {
+    return p.reduction == Reduction::kMean ? (denom > 0.0 ? static_cast<float>(v / denom) : 0.f) : static_cast<float>(v);
+  };
+  if (o.loss && !none) o.loss[0] = finish(loss_sum);
+  if (o.z_loss && !none) o.z_loss[0] = finish(z_sum);
   if (o.dweight && dw_acc != o.dweight)
     host::block_from_float(dw_acc, H, V, H, static_cast<T*>(o.dweight), o.ld_dweight, o.accumulate_dweight);
   if (o.dbias && db_acc != o.dbias) host::block_from_float(db_acc, V, 1, V, static_cast<T*>(o.dbias), V, o.accumulate_dbias);
@@ -458,19 +559,57 @@ Status linear_host_run(const LinearXentProblem<T, Tg>& p, const Upstream& up, co
 }
 
 #if defined(__CUDACC__)
-// The CUDA backend's chunk loop: the same steps as linear_host_run, each a cuBLAS call or a kernel on
-// `stream`; the upstream value of kMean / kSum is computed on the device before the first chunk.
+// The options of docs/design.md §2.5 reach the CUDA backend's cross-entropy kernels through the
+// chunk's row op; an option those kernels refuse (detail::check_device_options) is refused here,
+// before anything is launched, under the linear problem's own name.
 template <class T, class Tg>
+Status check_linear_device_options(const LinearXentArgNames& n, const LinearXentProblem<T, Tg>& p,
+                                   const LinearXentOutputs<T>& o) {
+  using XT = decltype(chunk_targets(p.targets, 0, static_cast<const float*>(nullptr), p.vocab));
+  struct Probe {
+    bool on;
+    const char* name;
+    void (*set)(XentJob<float, XT>&, const void*);
+  };
+  const void* any = &p;  // a non-null stand-in: the check reads no pointer
+  const Probe probes[] = {
+      {p.class_weight != nullptr, n.class_weight, [](XentJob<float, XT>& j, const void* a) { j.p.weight = static_cast<const float*>(a); }},
+      {p.z_loss_scale != 0.f, n.z_loss_scale, [](XentJob<float, XT>& j, const void*) { j.p.z_loss_scale = 1.f; }},
+      {p.softcap != 0.f, n.softcap, [](XentJob<float, XT>& j, const void*) { j.p.softcap = 1.f; }},
+      {o.z_loss != nullptr, n.z_loss, [](XentJob<float, XT>& j, const void* a) { j.out.z_loss = static_cast<float*>(const_cast<void*>(a)); }},
+      {o.argmax != nullptr, n.argmax, [](XentJob<float, XT>& j, const void* a) { j.out.argmax = static_cast<int64_t*>(const_cast<void*>(a)); }},
+      {o.correct != nullptr, n.correct, [](XentJob<float, XT>& j, const void* a) { j.out.correct = static_cast<int32_t*>(const_cast<void*>(a)); }},
+  };
+  for (const Probe& pr : probes) {
+    if (!pr.on) continue;
+    XentJob<float, XT> j;
+    pr.set(j, any);
+    if (check_device_options(kXentCppNames, j) != Status::kSuccess)
+      return fail(Status::kUnsupported,
+                  "%s is not implemented by the CUDA backend's cross-entropy kernels yet (the host backend has it)",
+                  pr.name);
+  }
+  clear_error();
+  return Status::kSuccess;
+}
+
+// The CUDA backend's chunk loop: the same steps as linear_host_run, each a cuBLAS call or a kernel on
+// `stream`; the upstream value of kMean / kSum (with its denominator) is computed on the device
+// before the first chunk.
+template <LinearPass PASS, class T, class Tg>
 Status linear_cuda_run(const LinearXentProblem<T, Tg>& p, const Upstream& up, const LinearXentOutputs<T>& o, void* ws,
-                       const LinearXentLayout& l, int64_t chunk, void* blas, stream_t stream) {
+                       const LinearXentLayout& l, int64_t chunk, void* blas, stream_t stream, const RowStats* merged,
+                       RowStats* stats) {
   constexpr bool lp = !std::is_same<T, float>::value;
   const int64_t V = p.vocab, H = p.hidden_dim;
   const bool none = p.reduction == Reduction::kNone;
-  const bool need_g = o.dhidden || o.dweight || o.dbias;
+  const bool need_g = PASS != LinearPass::kStats && (o.dhidden || o.dweight || o.dbias);
   auto* hdr = at<device::LinearHeader>(ws, l.header);
   device::CublasStreamScope on_stream(blas);
   POWERGRAD_TRY(on_stream.bind(stream));
-  if (!none) POWERGRAD_TRY(device::linear_begin(p.targets, p.rows, up, p.reduction == Reduction::kMean, hdr, stream));
+  if (PASS != LinearPass::kStats && !none)
+    POWERGRAD_TRY(device::linear_begin(p.targets, p.rows, up, p.reduction == Reduction::kMean, p.class_weight,
+                                       p.vocab, PASS == LinearPass::kApply ? merged : nullptr, hdr, stream));
   float* z = at<float>(ws, l.logits);
   float* dw_acc = nullptr;
   int64_t ld_dw_acc = 0;
@@ -499,22 +638,19 @@ Status linear_cuda_run(const LinearXentProblem<T, Tg>& p, const Upstream& up, co
       tconv = at<float>(ws, l.targets);
       POWERGRAD_TRY(device::convert(p.targets.prob + r0 * p.targets.ld, p.targets.ld, c, V, tconv, V, false, stream));
     }
-    XentProblem<float, decltype(chunk_targets(p.targets, r0, tconv, V))> xp;
-    xp.logits = z;
-    xp.rows = c;
-    xp.cols = V;
-    xp.ld = V;
-    xp.targets = chunk_targets(p.targets, r0, tconv, V);
-    xp.alpha = p.alpha;
-    xp.label_smoothing = p.label_smoothing;
-    xp.reduction = none ? Reduction::kNone : Reduction::kSum;
-    xp.bad_target_count = p.bad_target_count;
-    XentOutputs<float> xo;
-    xo.loss = none ? (o.loss ? o.loss + r0 : nullptr) : &hdr->chunk_loss;
-    xo.dlogits = need_g ? z : nullptr;
+    const auto xp = chunk_problem(p, z, r0, c, tconv);
+    if constexpr (PASS == LinearPass::kStats) {
+      POWERGRAD_TRY(xent_shard_stats(Backend::kCuda, xp, stats + r0, stream));
+      continue;
+    }
+    const XentOutputs<float> xo = chunk_outputs(o, none, r0, &hdr->chunk_loss, &hdr->chunk_z, need_g ? z : nullptr);
     const Upstream xu = none ? Upstream{up.scale, up.values ? up.values + r0 : nullptr} : Upstream{1.f, &hdr->g};
     const size_t xbytes = none ? 0 : xent_workspace_bytes(c, Reduction::kSum);
-    POWERGRAD_TRY(xent_forward_backward(Backend::kCuda, xp, xu, xo, none ? nullptr : at<void>(ws, l.xent), xbytes, stream));
+    void* xws = none ? nullptr : at<void>(ws, l.xent);
+    if constexpr (PASS == LinearPass::kFused)
+      POWERGRAD_TRY(xent_forward_backward(Backend::kCuda, xp, xu, xo, xws, xbytes, stream));
+    else
+      POWERGRAD_TRY(xent_shard_apply(Backend::kCuda, xp, merged + r0, xu, xo, xws, xbytes, stream));
     if (!none) POWERGRAD_TRY(device::add_chunk_loss(hdr, stream));
     if (!need_g) continue;
     const bool first = r0 == 0;
@@ -533,7 +669,9 @@ Status linear_cuda_run(const LinearXentProblem<T, Tg>& p, const Upstream& up, co
                                                (first && !dw_accumulate_into) ? 0.f : 1.f, dw_acc, ld_dw_acc)));
     if (db_acc) POWERGRAD_TRY(device::column_sums(z, V, c, V, db_acc, stream));
   }
-  if (o.loss && !none) POWERGRAD_TRY(device::final_loss(hdr, p.reduction == Reduction::kMean, o.loss, stream));
+  if (PASS == LinearPass::kStats) return Status::kSuccess;
+  if ((o.loss || o.z_loss) && !none)
+    POWERGRAD_TRY(device::final_loss(hdr, p.reduction == Reduction::kMean, o.loss, o.z_loss, stream));
   if (o.dweight && dw_acc != o.dweight)
     POWERGRAD_TRY(device::convert(dw_acc, H, V, H, static_cast<T*>(o.dweight), o.ld_dweight, o.accumulate_dweight, stream));
   if (o.dbias) {
@@ -546,18 +684,57 @@ Status linear_cuda_run(const LinearXentProblem<T, Tg>& p, const Upstream& up, co
 }
 #endif
 
+// Host backend: every class index is ignore_index or in [0, total_vocab), and every class weight is
+// finite and >= 0, checked before anything is written (the CUDA backend cannot check either
+// without a host synchronisation: it counts bad rows instead, docs/design.md §8).
 template <class T, class Tg>
-Status linear_forward_backward(const LinearXentArgNames& n, Backend backend, LinearXentProblem<T, Tg> p,
-                               const Upstream& up, LinearXentOutputs<T> o, void* ws, size_t ws_bytes,
-                               int64_t chunk_rows, void* blas_handle, stream_t stream) {
+Status check_linear_host_inputs(const LinearXentArgNames& n, const LinearXentProblem<T, Tg>& p) {
+  if constexpr (target_traits<Tg>::hard) {
+    for (int64_t r = 0; r < p.rows; ++r) {
+      const int64_t y = static_cast<int64_t>(p.targets.index[r]);
+      POWERGRAD_REQUIRE(y == p.targets.ignore_index || (y >= 0 && y < p.total_vocab), Status::kInvalidTarget,
+                        "%s[%lld] = %lld is outside [0, %lld) and is not ignore_index (%lld)", n.targets_index,
+                        as_ll(r), as_ll(y), as_ll(p.total_vocab), as_ll(p.targets.ignore_index));
+    }
+  }
+  if (p.class_weight)
+    for (int64_t v = 0; v < p.vocab; ++v)
+      POWERGRAD_REQUIRE(std::isfinite(p.class_weight[v]) && p.class_weight[v] >= 0.f, Status::kInvalidValue,
+                        "%s[%lld] (%g) must be finite and >= 0", n.class_weight, as_ll(v),
+                        static_cast<double>(p.class_weight[v]));
+  return Status::kSuccess;
+}
+
+// The one body of the three calls: validation (nothing written on failure), then the pass's chunk
+// loop on the backend.
+template <LinearPass PASS, class T, class Tg>
+Status linear_run(const LinearXentArgNames& n, Backend backend, LinearXentProblem<T, Tg> p, const Upstream& up,
+                  LinearXentOutputs<T> o, const RowStats* merged, RowStats* stats, void* ws, size_t ws_bytes,
+                  int64_t chunk_rows, void* blas_handle, stream_t stream) {
   clear_error();
   POWERGRAD_TRY(check_backend(static_cast<int>(backend), n.backend));
   POWERGRAD_TRY(check_linear_problem(n, p));
   POWERGRAD_TRY(check_linear_outputs(n, p, o));
+  if (PASS == LinearPass::kFused)
+    POWERGRAD_REQUIRE(p.vocab_offset == 0 && p.total_vocab == p.vocab, Status::kInvalidSize,
+                      "%s / %s (%lld / %lld) make this a vocabulary shard of %lld classes: use the split form "
+                      "(linear_xent_shard_stats, the exchange, linear_xent_shard_apply)",
+                      n.vocab_offset, n.total_vocab, as_ll(p.vocab_offset), as_ll(p.total_vocab), as_ll(p.vocab));
+  Region extra_in{nullptr, 0, ""}, extra_out{nullptr, 0, ""};
+  if (PASS == LinearPass::kStats) {
+    POWERGRAD_REQUIRE(stats != nullptr, Status::kNullPointer, "%s is null", n.stats);
+    POWERGRAD_TRY(check_stats_aligned(stats, n.stats));
+    extra_out = {stats, static_cast<uint64_t>(p.rows) * sizeof(RowStats), n.stats};
+  }
+  if (PASS == LinearPass::kApply) {
+    POWERGRAD_REQUIRE(merged != nullptr, Status::kNullPointer, "%s is null", n.merged);
+    POWERGRAD_TRY(check_stats_aligned(merged, n.merged));
+    extra_in = {merged, static_cast<uint64_t>(p.rows) * sizeof(RowStats), n.merged};
+  }
   const LinearXentNeeds need = linear_xent_needs(backend, p, o);
   size_t ws_need = 0;
   POWERGRAD_TRY(resolve_chunk(n, need, p.rows, chunk_rows, ws_bytes, ws_need));
-  POWERGRAD_TRY(check_linear_buffers(n, backend, p, o, up, ws, ws_bytes, ws_need));
+  POWERGRAD_TRY(check_linear_buffers(n, backend, p, o, up, ws, ws_bytes, ws_need, extra_in, extra_out));
   const LinearXentLayout l = linear_xent_layout(need, chunk_rows);
   if (backend == Backend::kHost) {
     (void)blas_handle;
@@ -565,23 +742,41 @@ Status linear_forward_backward(const LinearXentArgNames& n, Backend backend, Lin
     POWERGRAD_REQUIRE(host::host_blas_available(), Status::kUnsupported,
                       "%s is kHost but this build has no host BLAS (POWERGRAD_HAS_BLAS; CMake: FindBLAS found none)",
                       n.backend);
-    if constexpr (target_traits<Tg>::hard) {
-      for (int64_t r = 0; r < p.rows; ++r) {
-        const int64_t y = static_cast<int64_t>(p.targets.index[r]);
-        POWERGRAD_REQUIRE(y == p.targets.ignore_index || (y >= 0 && y < p.vocab), Status::kInvalidTarget,
-                          "%s[%lld] = %lld is outside [0, %lld) and is not ignore_index (%lld)", n.targets_index,
-                          as_ll(r), as_ll(y), as_ll(p.vocab), as_ll(p.targets.ignore_index));
-      }
-    }
-    return linear_host_run(p, up, o, ws, l, chunk_rows);
+    POWERGRAD_TRY(check_linear_host_inputs(n, p));
+    return linear_host_run<PASS>(p, up, o, ws, l, chunk_rows, merged, stats);
   }
 #if defined(__CUDACC__)
   POWERGRAD_REQUIRE(blas_handle != nullptr, Status::kNullPointer, "%s is null (the caller's cublasHandle_t)",
                     n.blas_handle);
-  return linear_cuda_run(p, up, o, ws, l, chunk_rows, blas_handle, stream);
+  POWERGRAD_TRY(check_linear_device_options(n, p, o));
+  return linear_cuda_run<PASS>(p, up, o, ws, l, chunk_rows, blas_handle, stream, merged, stats);
 #else
   return fail(Status::kNoCudaSupport, "%s is kCuda but this build has no CUDA support", n.backend);
 #endif
+}
+
+template <class T, class Tg>
+Status linear_forward_backward(const LinearXentArgNames& n, Backend backend, LinearXentProblem<T, Tg> p,
+                               const Upstream& up, LinearXentOutputs<T> o, void* ws, size_t ws_bytes,
+                               int64_t chunk_rows, void* blas_handle, stream_t stream) {
+  return linear_run<LinearPass::kFused>(n, backend, p, up, o, nullptr, nullptr, ws, ws_bytes, chunk_rows, blas_handle,
+                                        stream);
+}
+
+// Split form, step 1: the statistics need none of the outputs (and no upstream).
+template <class T, class Tg>
+Status linear_shard_stats(const LinearXentArgNames& n, Backend backend, LinearXentProblem<T, Tg> p, RowStats* stats,
+                          void* ws, size_t ws_bytes, int64_t chunk_rows, void* blas_handle, stream_t stream) {
+  return linear_run<LinearPass::kStats>(n, backend, p, Upstream{}, LinearXentOutputs<T>{}, nullptr, stats, ws,
+                                        ws_bytes, chunk_rows, blas_handle, stream);
+}
+
+template <class T, class Tg>
+Status linear_shard_apply(const LinearXentArgNames& n, Backend backend, LinearXentProblem<T, Tg> p,
+                          const RowStats* merged, const Upstream& up, LinearXentOutputs<T> o, void* ws,
+                          size_t ws_bytes, int64_t chunk_rows, void* blas_handle, stream_t stream) {
+  return linear_run<LinearPass::kApply>(n, backend, p, up, o, merged, nullptr, ws, ws_bytes, chunk_rows, blas_handle,
+                                        stream);
 }
 
 template <class T, class Tg>
@@ -657,6 +852,38 @@ template <class T, class Tg>
                                                   void* blas_handle = nullptr, stream_t stream = nullptr) {
   return detail::linear_forward_backward(detail::kLinearXentCppNames, backend, problem, upstream, out, workspace,
                                          workspace_bytes, chunk_rows, blas_handle, stream);
+}
+
+// Split form for a vocabulary-sharded weight (tensor parallelism; docs/design.md §2.6): shard k holds
+// the rows [vocab_offset, vocab_offset + vocab) of W (and of the bias, the class weights and dense
+// targets) of total_vocab classes.
+//
+// Step 1: this shard's 32-byte partial statistics (RowStats, docs/design.md §2.3) of every row, chunk
+// by chunk (z_shard = h W_shard^T + b_shard in the workspace). The workspace of step 3 (queried with
+// its outputs) serves this call too; pass the same chunk_rows to both calls.
+template <class T, class Tg>
+[[nodiscard]] Status linear_xent_shard_stats(Backend backend, const LinearXentProblem<T, Tg>& problem,
+                                             RowStats* stats, void* workspace, size_t workspace_bytes,
+                                             int64_t chunk_rows = 0, void* blas_handle = nullptr,
+                                             stream_t stream = nullptr) {
+  return detail::linear_shard_stats(detail::kLinearXentCppNames, backend, problem, stats, workspace, workspace_bytes,
+                                    chunk_rows, blas_handle, stream);
+}
+
+// Step 2 is the caller's: an all-gather of every shard's statistics ([shard][row]) and
+// xent_merge_stats into merged[rows] (the same bits on every shard).
+//
+// Step 3: with the merged statistics, recomputes z_shard per chunk and writes the loss (every shard
+// writes the same value), the option outputs, dW_shard, db_shard and this shard's PARTIAL
+// dhidden = G_shard W_shard: the caller sums dhidden over the shards (an all-reduce).
+template <class T, class Tg>
+[[nodiscard]] Status linear_xent_shard_apply(Backend backend, const LinearXentProblem<T, Tg>& problem,
+                                             const RowStats* merged, const Upstream& upstream,
+                                             const LinearXentOutputs<T>& out, void* workspace, size_t workspace_bytes,
+                                             int64_t chunk_rows = 0, void* blas_handle = nullptr,
+                                             stream_t stream = nullptr) {
+  return detail::linear_shard_apply(detail::kLinearXentCppNames, backend, problem, merged, upstream, out, workspace,
+                                    workspace_bytes, chunk_rows, blas_handle, stream);
 }
 
 POWERGRAD_NS_END

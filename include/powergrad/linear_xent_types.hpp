@@ -31,6 +31,17 @@ struct LinearXentProblem {
   Reduction reduction = Reduction::kMean;
   // Optional, CUDA backend only: counts rows whose class index is out of range (docs/design.md §8).
   int32_t* bad_target_count = nullptr;
+  // Split form (a vocabulary-sharded weight, docs/design.md §2.6): these `vocab` rows of weight (and
+  // of bias, class_weight, dense targets) are the global classes [vocab_offset, vocab_offset + vocab)
+  // of total_vocab; class indices stay global. Only linear_xent_shard_stats / _shard_apply accept a
+  // proper shard. Defaults: the whole vocabulary.
+  int64_t vocab_offset = 0;
+  int64_t total_vocab = 0;    // 0 means vocab
+  // Options of the cross-entropy (docs/design.md §2.5), off by default. `weight` is the classifier,
+  // so the class weights are `class_weight`.
+  const float* class_weight = nullptr;  // [vocab] floats in the problem's memory, finite and >= 0
+  float z_loss_scale = 0.f;             // lambda >= 0: adds lambda * lse^2 per row
+  float softcap = 0.f;                  // c > 0: every logit z becomes c * tanh(z / c); 0 = off
 };
 
 // Element type of a weight or bias gradient output.
@@ -51,6 +62,10 @@ struct LinearXentOutputs {
   void* dbias = nullptr;      // [vocab] of T or float (dbias_type)
   GradType dbias_type = GradType::kWeightType;
   bool accumulate_dbias = false;
+  // Outputs of the options (docs/design.md §2.5).
+  float* z_loss = nullptr;    // the z-loss part of `loss`, reduced as `loss`
+  int64_t* argmax = nullptr;  // rows values: first class of the row's maximum logit (global index)
+  int32_t* correct = nullptr; // rows values, class targets: 1 when argmax equals the target, else 0
 };
 
 POWERGRAD_NS_END

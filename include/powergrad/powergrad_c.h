@@ -248,6 +248,16 @@ typedef struct pg_linear_xent_problem_t {
   float label_smoothing;
   pg_reduction_t reduction;
   int32_t* bad_target_count;   /* optional, CUDA only */
+  /* Appended to the first layout (which ends above; its struct_size is still accepted, with the
+   * whole vocabulary and every option off). Split form (docs/design.md §2.6): these vocab rows of
+   * weight (and of bias, class_weight, dense targets) are the global classes
+   * [vocab_offset, vocab_offset + vocab) of total_vocab (0 means vocab); class indices are global. */
+  int64_t vocab_offset;
+  int64_t total_vocab;
+  /* Options of the cross-entropy (docs/design.md §2.5); `weight` is the classifier's. */
+  const float* class_weight;   /* optional, [vocab] floats in the problem's memory, finite, >= 0 */
+  float z_loss_scale;          /* lambda >= 0: adds lambda * lse^2 per row; 0 = off */
+  float softcap;               /* c > 0: logits become c * tanh(z / c); 0 = off */
 } pg_linear_xent_problem_t;
 
 /* Outputs; every pointer optional. dweight / dbias are written (accumulate 0) or added to
@@ -264,6 +274,10 @@ typedef struct pg_linear_xent_outputs_t {
   void* dbias;                 /* [vocab] of dbias_type; needs a bias */
   pg_grad_type_t dbias_type;
   int32_t accumulate_dbias;    /* 0 or 1 */
+  /* Appended to the first layout (which ends above; its struct_size is still accepted). */
+  float* z_loss;               /* the z-loss part of loss, reduced as loss */
+  int64_t* argmax;             /* rows values: first class of the row's maximum logit (global index) */
+  int32_t* correct;            /* rows values, class targets: 1 when argmax equals the target, else 0 */
 } pg_linear_xent_outputs_t;
 
 /* 1 when this library's host backend has a BLAS (the host linear cross-entropy works), else 0. */
@@ -282,6 +296,19 @@ PG_API pg_status_t pg_linear_xent_forward_backward(const pg_linear_xent_problem_
                                                    const pg_linear_xent_outputs_t* outputs, void* workspace,
                                                    size_t workspace_bytes, int64_t chunk_rows, void* blas_handle,
                                                    void* stream);
+/* Split form for a vocabulary-sharded weight (problem->vocab_offset / total_vocab): step 1, this
+ * shard's 32-byte statistics of every row into stats[rows] (8-byte aligned). The workspace of
+ * pg_linear_xent_shard_apply (pg_linear_xent_workspace_bytes with its outputs) serves it too. */
+PG_API pg_status_t pg_linear_xent_shard_stats(const pg_linear_xent_problem_t* problem, pg_row_stats_t* stats,
+                                              void* workspace, size_t workspace_bytes, int64_t chunk_rows,
+                                              void* blas_handle, void* stream);
+/* Step 2 is the caller's: all-gather every shard's stats ([shard][row]), pg_xent_merge_stats.
+ * Step 3: loss (the same on every shard), option outputs, this shard's dweight / dbias and its
+ * PARTIAL dhidden (the caller sums dhidden over the shards: an all-reduce). upstream may be NULL. */
+PG_API pg_status_t pg_linear_xent_shard_apply(const pg_linear_xent_problem_t* problem, const pg_row_stats_t* merged,
+                                              const pg_upstream_t* upstream, const pg_linear_xent_outputs_t* outputs,
+                                              void* workspace, size_t workspace_bytes, int64_t chunk_rows,
+                                              void* blas_handle, void* stream);
 
 #ifdef __cplusplus
 }

@@ -24,11 +24,16 @@ namespace device {
 
 // The header of the linear op's workspace (the first 256 bytes).
 struct LinearHeader {
-  float g;          // kMean / kSum: scale * v / (kMean ? n_valid : 1), the chunks' kSum upstream value
+  float g;          // kMean / kSum: scale * v / (kMean ? D : 1), the chunks' kSum upstream value
   float chunk_loss; // the current chunk's loss sum (the row op's kSum output)
+  float chunk_z;    // the current chunk's z-loss sum (0 unless the z_loss output is asked for)
+  float unused;
   int64_t n_valid;  // exact count of rows whose target is not ignore_index
+  double denom;     // the kMean denominator D (docs/design.md §2.5)
   double loss_sum;  // sum of the chunk losses, in chunk order
+  double z_sum;     // sum of the chunk z-losses, in chunk order
 };
+static_assert(sizeof(LinearHeader) <= 256, "the header is the workspace's first 256 bytes");
 
 template <class T>
 constexpr cudaDataType_t cuda_type() {
@@ -131,46 +136,74 @@ __global__ void PG_KERNEL_VISIBILITY linear_column_sums_kernel(const float* g, i
   }
 }
 
-// One block: n_valid (exact), the chunks' upstream value g, the loss accumulator reset.
+// One block: n_valid (exact), the kMean denominator D (docs/design.md §2.5: n_valid, or with class
+// weights the sum of the non-ignored targets' weights, read from the merged statistics in the split
+// form; a class index out of [0, vocab) weighs 0; rows for dense targets), summed in double in a
+// fixed tree order; the chunks' upstream value g; the loss accumulators reset.
 template <class Tg>
 __global__ void __launch_bounds__(1024) PG_KERNEL_VISIBILITY linear_begin_kernel(Tg targets, int64_t rows, Upstream up,
-                                                                                 bool mean, LinearHeader* h) {
+                                                                                 bool mean, const float* class_weight,
+                                                                                 int64_t vocab, const RowStats* merged,
+                                                                                 LinearHeader* h) {
   __shared__ long long part[1024];
+  __shared__ double dpart[1024];
   long long n = 0;
+  double d = 0.0;
   if constexpr (std::is_same<Tg, ClassTargets<int32_t>>::value || std::is_same<Tg, ClassTargets<int64_t>>::value) {
-    for (int64_t r = threadIdx.x; r < rows; r += blockDim.x)
-      n += static_cast<int64_t>(targets.index[r]) != targets.ignore_index;
+    for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) {
+      const int64_t y = static_cast<int64_t>(targets.index[r]);
+      if (y == targets.ignore_index) continue;
+      ++n;
+      if (!class_weight) d += 1.0;
+      else if (merged) d += static_cast<double>(merged[r].w);
+      else if (y >= 0 && y < vocab) d += static_cast<double>(class_weight[y]);
+    }
   } else {
     n = threadIdx.x == 0 ? rows : 0;
+    d = static_cast<double>(n);
   }
   part[threadIdx.x] = n;
+  dpart[threadIdx.x] = d;
   __syncthreads();
   for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
-    if (threadIdx.x < s) part[threadIdx.x] += part[threadIdx.x + s];
+    if (threadIdx.x < s) {
+      part[threadIdx.x] += part[threadIdx.x + s];
+      dpart[threadIdx.x] += dpart[threadIdx.x + s];
+    }
     __syncthreads();
   }
   if (threadIdx.x == 0) {
     const long long total = part[0];
+    const double denom = dpart[0];
     const float v = up.values ? up.values[0] : 1.f;
     float g = up.scale * v;
-    if (mean) g = total > 0 ? g / static_cast<float>(total) : 0.f;
+    if (mean) g = denom > 0.0 ? g / static_cast<float>(denom) : 0.f;
     h->g = g;
     h->chunk_loss = 0.f;
+    h->chunk_z = 0.f;
     h->n_valid = total;
+    h->denom = denom;
     h->loss_sum = 0.0;
+    h->z_sum = 0.0;
   }
 }
 
 template <int kUnused = 0>
 __global__ void PG_KERNEL_VISIBILITY linear_add_chunk_loss_kernel(LinearHeader* h) {
   h->loss_sum += static_cast<double>(h->chunk_loss);
+  h->z_sum += static_cast<double>(h->chunk_z);
 }
 
 template <int kUnused = 0>
-__global__ void PG_KERNEL_VISIBILITY linear_final_loss_kernel(const LinearHeader* h, bool mean, float* loss) {
-  double l = h->loss_sum;
-  if (mean) l = h->n_valid > 0 ? l / static_cast<double>(h->n_valid) : 0.0;
-  loss[0] = static_cast<float>(l);
+__global__ void PG_KERNEL_VISIBILITY linear_final_loss_kernel(const LinearHeader* h, bool mean, float* loss,
+                                                              float* z_loss) {
+  double l = h->loss_sum, zl = h->z_sum;
+  if (mean) {
+    l = h->denom > 0.0 ? l / h->denom : 0.0;
+    zl = h->denom > 0.0 ? zl / h->denom : 0.0;
+  }
+  if (loss) loss[0] = static_cast<float>(l);
+  if (z_loss) z_loss[0] = static_cast<float>(zl);
 }
 
 // ---- launchers ----
@@ -192,16 +225,17 @@ inline Status column_sums(const float* g, int64_t ld, int64_t rows, int64_t cols
   return check_launch("linear_column_sums_kernel");
 }
 template <class Tg>
-Status linear_begin(const Tg& targets, int64_t rows, const Upstream& up, bool mean, LinearHeader* h, stream_t s) {
-  linear_begin_kernel<Tg><<<1, 1024, 0, s>>>(targets, rows, up, mean, h);
+Status linear_begin(const Tg& targets, int64_t rows, const Upstream& up, bool mean, const float* class_weight,
+                    int64_t vocab, const RowStats* merged, LinearHeader* h, stream_t s) {
+  linear_begin_kernel<Tg><<<1, 1024, 0, s>>>(targets, rows, up, mean, class_weight, vocab, merged, h);
   return check_launch("linear_begin_kernel");
 }
 inline Status add_chunk_loss(LinearHeader* h, stream_t s) {
   linear_add_chunk_loss_kernel<><<<1, 1, 0, s>>>(h);
   return check_launch("linear_add_chunk_loss_kernel");
 }
-inline Status final_loss(const LinearHeader* h, bool mean, float* loss, stream_t s) {
-  linear_final_loss_kernel<><<<1, 1, 0, s>>>(h, mean, loss);
+inline Status final_loss(const LinearHeader* h, bool mean, float* loss, float* z_loss, stream_t s) {
+  linear_final_loss_kernel<><<<1, 1, 0, s>>>(h, mean, loss, z_loss);
   return check_launch("linear_final_loss_kernel");
 }
 // Zeroes a strided [rows x cols] float block.
