@@ -46,6 +46,11 @@ struct LCase {
   bool want_loss = true, want_dh = true, want_dw = true, want_db = true;
   GradType dwt = GradType::kWeightType, dbt = GradType::kWeightType;
   bool acc_dw = false, acc_db = false;
+  // Options (docs/design.md §2.5) and their outputs.
+  bool cw = false;            // class weights (one of them 0)
+  float lambda = 0.f;         // z-loss scale
+  float cap = 0.f;            // softcap
+  bool want_z = false, want_am = false, want_cor = false;
   uint64_t seed = 1;
   std::string name() const {
     std::ostringstream s;
@@ -53,7 +58,8 @@ struct LCase {
       << static_cast<int>(tk) << " red" << static_cast<int>(red) << " alpha" << alpha << " eps" << eps << " chunk"
       << chunk << " budget" << budget << (all_ignored ? " all-ignored" : "") << (up_values ? " upv" : "") << " scale"
       << up_scale << " dwt" << static_cast<int>(dwt) << " dbt" << static_cast<int>(dbt) << (acc_dw ? " acc_dw" : "")
-      << (acc_db ? " acc_db" : "") << " out" << want_loss << want_dh << want_dw << want_db;
+      << (acc_db ? " acc_db" : "") << " out" << want_loss << want_dh << want_dw << want_db << (cw ? " cw" : "")
+      << " lambda" << lambda << " cap" << cap << " zam" << want_z << want_am << want_cor;
     return s.str();
   }
 };
@@ -84,6 +90,7 @@ struct LData {
   std::vector<double> hd, wd, bd, qd;
   std::vector<int64_t> y;
   std::vector<float> upv;
+  std::vector<float> cw;  // class weights (empty: none)
   // Initial values of accumulated outputs (decoded), in the output's type.
   std::vector<double> dw0, db0;
 };
@@ -155,6 +162,8 @@ LData<T> make_data(const LCase& c) {
   }
   const int64_t nv = c.red == Reduction::kNone ? c.N : 1;
   for (int64_t i = 0; i < std::max<int64_t>(nv, 1); ++i) d.upv.push_back(static_cast<float>(0.5 + u01(rng)));
+  if (c.cw)
+    for (int64_t v = 0; v < c.V; ++v) d.cw.push_back(v == 1 ? 0.f : static_cast<float>(0.25 + 1.75 * u01(rng)));
   return d;
 }
 
@@ -166,6 +175,11 @@ struct LRef {
   std::vector<double> loss_tol_row;
   double zerr_max = 0.0;
   bool reduced = false;
+  std::vector<double> zerr, z;           // per row: GEMM error bound of a logit; the logits [N x V]
+  std::vector<double> zloss_row, lse;
+  double zloss_reduced = 0.0, denom = 0.0;
+  std::vector<int64_t> argmax;
+  std::vector<char> ignored;
 };
 
 template <class T>
@@ -200,6 +214,9 @@ LRef reference(const LData<T>& d) {
   P.up_scale = c.up_scale;
   P.has_up_values = c.up_values;
   for (float v : d.upv) P.up_values.push_back(v);
+  for (float v : d.cw) P.w.push_back(v);
+  P.lambda = c.lambda;
+  P.cap = c.cap;
   const pgref::Result R = pgref::compute(P);
   LRef o;
   o.reduced = c.red != Reduction::kNone;
@@ -207,9 +224,20 @@ LRef reference(const LData<T>& d) {
   o.loss_reduced = R.loss_reduced;
   o.loss_tol_row.assign(static_cast<size_t>(N), 0.0);
   for (int64_t r = 0; r < N; ++r) {
-    o.loss_tol_row[r] = 2e-5 * (std::fabs(R.lse[r]) + R.tabs[r] + 1.0) + 2.0 * zerr[r];
+    // The target mass A (class weights) scales the lse term; the z-loss adds lambda lse^2.
+    const double A = std::max(1.0, std::fabs(R.mass[r]));
+    o.loss_tol_row[r] = 2e-5 * (A * std::fabs(R.lse[r]) + R.tabs[r] + 1.0 + R.zloss_row[r]) +
+                        2.0 * zerr[r] * (A + 2.0 * c.lambda * std::fabs(R.lse[r]));
     o.zerr_max = std::max(o.zerr_max, zerr[r]);
   }
+  o.zerr = zerr;
+  o.z = P.z;
+  o.zloss_row = R.zloss_row;
+  o.zloss_reduced = R.zloss_reduced;
+  o.lse = R.lse;
+  o.denom = R.denom;
+  o.argmax = R.argmax;
+  o.ignored = R.ignored;
   o.dh.assign(static_cast<size_t>(N * H), 0.0);
   o.dh_abs.assign(o.dh.size(), 0.0);
   o.dw.assign(static_cast<size_t>(V * H), 0.0);
@@ -313,6 +341,9 @@ struct LOut {
   Guarded<float> dw_f;
   Guarded<T> db_t;
   Guarded<float> db_f;
+  Guarded<float> zl;
+  Guarded<int64_t> am;
+  Guarded<int32_t> cor;
   int64_t chunk = 0;
   size_t ws_bytes = 0;
 };
@@ -330,6 +361,9 @@ LOut<T> run_case(Mem& mem, const LData<T>& d, LOut<T>& before) {
   o.dw_f.init(V * lddw);
   o.db_t.init(V);
   o.db_f.init(V);
+  o.zl.init(c.red == Reduction::kNone ? std::max<int64_t>(N, 1) : 1);
+  o.am.init(std::max<int64_t>(N, 1));
+  o.cor.init(std::max<int64_t>(N, 1));
   // Accumulated outputs start from finite values (an embedding's gradient, an earlier micro-batch).
   std::mt19937_64 rng(c.seed + 99);
   std::uniform_real_distribution<double> uni(-1.0, 1.0);
@@ -352,11 +386,15 @@ LOut<T> run_case(Mem& mem, const LData<T>& d, LOut<T>& before) {
   std::vector<T> h = d.h, w = d.w, b = d.b, q = d.q.empty() ? std::vector<T>(1) : d.q;
   std::vector<int32_t> y32 = d.y32;
   std::vector<int64_t> y64 = d.y64;
-  std::vector<float> upv = d.upv;
+  std::vector<float> upv = d.upv, cw = d.cw.empty() ? std::vector<float>(1) : d.cw;
   typename Mem::template Buf<T> bh, bw, bb, bq, bdh, bdwt, bdbt;
-  typename Mem::template Buf<float> bloss, bdwf, bdbf, bupv;
-  typename Mem::template Buf<int32_t> by32;
-  typename Mem::template Buf<int64_t> by64;
+  typename Mem::template Buf<float> bloss, bdwf, bdbf, bupv, bcw, bzl;
+  typename Mem::template Buf<int32_t> by32, bcor;
+  typename Mem::template Buf<int64_t> by64, bam;
+  bcw.up(cw);
+  bzl.up(o.zl.v);
+  bam.up(o.am.v);
+  bcor.up(o.cor.v);
   bh.up(h);
   bw.up(w);
   bb.up(b);
@@ -382,6 +420,9 @@ LOut<T> run_case(Mem& mem, const LData<T>& d, LOut<T>& before) {
   if (c.want_db && c.bias) out.dbias = c.dbt == GradType::kFloat32 ? static_cast<void*>(bdbf.ptr + kGuard) : static_cast<void*>(bdbt.ptr + kGuard);
   out.dbias_type = c.dbt;
   out.accumulate_dbias = c.acc_db;
+  out.z_loss = c.want_z ? bzl.ptr + kGuard : nullptr;
+  out.argmax = c.want_am ? bam.ptr + kGuard : nullptr;
+  out.correct = c.want_cor ? bcor.ptr + kGuard : nullptr;
   Upstream up{c.up_scale, c.up_values ? bupv.ptr : nullptr};
 
   auto go = [&](auto targets) {
@@ -398,6 +439,9 @@ LOut<T> run_case(Mem& mem, const LData<T>& d, LOut<T>& before) {
     p.alpha = c.alpha;
     p.label_smoothing = c.eps;
     p.reduction = c.red;
+    p.class_weight = c.cw ? bcw.ptr : nullptr;
+    p.z_loss_scale = c.lambda;
+    p.softcap = c.cap;
     size_t bytes = 0;
     int64_t chunk = c.chunk;
     if (chunk == 0) {
@@ -433,7 +477,56 @@ LOut<T> run_case(Mem& mem, const LData<T>& d, LOut<T>& before) {
   bdwf.down();
   bdbt.down();
   bdbf.down();
+  bzl.down();
+  bam.down();
+  bcor.down();
   return o;
+}
+
+// The option outputs (z_loss, argmax, correct) of a case against the reference; guards untouched.
+// An argmax may differ from the reference's only where the two logits are within the fp32 GEMM's
+// error of each other (a near tie).
+template <class T>
+::testing::AssertionResult check_option_outputs(const LData<T>& d, const LRef& R, const LOut<T>& o,
+                                                const LOut<T>& before) {
+  const LCase& c = d.c;
+  const int64_t N = c.N, V = c.V;
+  const bool none = c.red == Reduction::kNone;
+  {
+    std::vector<double> ref = none ? R.zloss_row : std::vector<double>{R.zloss_reduced};
+    const int64_t n = c.want_z ? (none ? N : 1) : 0;
+    auto ans = check_block("z_loss", o.zl, before.zl.v, n, 1, 1, ref, [&](int64_t r, int64_t, double want) {
+      const double lse = none ? std::fabs(R.lse[r]) : 0.0;
+      return 4e-5 * std::fabs(want) + 4.0 * c.lambda * (lse + 1.0) * R.zerr_max + 1e-6;
+    });
+    if (!ans) return ans;
+  }
+  int bad = 0;
+  std::ostringstream msg;
+  for (int64_t i = -kGuard; i < o.am.n + kGuard; ++i) {
+    const bool inside = c.want_am && i >= 0 && i < N;
+    const size_t k = static_cast<size_t>(i + kGuard);
+    if (!inside) {
+      if (!pgtest::same_bits(o.am.v[k], before.am.v[k]) && bad++ < 5) msg << "argmax: element " << i << " changed\n";
+      continue;
+    }
+    const int64_t a = o.am.v[k], ra = R.argmax[i];
+    const bool ok = a == ra || (a >= 0 && a < V && R.z[i * V + a] >= R.z[i * V + ra] - 2.0 * R.zerr[i]);
+    if (!ok && bad++ < 5) msg << "argmax[" << i << "] = " << a << ", reference " << ra << "\n";
+  }
+  for (int64_t i = -kGuard; i < o.cor.n + kGuard; ++i) {
+    const bool inside = c.want_cor && i >= 0 && i < N;
+    const size_t k = static_cast<size_t>(i + kGuard);
+    if (!inside) {
+      if (!pgtest::same_bits(o.cor.v[k], before.cor.v[k]) && bad++ < 5) msg << "correct: element " << i << " changed\n";
+      continue;
+    }
+    // The test cases ask for argmax with correct: correct must agree with it and the target.
+    const int32_t want = !R.ignored[i] && o.am.v[k] == d.y[i] ? 1 : 0;
+    if (o.cor.v[k] != want && bad++ < 5) msg << "correct[" << i << "] = " << o.cor.v[k] << ", expected " << want << "\n";
+  }
+  if (bad) return ::testing::AssertionFailure() << bad << " bad option outputs\n" << msg.str();
+  return ::testing::AssertionSuccess();
 }
 
 // Checks every output of a successful case against the reference.
@@ -445,7 +538,8 @@ template <class T>
   const LRef R = reference(d);
   const int64_t N = c.N, H = c.H, V = c.V;
   const int64_t lddh = H + c.pad, lddw = H + c.pad;
-  const double a = c.alpha;
+  // The z-loss's gradient uses the ordinary softmax (alpha 1) of z, off by zerr too.
+  const double a = c.lambda > 0.f ? std::max<double>(c.alpha, 1.0) : c.alpha;
   // loss
   {
     std::vector<double> ref;
@@ -463,7 +557,7 @@ template <class T>
     for (int64_t r = 0; r < N; ++r) red_tol += R.loss_tol_row[r];
     int64_t nv = 0;
     for (int64_t r = 0; r < N; ++r) nv += c.tk == Tk::kDense || d.y[r] != -100;
-    if (c.red == Reduction::kMean && nv > 0) red_tol /= static_cast<double>(nv);
+    if (c.red == Reduction::kMean && nv > 0) red_tol /= c.cw ? std::max(R.denom, 1e-3) : static_cast<double>(nv);
     auto ans = check_block("loss", o.loss, before.loss.v, n, n ? (c.red == Reduction::kNone ? 1 : 1) : 0, 1, ref,
                            [&](int64_t r, int64_t, double want) {
                              return (c.red == Reduction::kNone ? R.loss_tol_row[r] : red_tol + 2e-6 * std::fabs(want));
@@ -515,7 +609,7 @@ template <class T>
                  : check_block("dbias", o.db_t, before.db_t.v, rows, V, V, ref, tol);
     if (!ans) return ans;
   }
-  return ::testing::AssertionSuccess();
+  return check_option_outputs(d, R, o, before);
 }
 
 template <class T, class Mem>
@@ -527,6 +621,287 @@ template <class T, class Mem>
   auto r = check_case<T>(d, o, before, g_round);
   if (!r) return r << " [" << DT<T>::name << " " << c.name() << "]";
   return r;
+}
+
+// Split form (docs/design.md §2.6) on the host, the shards emulated in one process: shard k holds
+// the classes [off_k, off_k + width_k) (uneven widths), computes its statistics chunk by chunk
+// (linear_xent_shard_stats), the library's merge op combines them in shard order
+// (xent_merge_stats, what each rank does after an all-gather), and each shard's apply writes its
+// rows of dW / db into the full buffers, its partial dh and the loss. Checked against the float64
+// reference of the unsharded problem: every shard's loss and option outputs are bitwise the same,
+// the sum of the partial dh (in double) is within the unsharded tolerance plus one rounding of each
+// partial, and dW / db / the loss / the option outputs go through check_case.
+inline std::vector<int64_t> shard_offsets(int64_t V, int shards) {
+  std::vector<int64_t> off;  // shards + 1 boundaries: the first shard gets about half, then halving
+  int64_t left = V, at = 0;
+  for (int k = 0; k < shards; ++k) {
+    off.push_back(at);
+    const int64_t rest = shards - k - 1;
+    int64_t w = k + 1 == shards ? left : std::max<int64_t>(1, std::min(left - rest, left / 2 + 1));
+    at += w;
+    left -= w;
+  }
+  off.push_back(V);
+  return off;
+}
+
+template <class T>
+::testing::AssertionResult run_split_and_check(const LCase& c, int shards) {
+  const LData<T> d = make_data<T>(c);
+  const int64_t N = c.N, H = c.H, V = c.V;
+  const int64_t lddh = H + c.pad, lddw = H + c.pad;
+  const bool none = c.red == Reduction::kNone;
+  const std::vector<int64_t> off = shard_offsets(V, shards);
+  LOut<T> o, before;
+  o.loss.init(none ? std::max<int64_t>(N, 1) : 1);
+  o.dh.init(std::max<int64_t>(N * lddh, 1));
+  o.dw_t.init(V * lddw);
+  o.dw_f.init(V * lddw);
+  o.db_t.init(V);
+  o.db_f.init(V);
+  o.zl.init(none ? std::max<int64_t>(N, 1) : 1);
+  o.am.init(std::max<int64_t>(N, 1));
+  o.cor.init(std::max<int64_t>(N, 1));
+  std::mt19937_64 rng(c.seed + 99);
+  std::uniform_real_distribution<double> uni(-1.0, 1.0);
+  if (c.acc_dw)
+    for (int64_t v = 0; v < V; ++v)
+      for (int64_t k = 0; k < H; ++k) {
+        const double x = uni(rng);
+        o.dw_t.data()[v * lddw + k] = DT<T>::encode(x);
+        o.dw_f.data()[v * lddw + k] = static_cast<float>(x);
+      }
+  if (c.acc_db)
+    for (int64_t v = 0; v < V; ++v) {
+      const double x = uni(rng);
+      o.db_t.data()[v] = DT<T>::encode(x);
+      o.db_f.data()[v] = static_cast<float>(x);
+    }
+  before = o;
+  std::vector<T> q = d.q.empty() ? std::vector<T>(1) : d.q;
+  std::vector<float> upv = d.upv;
+  const Upstream up{c.up_scale, c.up_values ? upv.data() : nullptr};
+  const int64_t chunk = c.chunk > 0 ? c.chunk : std::max<int64_t>(N, 1);
+  std::vector<RowStats> parts(static_cast<size_t>(std::max<int64_t>(shards * N, 1)));
+  std::vector<RowStats> merged(static_cast<size_t>(std::max<int64_t>(N, 1)));
+  // Per shard: its own loss / option outputs / partial dh (copied into `o` from shard 0 afterwards).
+  std::vector<LOut<T>> sh(static_cast<size_t>(shards));
+  for (auto& x : sh) {
+    x.loss = before.loss;
+    x.zl = before.zl;
+    x.am = before.am;
+    x.cor = before.cor;
+    x.dh = before.dh;
+  }
+  ::testing::AssertionResult result = ::testing::AssertionSuccess();
+  auto go = [&](auto targets_full) {
+    using Tg = decltype(targets_full);
+    auto problem = [&](int k) {
+      LinearXentProblem<T, Tg> p;
+      const int64_t o0 = off[k], w = off[k + 1] - off[k];
+      p.hidden = d.h.data();
+      p.rows = N;
+      p.hidden_dim = H;
+      p.ld_hidden = d.ldh;
+      p.weight = d.w.data() + o0 * d.ldw;
+      p.vocab = w;
+      p.ld_weight = d.ldw;
+      p.bias = c.bias ? d.b.data() + o0 : nullptr;
+      p.targets = targets_full;
+      if constexpr (!powergrad::detail::target_traits<Tg>::hard) p.targets.prob = q.data() + o0;
+      p.alpha = c.alpha;
+      p.label_smoothing = c.eps;
+      p.reduction = c.red;
+      p.vocab_offset = o0;
+      p.total_vocab = V;
+      p.class_weight = c.cw ? d.cw.data() + o0 : nullptr;
+      p.z_loss_scale = c.lambda;
+      p.softcap = c.cap;
+      return p;
+    };
+    auto outputs = [&](int k) {
+      LinearXentOutputs<T> out;
+      const int64_t o0 = off[k];
+      LOut<T>& s = sh[static_cast<size_t>(k)];
+      out.loss = c.want_loss ? s.loss.data() : nullptr;
+      out.dhidden = c.want_dh ? s.dh.data() : nullptr;
+      out.ld_dhidden = lddh;
+      if (c.want_dw)
+        out.dweight = c.dwt == GradType::kFloat32 ? static_cast<void*>(o.dw_f.data() + o0 * lddw)
+                                                  : static_cast<void*>(o.dw_t.data() + o0 * lddw);
+      out.ld_dweight = lddw;
+      out.dweight_type = c.dwt;
+      out.accumulate_dweight = c.acc_dw;
+      if (c.want_db && c.bias)
+        out.dbias = c.dbt == GradType::kFloat32 ? static_cast<void*>(o.db_f.data() + o0) : static_cast<void*>(o.db_t.data() + o0);
+      out.dbias_type = c.dbt;
+      out.accumulate_dbias = c.acc_db;
+      out.z_loss = c.want_z ? s.zl.data() : nullptr;
+      out.argmax = c.want_am ? s.am.data() : nullptr;
+      out.correct = c.want_cor ? s.cor.data() : nullptr;
+      return out;
+    };
+    for (int k = 0; k < shards && result; ++k) {
+      const auto p = problem(k);
+      size_t bytes = 0;
+      if (linear_xent_workspace_bytes(Backend::kHost, p, outputs(k), chunk, &bytes) != Status::kSuccess) {
+        result = ::testing::AssertionFailure() << "workspace_bytes: " << last_error_message();
+        return;
+      }
+      std::vector<unsigned char> ws(bytes + 16);
+      void* wp = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(ws.data()) + 15) / 16 * 16);
+      if (linear_xent_shard_stats(Backend::kHost, p, parts.data() + k * N, wp, bytes, chunk) != Status::kSuccess)
+        result = ::testing::AssertionFailure() << "shard_stats " << k << ": " << last_error_message();
+    }
+    if (!result) return;
+    if (xent_merge_stats(Backend::kHost, parts.data(), shards, N, c.alpha, merged.data()) != Status::kSuccess) {
+      result = ::testing::AssertionFailure() << "merge: " << last_error_message();
+      return;
+    }
+    for (int k = 0; k < shards && result; ++k) {
+      const auto p = problem(k);
+      const auto out = outputs(k);
+      size_t bytes = 0;
+      (void)linear_xent_workspace_bytes(Backend::kHost, p, out, chunk, &bytes);
+      std::vector<unsigned char> ws(bytes + 16);
+      void* wp = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(ws.data()) + 15) / 16 * 16);
+      if (linear_xent_shard_apply(Backend::kHost, p, merged.data(), up, out, wp, bytes, chunk) != Status::kSuccess)
+        result = ::testing::AssertionFailure() << "shard_apply " << k << ": " << last_error_message();
+    }
+  };
+  if (c.tk == Tk::kI32) go(ClassTargets<int32_t>{d.y32.data(), -100});
+  else if (c.tk == Tk::kI64) go(ClassTargets<int64_t>{d.y64.data(), -100});
+  else go(DenseTargets<T>{q.data(), d.ldq});
+  if (!result) return result << " [" << DT<T>::name << " split " << shards << " " << c.name() << "]";
+  // Every shard reports the same loss and option outputs, bit for bit.
+  for (int k = 1; k < shards; ++k) {
+    const LOut<T>& a = sh[0];
+    const LOut<T>& b = sh[static_cast<size_t>(k)];
+    if (std::memcmp(a.loss.v.data(), b.loss.v.data(), a.loss.v.size() * sizeof(float)) ||
+        std::memcmp(a.zl.v.data(), b.zl.v.data(), a.zl.v.size() * sizeof(float)) ||
+        std::memcmp(a.am.v.data(), b.am.v.data(), a.am.v.size() * sizeof(int64_t)) ||
+        std::memcmp(a.cor.v.data(), b.cor.v.data(), a.cor.v.size() * sizeof(int32_t)))
+      return ::testing::AssertionFailure() << "shard " << k << " reports another loss / option output than shard 0 ["
+                                           << DT<T>::name << " split " << shards << " " << c.name() << "]";
+  }
+  o.loss = sh[0].loss;
+  o.zl = sh[0].zl;
+  o.am = sh[0].am;
+  o.cor = sh[0].cor;
+  // dh: the sum of the partials, checked here (check_case sees an untouched dh buffer).
+  LCase c2 = c;
+  c2.want_dh = false;
+  LData<T> d2 = d;
+  d2.c = c2;
+  auto ans = check_case<T>(d2, o, before);
+  if (!ans) return ans << " [" << DT<T>::name << " split " << shards << " " << c.name() << "]";
+  const LRef R = reference(d);
+  const double a = c.lambda > 0.f ? std::max<double>(c.alpha, 1.0) : c.alpha;
+  const double u_out = std::is_same<T, float>::value ? 0.0 : DT<T>::u;
+  int bad = 0;
+  std::ostringstream msg;
+  for (int64_t r = 0; r < N; ++r)
+    for (int64_t k = 0; k < H; ++k) {
+      double sum = 0.0, abs_parts = 0.0;
+      for (int j = 0; j < shards; ++j) {
+        const T& g = sh[static_cast<size_t>(j)].dh.data()[r * lddh + k];
+        if (c.want_dh && pgtest::is_poison(g)) ++bad;
+        const double x = DT<T>::decode(g);
+        sum += x;
+        abs_parts += std::fabs(x);
+      }
+      if (!c.want_dh) continue;
+      const double want = R.dh[r * H + k];
+      const double t = grad_tol(R.dh_abs[r * H + k], want, 0.0, V, a, R.zerr_max, 0.0, DT<T>::abs_floor * shards) +
+                       u_out * abs_parts;
+      if (!(std::fabs(sum - want) <= t) && bad++ < 5)
+        msg << "sum of partial dhidden[" << r << "," << k << "] = " << sum << ", reference " << want << ", tol " << t << "\n";
+    }
+  // Nothing outside the partial dh rows (padding, guards) was written by any shard.
+  for (int j = 0; j < shards; ++j) {
+    const auto& v = sh[static_cast<size_t>(j)].dh;
+    for (int64_t i = -kGuard; i < v.n + kGuard; ++i) {
+      const bool inside = c.want_dh && i >= 0 && i < v.n && (i % lddh) < H && (i / lddh) < N;
+      if (!inside && !pgtest::same_bits(v.v[static_cast<size_t>(i + kGuard)], before.dh.v[static_cast<size_t>(i + kGuard)]))
+        ++bad;
+    }
+  }
+  if (bad)
+    return ::testing::AssertionFailure() << bad << " bad partial dhidden elements\n"
+                                         << msg.str() << " [" << DT<T>::name << " split " << shards << " " << c.name() << "]";
+  return ::testing::AssertionSuccess();
+}
+
+// Cases of the options (host backend): class weights (one of them 0), z-loss, softcap, argmax /
+// correct, alone and together, every target kind and reduction, smoothing, chunk boundaries.
+inline std::vector<LCase> option_cases() {
+  std::vector<LCase> v;
+  uint64_t seed = 500;
+  auto add = [&](LCase c) {
+    c.seed = seed++;
+    v.push_back(c);
+  };
+  for (Tk tk : {Tk::kI32, Tk::kI64, Tk::kDense})
+    for (Reduction red : {Reduction::kNone, Reduction::kMean, Reduction::kSum})
+      for (int opt = 0; opt < 5; ++opt) {
+        LCase c;
+        c.N = 13, c.H = 7, c.V = 37, c.tk = tk, c.red = red, c.chunk = 5, c.alpha = 0.3f;
+        c.cw = opt == 0 || opt == 4;
+        c.lambda = (opt == 1 || opt == 4) ? 1e-2f : 0.f;
+        c.cap = (opt == 2 || opt == 4) ? 1.5f : 0.f;
+        c.want_z = c.lambda > 0.f;
+        c.want_am = opt == 3 || opt == 4;
+        c.want_cor = c.want_am && tk != Tk::kDense;
+        c.eps = opt == 4 ? 0.1f : 0.f;
+        c.up_values = opt % 2 == 1;
+        c.up_scale = opt == 2 ? 2.f : 1.f;
+        c.bias = opt != 1;
+        add(c);
+      }
+  {
+    LCase c;  // weights: all rows ignored (kMean denominator 0), and odd sizes with one-row chunks
+    c.N = 9, c.H = 5, c.V = 21, c.chunk = 4, c.all_ignored = true, c.cw = true, c.lambda = 1e-3f, c.want_z = true;
+    c.want_am = c.want_cor = true;
+    add(c);
+    c.all_ignored = false;
+    c.N = 17, c.H = 3, c.V = 1000, c.chunk = 1, c.cap = 3.f, c.alpha = 0.f;
+    add(c);
+  }
+  return v;
+}
+
+// Cases of the split form: shards of uneven width (one of one class), every target kind and
+// reduction, bias / none, options, accumulation and output types.
+inline std::vector<LCase> split_cases() {
+  std::vector<LCase> v;
+  uint64_t seed = 900;
+  auto add = [&](LCase c) {
+    c.seed = seed++;
+    v.push_back(c);
+  };
+  for (Tk tk : {Tk::kI32, Tk::kI64, Tk::kDense})
+    for (Reduction red : {Reduction::kNone, Reduction::kMean, Reduction::kSum}) {
+      LCase c;
+      c.N = 11, c.H = 6, c.V = 29, c.tk = tk, c.red = red, c.chunk = 4, c.alpha = 0.3f;
+      c.bias = red != Reduction::kSum;
+      c.up_values = red != Reduction::kMean;
+      c.up_scale = 1.5f;
+      add(c);
+      c.cw = true, c.lambda = 1e-2f, c.cap = 2.f, c.eps = 0.1f, c.want_z = true, c.want_am = true;
+      c.want_cor = tk != Tk::kDense;
+      c.pad = 2;
+      add(c);
+    }
+  {
+    LCase c;
+    c.N = 20, c.H = 5, c.V = 40, c.chunk = 7, c.dwt = GradType::kFloat32, c.acc_dw = c.acc_db = true;
+    add(c);
+    c.dwt = GradType::kWeightType, c.dbt = GradType::kFloat32, c.acc_dw = c.acc_db = false, c.all_ignored = true;
+    add(c);
+    c.all_ignored = false, c.N = 0;  // empty batch
+    add(c);
+  }
+  return v;
 }
 
 // The case table every dtype runs: shapes of 1, 7, 1000, 4099, 32000 and odd sizes, bias and none,
