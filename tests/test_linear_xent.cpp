@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#if defined(__linux__)
+#include <sys/resource.h>
+#endif
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -210,6 +213,16 @@ TEST(LinearXentHostBounded, Vocab128256Rows8192In512MB) {
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("bounded: chunk %lld rows, workspace %.1f MB, op %.1f s\n", static_cast<long long>(chunk),
               static_cast<double>(bytes) / 1e6, secs);
+#if defined(__linux__)
+  // The process's peak resident memory: the workspace, the inputs and the outputs (about 0.53 GB),
+  // far below the 4.2 GB of logits (checked before the reference adds its own buffers).
+  struct rusage ru;
+  ASSERT_EQ(0, getrusage(RUSAGE_SELF, &ru));
+  const double peak = static_cast<double>(ru.ru_maxrss) * 1024.0;
+  std::printf("bounded: peak resident %.2f GB (logits %.2f GB)\n", peak / 1e9,
+              static_cast<double>(N) * static_cast<double>(V) * 4.0 / 1e9);
+  EXPECT_LT(peak, 1.5e9);
+#endif
   // Streaming float64 reference.
   int64_t nv = 0;
   for (int64_t r = 0; r < N; ++r) nv += y[r] != -100;
