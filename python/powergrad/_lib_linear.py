@@ -41,6 +41,12 @@ class LinearXentProblem(_lib._CheckedStructure):
         ("label_smoothing", ctypes.c_float),
         ("reduction", _lib._enum_t),
         ("bad_target_count", ctypes.c_void_p),
+        # Appended to the first layout: the split form and the options (docs/design.md §2.5, §2.6).
+        ("vocab_offset", ctypes.c_int64),
+        ("total_vocab", ctypes.c_int64),
+        ("class_weight", ctypes.c_void_p),
+        ("z_loss_scale", ctypes.c_float),
+        ("softcap", ctypes.c_float),
     ]
 
     def __init__(self, **kw):
@@ -63,6 +69,10 @@ class LinearXentOutputs(_lib._CheckedStructure):
         ("dbias", ctypes.c_void_p),
         ("dbias_type", _lib._enum_t),
         ("accumulate_dbias", ctypes.c_int32),
+        # Appended to the first layout: the option outputs.
+        ("z_loss", ctypes.c_void_p),
+        ("argmax", ctypes.c_void_p),
+        ("correct", ctypes.c_void_p),
     ]
 
     def __init__(self, **kw):
@@ -82,6 +92,11 @@ def _signatures():
                                                            ("workspace", vp), ("workspace_bytes", sz),
                                                            ("chunk_rows", i64), ("blas_handle", vp),
                                                            ("stream", vp)]),
+        "pg_linear_xent_shard_stats": (_lib._enum_t, [pr, ("stats", vp), ("workspace", vp), ("workspace_bytes", sz),
+                                                      ("chunk_rows", i64), ("blas_handle", vp), ("stream", vp)]),
+        "pg_linear_xent_shard_apply": (_lib._enum_t, [pr, ("merged", vp), ("upstream", P(_lib.Upstream)), out,
+                                                      ("workspace", vp), ("workspace_bytes", sz),
+                                                      ("chunk_rows", i64), ("blas_handle", vp), ("stream", vp)]),
     }
 
 

@@ -185,3 +185,117 @@ def test_bad_arguments_name_the_argument():
         linear_cross_entropy(h, w, bad)
     with pytest.raises(powergrad.PowerGradError, match="problem->alpha"):
         linear_cross_entropy(h, w, y, alpha=-1.0)
+
+
+def torch_options_reference(h, w, b, y, reduction, class_weight=None, z_loss_scale=0.0, softcap=0.0,
+                            label_smoothing=0.0, ignore_index=-100):
+    """F.cross_entropy's weighted, smoothed loss of the (softcapped) materialised logits in float64 with
+    PyTorch's autograd, plus the z-loss (z_loss_scale * lse^2 per non-ignored row, reduced as the loss):
+    (loss, z_loss, argmax, leaves) — the alpha = 1 contract of docs/design.md §2.5."""
+    V = w.shape[0]
+    h2, w2 = f64(h).requires_grad_(True), f64(w).requires_grad_(True)
+    b2 = None if b is None else f64(b).requires_grad_(True)
+    z = F.linear(h2, w2, b2).reshape(-1, V)
+    if softcap:
+        z = softcap * torch.tanh(z / softcap)
+    cw = None if class_weight is None else class_weight.to(torch.float64)
+    dense = y.is_floating_point()
+    yy = y.reshape(-1, V).to(torch.float64) if dense else y.reshape(-1)
+    ce = F.cross_entropy(z, yy, weight=cw, reduction="none", label_smoothing=label_smoothing,
+                         ignore_index=ignore_index)
+    valid = torch.ones(z.shape[0], dtype=torch.bool) if dense else yy != ignore_index
+    lse = torch.logsumexp(z, dim=1)
+    zl = torch.where(valid, z_loss_scale * lse * lse, torch.zeros_like(lse))
+    if reduction == "none":
+        total, zred = ce + zl, zl
+    else:
+        total, zred = (ce + zl).sum(), zl.sum()
+        if reduction == "mean":
+            denom = (float(valid.sum()) if cw is None or dense else float(cw[yy[valid]].sum()))
+            total, zred = total / denom, zred / denom
+    return total, zred, torch.argmax(z, dim=1), (h2, w2, b2)
+
+
+OPTION_SETS = [dict(class_weight=True), dict(z_loss_scale=1e-2), dict(softcap=2.0),
+               dict(class_weight=True, z_loss_scale=1e-2, softcap=2.0, label_smoothing=0.1)]
+
+
+@pytest.mark.parametrize("opts", OPTION_SETS, ids=["weight", "zloss", "softcap", "all"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("fused", [True, False])
+def test_options_equal_torch_autograd_at_alpha_one(opts, reduction, dense, fused):
+    h, w, b, y = make(batch_shape=(3, 5), H=12, V=40, seed=11)
+    V = w.shape[0]
+    g = torch.Generator().manual_seed(12)
+    if dense:
+        y = torch.softmax(torch.randn(3, 5, V, generator=g) * 2, dim=-1)
+    kw = dict(opts)
+    cw = (torch.rand(V, generator=g) * 1.5 + 0.25) if kw.pop("class_weight", False) else None
+    if cw is not None:
+        cw[3] = 0.0  # a class of weight 0
+    loss, ex = None, None
+    hg, wg, bg = (t.clone().requires_grad_(True) for t in (h, w, b))
+    loss, ex = linear_cross_entropy(hg, wg, y, bias=bg, reduction=reduction, chunk_rows=4, class_weight=cw,
+                                    fused=fused, return_extras=True, **kw)
+    go = torch.rand(loss.shape, generator=g) + 0.5
+    loss.backward(go)
+    t_loss, t_z, t_am, (h2, w2, b2) = torch_options_reference(h, w, b, y, reduction, class_weight=cw, **kw)
+    t_loss.reshape(loss.shape).backward(go.to(torch.float64))
+    close(loss, t_loss.detach().reshape(loss.shape), 1.0, 2e-5)
+    close(ex["z_loss"], t_z.detach().reshape(ex["z_loss"].shape), 1e-3, 2e-5)
+    assert ex["z_loss"].dtype == torch.float32 and not ex["z_loss"].requires_grad
+    assert torch.equal(ex["argmax"].reshape(-1), t_am)
+    assert ex["argmax"].shape == y.shape[:2] and ex["argmax"].dtype == torch.int64
+    if dense:
+        assert "correct" not in ex
+    else:
+        want = ((t_am == y.reshape(-1)) & (y.reshape(-1) != -100)).to(torch.int32)
+        assert torch.equal(ex["correct"].reshape(-1), want) and ex["correct"].dtype == torch.int32
+    for got, want in ((hg.grad, h2.grad), (wg.grad, w2.grad), (bg.grad, b2.grad)):
+        close(got, want, float(want.abs().max()), 1e-4)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float16, 4e-3), (torch.bfloat16, 2e-2)])
+def test_options_in_16_bit_types(dtype, rtol):
+    h, w, b, y = make(batch_shape=(2, 7), H=16, V=33, dtype=dtype, seed=13)
+    cw = torch.linspace(0.2, 2.0, 33)
+    kw = dict(z_loss_scale=1e-2, softcap=3.0, label_smoothing=0.05)
+    hg, wg, bg = (t.clone().requires_grad_(True) for t in (h, w, b))
+    loss = linear_cross_entropy(hg, wg, y, bias=bg, chunk_rows=5, class_weight=cw, **kw)
+    loss.backward()
+    t_loss, _, _, (h2, w2, b2) = torch_options_reference(h, w, b, y, "mean", class_weight=cw, **kw)
+    t_loss.backward()
+    close(loss, t_loss.detach(), 1.0, 1e-5)
+    for got, want in ((hg.grad, h2.grad), (wg.grad, w2.grad), (bg.grad, b2.grad)):
+        assert got.dtype == dtype
+        close(got, want, float(want.abs().max()), rtol)
+
+
+def test_weighted_mean_all_ignored_is_zero():
+    h, w, b, y = make(batch_shape=(5,), ignored=range(5))
+    hg = h.clone().requires_grad_(True)
+    loss, ex = linear_cross_entropy(hg, w, y, bias=b, class_weight=torch.ones(w.shape[0]), z_loss_scale=1e-2,
+                                    return_extras=True)
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and float(ex["z_loss"]) == 0.0
+    assert torch.count_nonzero(hg.grad) == 0 and torch.count_nonzero(ex["correct"]) == 0
+
+
+def test_bad_options_name_the_argument():
+    h, w, b, y = make()
+    V = w.shape[0]
+    with pytest.raises(ValueError, match="class_weight"):
+        linear_cross_entropy(h, w, y, class_weight=torch.ones(V - 1))
+    with pytest.raises(TypeError, match="class_weight"):
+        linear_cross_entropy(h, w, y, class_weight=torch.ones(V, dtype=torch.long))
+    bad = torch.ones(V)
+    bad[2] = -1.0
+    with pytest.raises(powergrad.PowerGradError, match="problem->class_weight"):
+        linear_cross_entropy(h, w, y, class_weight=bad)
+    with pytest.raises(powergrad.PowerGradError, match="problem->softcap"):
+        linear_cross_entropy(h, w, y, softcap=-1.0)
+    with pytest.raises(powergrad.PowerGradError, match="problem->z_loss_scale"):
+        linear_cross_entropy(h, w, y, z_loss_scale=float("inf"))
+    with pytest.raises(TypeError, match="softcap"):
+        linear_cross_entropy(h, w, y, softcap="big")

@@ -13,7 +13,8 @@ on the current stream (no host synchronisation, device workspace from the cachin
 
 Modules: ``functional`` (cross_entropy, pgt_hook), ``modules`` (CrossEntropyLoss), ``buckets``
 (power_grad_, clip_grad_norm_, adaptive_clip_grad_), ``ddp`` (PGTCommHookState, pgt_comm_hook),
-``tp`` (vocab_parallel_cross_entropy); ``_ops`` registers the ops (namespace ``powergrad``) and
+``tp`` (vocab_parallel_cross_entropy), ``tp_linear`` (vocab_parallel_linear_cross_entropy: the
+linear cross-entropy over a vocabulary-sharded weight); ``_ops`` registers the ops (namespace ``powergrad``) and
 ``_inplace`` holds the in-place safety rule. docs/python.md has the details.
 """
 
@@ -36,5 +37,6 @@ __all__ = ["cross_entropy", "pgt_hook", "inplace_is_safe", "power_grad_", "clip_
 
 # ---- Further re-exports (modules added next to these, e.g. a fused linear + cross-entropy) go here. ----
 from .._torch_linear import LinearCrossEntropyLoss, linear_cross_entropy  # noqa: E402
+from .tp_linear import vocab_parallel_linear_cross_entropy  # noqa: E402
 
-__all__ += ["linear_cross_entropy", "LinearCrossEntropyLoss"]
+__all__ += ["linear_cross_entropy", "LinearCrossEntropyLoss", "vocab_parallel_linear_cross_entropy"]
