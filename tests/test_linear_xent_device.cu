@@ -152,6 +152,32 @@ TEST(LinearXentDevice, GraphCapture) {
   cudaStreamDestroy(s);
 }
 
+// The options of docs/design.md §2.5 reach the CUDA cross-entropy kernels through each chunk's row
+// op. Where those kernels accept an option the result matches the float64 reference; where they do
+// not, the call is refused with kUnsupported naming the linear problem's field, and writes nothing.
+TEST(LinearXentDevice, OptionsRunOrAreRefusedByName) {
+  PG_LINEAR_REQUIRE_GPU();
+  LinearDeviceMem mem;
+  const char* names[] = {"problem.class_weight", "problem.z_loss_scale", "problem.softcap", "out.z_loss",
+                         "out.argmax", "out.correct"};
+  for (const LCase& c : option_cases()) {
+    const LData<float> d = make_data<float>(c);
+    LOut<float> before;
+    const LOut<float> o = run_case<float>(mem, d, before);
+    if (o.st == Status::kUnsupported) {
+      bool named = false;
+      for (const char* n : names) named = named || o.msg.find(n) != std::string::npos;
+      EXPECT_TRUE(named) << o.msg;
+      EXPECT_TRUE(o.loss.v == before.loss.v || std::memcmp(o.loss.v.data(), before.loss.v.data(), o.loss.v.size() * 4) == 0);
+      EXPECT_EQ(0, std::memcmp(o.dh.v.data(), before.dh.v.data(), o.dh.v.size() * sizeof(float))) << c.name();
+      EXPECT_EQ(0, std::memcmp(o.dw_t.v.data(), before.dw_t.v.data(), o.dw_t.v.size() * sizeof(float))) << c.name();
+      EXPECT_EQ(0, std::memcmp(o.db_t.v.data(), before.db_t.v.data(), o.db_t.v.size() * sizeof(float))) << c.name();
+      continue;
+    }
+    EXPECT_TRUE(check_case<float>(d, o, before)) << c.name();
+  }
+}
+
 TEST(LinearXentDevice, NullHandleIsRejected) {
   PG_LINEAR_REQUIRE_GPU();
   LinearXentProblem<float, ClassTargets<int32_t>> p;
