@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cmath>
 #if defined(__linux__)
 #include <sys/resource.h>
 #endif
@@ -135,6 +136,34 @@ TEST(LinearXentHost, BadCallsWriteNothing) {
        [](auto&, auto&, size_t&, void*&, int64_t& chunk) { chunk = -1; }},
       {"class index out of range", Status::kInvalidTarget, "problem.targets.index",
        [](auto& p, auto&, size_t&, void*&, int64_t&) { const_cast<int64_t*>(p.targets.index)[4] = 9; }},
+      {"negative class weight", Status::kInvalidValue, "problem.class_weight",
+       [](auto& p, auto&, size_t&, void*&, int64_t&) {
+         static std::vector<float> cw = {1, 1, 1, 1, 1, -1, 1, 1, 1};
+         p.class_weight = cw.data();
+       }},
+      {"NaN class weight", Status::kInvalidValue, "problem.class_weight",
+       [](auto& p, auto&, size_t&, void*&, int64_t&) {
+         static std::vector<float> cw = {1, 1, 1, 1, 1, 1, 1, 1, std::nanf("")};
+         p.class_weight = cw.data();
+       }},
+      {"negative softcap", Status::kInvalidValue, "problem.softcap",
+       [](auto& p, auto&, size_t&, void*&, int64_t&) { p.softcap = -2.f; }},
+      {"infinite z-loss scale", Status::kInvalidValue, "problem.z_loss_scale",
+       [](auto& p, auto&, size_t&, void*&, int64_t&) { p.z_loss_scale = INFINITY; }},
+      {"a shard on the whole op", Status::kInvalidSize, "problem.vocab_offset",
+       [](auto& p, auto&, size_t&, void*&, int64_t&) { p.vocab_offset = 1, p.total_vocab = p.vocab + 1; }},
+      {"a shard without total_vocab", Status::kInvalidSize, "problem.total_vocab",
+       [](auto& p, auto&, size_t&, void*&, int64_t&) { p.vocab_offset = 1; }},
+      {"shard past total_vocab", Status::kInvalidSize, "problem.total_vocab",
+       [](auto& p, auto&, size_t&, void*&, int64_t&) { p.vocab_offset = 1, p.total_vocab = p.vocab; }},
+      {"argmax over dhidden", Status::kInvalidLayout, "out.argmax",
+       [](auto&, auto& o, size_t&, void*&, int64_t&) { o.argmax = reinterpret_cast<int64_t*>(o.dhidden); }},
+      {"z_loss over the class weights", Status::kInvalidLayout, "out.z_loss",
+       [](auto& p, auto& o, size_t&, void*&, int64_t&) {
+         static std::vector<float> cw(9, 1.f);
+         p.class_weight = cw.data();
+         o.z_loss = cw.data() + 2;
+       }},
   };
   for (const Bad& bad : bads) {
     std::vector<int64_t> yy = y;

@@ -9,6 +9,12 @@
 // nothing is read back to the host, nothing is allocated, and the same input gives bitwise the
 // same output run after run (no floating-point atomics).
 //
+// The options of the cross-entropy (docs/design.md §2.5: class_weight, z_loss_scale, softcap; the
+// z_loss, argmax and correct outputs) pass through to the row op; the kMean denominator with class
+// weights is formed before the first chunk like n_valid. The split form for a vocabulary-sharded
+// weight (linear_xent_shard_stats, the caller's all-gather + xent_merge_stats, linear_xent_shard_apply)
+// is docs/design.md §2.6's.
+//
 // Backends: the host backend needs a CBLAS (POWERGRAD_HAS_BLAS; CMake links OpenBLAS into
 // powergrad::powergrad when FindBLAS finds it) and returns kUnsupported without one; the CUDA
 // backend (this header compiled by nvcc) needs cuBLAS (link CUDA::cublas) and the caller's
