@@ -645,8 +645,8 @@ inline std::vector<int64_t> shard_offsets(int64_t V, int shards) {
   return off;
 }
 
-template <class T>
-::testing::AssertionResult run_split_and_check(const LCase& c, int shards) {
+template <class T, class Mem>
+::testing::AssertionResult run_split_and_check(Mem& mem, const LCase& c, int shards) {
   const LData<T> d = make_data<T>(c);
   const int64_t N = c.N, H = c.H, V = c.V;
   const int64_t lddh = H + c.pad, lddw = H + c.pad;
@@ -680,7 +680,6 @@ template <class T>
   before = o;
   std::vector<T> q = d.q.empty() ? std::vector<T>(1) : d.q;
   std::vector<float> upv = d.upv;
-  const Upstream up{c.up_scale, c.up_values ? upv.data() : nullptr};
   const int64_t chunk = c.chunk > 0 ? c.chunk : std::max<int64_t>(N, 1);
   std::vector<RowStats> parts(static_cast<size_t>(std::max<int64_t>(shards * N, 1)));
   std::vector<RowStats> merged(static_cast<size_t>(std::max<int64_t>(N, 1)));
@@ -693,28 +692,62 @@ template <class T>
     x.cor = before.cor;
     x.dh = before.dh;
   }
+  if (shards > 3) return ::testing::AssertionFailure() << "run_split_and_check takes at most 3 shards";
+  // The inputs and outputs in the memory policy's memory (the caller's vectors on the host).
+  std::vector<T> hv = d.h, wv = d.w, bv = d.b;
+  std::vector<int32_t> y32 = d.y32;
+  std::vector<int64_t> y64 = d.y64;
+  std::vector<float> cwv = d.cw.empty() ? std::vector<float>(1) : d.cw;
+  typename Mem::template Buf<T> bh, bw, bb, bq, bdwt, bdbt, bdh[3];
+  typename Mem::template Buf<float> bupv, bcw, bdwf, bdbf, bloss[3], bzl[3];
+  typename Mem::template Buf<int32_t> by32, bcor[3];
+  typename Mem::template Buf<int64_t> by64, bam[3];
+  typename Mem::template Buf<RowStats> bparts, bmerged;
+  bh.up(hv);
+  bw.up(wv);
+  bb.up(bv);
+  bq.up(q);
+  by32.up(y32);
+  by64.up(y64);
+  bcw.up(cwv);
+  bupv.up(upv);
+  bdwt.up(o.dw_t.v);
+  bdwf.up(o.dw_f.v);
+  bdbt.up(o.db_t.v);
+  bdbf.up(o.db_f.v);
+  for (int k = 0; k < shards; ++k) {
+    LOut<T>& x = sh[static_cast<size_t>(k)];
+    bdh[k].up(x.dh.v);
+    bloss[k].up(x.loss.v);
+    bzl[k].up(x.zl.v);
+    bam[k].up(x.am.v);
+    bcor[k].up(x.cor.v);
+  }
+  bparts.up(parts);
+  bmerged.up(merged);
+  const Upstream up{c.up_scale, c.up_values ? bupv.ptr : nullptr};
   ::testing::AssertionResult result = ::testing::AssertionSuccess();
   auto go = [&](auto targets_full) {
     using Tg = decltype(targets_full);
     auto problem = [&](int k) {
       LinearXentProblem<T, Tg> p;
       const int64_t o0 = off[k], w = off[k + 1] - off[k];
-      p.hidden = d.h.data();
+      p.hidden = bh.ptr;
       p.rows = N;
       p.hidden_dim = H;
       p.ld_hidden = d.ldh;
-      p.weight = d.w.data() + o0 * d.ldw;
+      p.weight = bw.ptr + o0 * d.ldw;
       p.vocab = w;
       p.ld_weight = d.ldw;
-      p.bias = c.bias ? d.b.data() + o0 : nullptr;
+      p.bias = c.bias ? bb.ptr + o0 : nullptr;
       p.targets = targets_full;
-      if constexpr (!powergrad::detail::target_traits<Tg>::hard) p.targets.prob = q.data() + o0;
+      if constexpr (!powergrad::detail::target_traits<Tg>::hard) p.targets.prob = bq.ptr + o0;
       p.alpha = c.alpha;
       p.label_smoothing = c.eps;
       p.reduction = c.red;
       p.vocab_offset = o0;
       p.total_vocab = V;
-      p.class_weight = c.cw ? d.cw.data() + o0 : nullptr;
+      p.class_weight = c.cw ? bcw.ptr + o0 : nullptr;
       p.z_loss_scale = c.lambda;
       p.softcap = c.cap;
       return p;
@@ -722,39 +755,40 @@ template <class T>
     auto outputs = [&](int k) {
       LinearXentOutputs<T> out;
       const int64_t o0 = off[k];
-      LOut<T>& s = sh[static_cast<size_t>(k)];
-      out.loss = c.want_loss ? s.loss.data() : nullptr;
-      out.dhidden = c.want_dh ? s.dh.data() : nullptr;
+      out.loss = c.want_loss ? bloss[k].ptr + kGuard : nullptr;
+      out.dhidden = c.want_dh ? bdh[k].ptr + kGuard : nullptr;
       out.ld_dhidden = lddh;
       if (c.want_dw)
-        out.dweight = c.dwt == GradType::kFloat32 ? static_cast<void*>(o.dw_f.data() + o0 * lddw)
-                                                  : static_cast<void*>(o.dw_t.data() + o0 * lddw);
+        out.dweight = c.dwt == GradType::kFloat32 ? static_cast<void*>(bdwf.ptr + kGuard + o0 * lddw)
+                                                  : static_cast<void*>(bdwt.ptr + kGuard + o0 * lddw);
       out.ld_dweight = lddw;
       out.dweight_type = c.dwt;
       out.accumulate_dweight = c.acc_dw;
       if (c.want_db && c.bias)
-        out.dbias = c.dbt == GradType::kFloat32 ? static_cast<void*>(o.db_f.data() + o0) : static_cast<void*>(o.db_t.data() + o0);
+        out.dbias = c.dbt == GradType::kFloat32 ? static_cast<void*>(bdbf.ptr + kGuard + o0)
+                                                : static_cast<void*>(bdbt.ptr + kGuard + o0);
       out.dbias_type = c.dbt;
       out.accumulate_dbias = c.acc_db;
-      out.z_loss = c.want_z ? s.zl.data() : nullptr;
-      out.argmax = c.want_am ? s.am.data() : nullptr;
-      out.correct = c.want_cor ? s.cor.data() : nullptr;
+      out.z_loss = c.want_z ? bzl[k].ptr + kGuard : nullptr;
+      out.argmax = c.want_am ? bam[k].ptr + kGuard : nullptr;
+      out.correct = c.want_cor ? bcor[k].ptr + kGuard : nullptr;
       return out;
     };
     for (int k = 0; k < shards && result; ++k) {
       const auto p = problem(k);
       size_t bytes = 0;
-      if (linear_xent_workspace_bytes(Backend::kHost, p, outputs(k), chunk, &bytes) != Status::kSuccess) {
+      if (linear_xent_workspace_bytes(Mem::backend, p, outputs(k), chunk, &bytes) != Status::kSuccess) {
         result = ::testing::AssertionFailure() << "workspace_bytes: " << last_error_message();
         return;
       }
-      std::vector<unsigned char> ws(bytes + 16);
-      void* wp = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(ws.data()) + 15) / 16 * 16);
-      if (linear_xent_shard_stats(Backend::kHost, p, parts.data() + k * N, wp, bytes, chunk) != Status::kSuccess)
+      typename Mem::Workspace ws;
+      ws.alloc(bytes);
+      if (linear_xent_shard_stats(Mem::backend, p, bparts.ptr + k * N, ws.ptr, bytes, chunk, mem.blas_handle()) !=
+          Status::kSuccess)
         result = ::testing::AssertionFailure() << "shard_stats " << k << ": " << last_error_message();
     }
     if (!result) return;
-    if (xent_merge_stats(Backend::kHost, parts.data(), shards, N, c.alpha, merged.data()) != Status::kSuccess) {
+    if (xent_merge_stats(Mem::backend, bparts.ptr, shards, N, c.alpha, bmerged.ptr) != Status::kSuccess) {
       result = ::testing::AssertionFailure() << "merge: " << last_error_message();
       return;
     }
@@ -762,16 +796,28 @@ template <class T>
       const auto p = problem(k);
       const auto out = outputs(k);
       size_t bytes = 0;
-      (void)linear_xent_workspace_bytes(Backend::kHost, p, out, chunk, &bytes);
-      std::vector<unsigned char> ws(bytes + 16);
-      void* wp = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(ws.data()) + 15) / 16 * 16);
-      if (linear_xent_shard_apply(Backend::kHost, p, merged.data(), up, out, wp, bytes, chunk) != Status::kSuccess)
+      (void)linear_xent_workspace_bytes(Mem::backend, p, out, chunk, &bytes);
+      typename Mem::Workspace ws;
+      ws.alloc(bytes);
+      if (linear_xent_shard_apply(Mem::backend, p, bmerged.ptr, up, out, ws.ptr, bytes, chunk, mem.blas_handle()) !=
+          Status::kSuccess)
         result = ::testing::AssertionFailure() << "shard_apply " << k << ": " << last_error_message();
     }
   };
-  if (c.tk == Tk::kI32) go(ClassTargets<int32_t>{d.y32.data(), -100});
-  else if (c.tk == Tk::kI64) go(ClassTargets<int64_t>{d.y64.data(), -100});
-  else go(DenseTargets<T>{q.data(), d.ldq});
+  if (c.tk == Tk::kI32) go(ClassTargets<int32_t>{by32.ptr, -100});
+  else if (c.tk == Tk::kI64) go(ClassTargets<int64_t>{by64.ptr, -100});
+  else go(DenseTargets<T>{bq.ptr, d.ldq});
+  bdwt.down();
+  bdwf.down();
+  bdbt.down();
+  bdbf.down();
+  for (int k = 0; k < shards; ++k) {
+    bdh[k].down();
+    bloss[k].down();
+    bzl[k].down();
+    bam[k].down();
+    bcor[k].down();
+  }
   if (!result) return result << " [" << DT<T>::name << " split " << shards << " " << c.name() << "]";
   // Every shard reports the same loss and option outputs, bit for bit.
   for (int k = 1; k < shards; ++k) {
@@ -793,7 +839,9 @@ template <class T>
   c2.want_dh = false;
   LData<T> d2 = d;
   d2.c = c2;
-  auto ans = check_case<T>(d2, o, before);
+  // The CUDA backend rounds G to fp16/bf16 before the dh / dW GEMMs (as in run_and_check).
+  const double g_round = Mem::backend == Backend::kCuda && !std::is_same<T, float>::value ? DT<T>::u : 0.0;
+  auto ans = check_case<T>(d2, o, before, g_round);
   if (!ans) return ans << " [" << DT<T>::name << " split " << shards << " " << c.name() << "]";
   const LRef R = reference(d);
   const double a = c.lambda > 0.f ? std::max<double>(c.alpha, 1.0) : c.alpha;
@@ -812,7 +860,8 @@ template <class T>
       }
       if (!c.want_dh) continue;
       const double want = R.dh[r * H + k];
-      const double t = grad_tol(R.dh_abs[r * H + k], want, 0.0, V, a, R.zerr_max, 0.0, DT<T>::abs_floor * shards) +
+      const double t = grad_tol(R.dh_abs[r * H + k], want, 0.0, V, a, R.zerr_max, 0.0, DT<T>::abs_floor * shards,
+                                g_round) +
                        u_out * abs_parts;
       if (!(std::fabs(sum - want) <= t) && bad++ < 5)
         msg << "sum of partial dhidden[" << r << "," << k << "] = " << sum << ", reference " << want << ", tol " << t << "\n";

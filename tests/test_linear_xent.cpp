@@ -41,7 +41,10 @@ TEST(LinearXentHost, OptionsBf16) { run_options<bfloat16_t>(); }
 template <class T>
 void run_split() {
   for (const LCase& c : split_cases())
-    for (int shards : {1, 2, 3}) EXPECT_TRUE((run_split_and_check<T>(c, shards)));
+    for (int shards : {1, 2, 3}) {
+      HostMem mem;
+      EXPECT_TRUE((run_split_and_check<T, HostMem>(mem, c, shards)));
+    }
 }
 TEST(LinearXentHostSplit, ShardsFp32) { run_split<float>(); }
 TEST(LinearXentHostSplit, ShardsFp16) { run_split<half_t>(); }
