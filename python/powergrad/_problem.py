@@ -27,8 +27,12 @@ def unchecked(cls, **fields):
 
 
 def xent_problem(device, dtype, logits, rows, cols, ld, target_kind, targets, target_ld, ignore_index=-100,
-                 alpha=1.0, label_smoothing=0.0, reduction="mean", col_offset=0, total_cols=0, checked=True):
+                 alpha=1.0, label_smoothing=0.0, reduction="mean", col_offset=0, total_cols=0, checked=True,
+                 weight=None, z_loss_scale=0.0, softcap=0.0):
     """A filled :class:`powergrad._lib.XentProblem` (pointers as ctypes.c_void_p or None).
+
+    The options of docs/design.md §2.5: ``weight`` (a pointer to ``cols`` float32 class weights, or
+    None), ``z_loss_scale`` and ``softcap`` (0 is off); the library checks their values and names them.
 
     ``checked=False``: ``ignore_index``, ``col_offset`` and ``total_cols`` are known to fit int64_t and
     ``reduction`` is a valid name (the torch ops: their wrappers checked them); the fields are then
@@ -37,10 +41,11 @@ def xent_problem(device, dtype, logits, rows, cols, ld, target_kind, targets, ta
         return unchecked(_lib.XentProblem, device=device, dtype=dtype, logits=logits, rows=rows, cols=cols, ld=ld,
                          target_kind=target_kind, targets=targets, target_ld=target_ld, ignore_index=ignore_index,
                          alpha=alpha, label_smoothing=label_smoothing, reduction=_lib.reduction_of(reduction),
-                         col_offset=col_offset, total_cols=total_cols)
+                         col_offset=col_offset, total_cols=total_cols, weight=weight, z_loss_scale=z_loss_scale,
+                         softcap=softcap)
     return _lib.XentProblem(
         device=device, dtype=dtype, logits=logits, rows=rows, cols=cols, ld=ld, target_kind=target_kind,
         targets=targets, target_ld=target_ld, ignore_index=_lib.check_int("ignore_index", ignore_index),
         alpha=float(alpha), label_smoothing=float(label_smoothing), reduction=_lib.reduction_of(reduction),
         col_offset=_lib.check_int("col_offset", col_offset), total_cols=_lib.check_int("total_cols", total_cols),
-        bad_target_count=None)
+        bad_target_count=None, weight=weight, z_loss_scale=float(z_loss_scale), softcap=float(softcap))

@@ -111,10 +111,13 @@ def workspace(x, reduction):
     return torch.empty(n, dtype=torch.uint8, device=x.device), n
 
 
-def problem(x, target, alpha, ignore_index, label_smoothing, reduction, col_offset=0, total_cols=0):
-    """(pg_xent_problem_t, keep-alive target tensor) for 2-D logits x (already laid out for the ABI) and
+def problem(x, target, alpha, ignore_index, label_smoothing, reduction, col_offset=0, total_cols=0, weight=None,
+            z_loss_scale=0.0, softcap=0.0):
+    """(pg_xent_problem_t, keep-alive tensors) for 2-D logits x (already laid out for the ABI) and
     a target the public wrappers have checked ([N] int32/int64 classes, or [N, C] floating
-    probabilities, converted here to x's dtype)."""
+    probabilities, converted here to x's dtype). ``weight``: None or the class weights ([cols],
+    floating, on x's device; converted here to contiguous float32); ``z_loss_scale`` / ``softcap``
+    are floats the wrappers checked (docs/design.md §2.5)."""
     device, _ = device_and_stream(x)
     rows, cols = x.shape
     if target.dim() == 1:
@@ -125,10 +128,14 @@ def problem(x, target, alpha, ignore_index, label_smoothing, reduction, col_offs
         t = c_tensor(target.detach().to(x.dtype))
         kind = _lib.TargetKind.DENSE
         target_ld = cols
+    w = None
+    if weight is not None:
+        w = c_tensor(weight.detach().to(device=x.device, dtype=torch.float32))
     p = xent_problem(device, DTYPES[x.dtype], vp(x), rows, cols, ld(x), kind, vp(t), target_ld,
                      ignore_index=ignore_index, alpha=alpha, label_smoothing=label_smoothing, reduction=reduction,
-                     col_offset=col_offset, total_cols=total_cols, checked=False)
-    return p, t
+                     col_offset=col_offset, total_cols=total_cols, checked=False, weight=vp(w),
+                     z_loss_scale=z_loss_scale, softcap=softcap)
+    return p, (t, w)
 
 
 def upstream(scale=1.0, values=None):
@@ -136,9 +143,10 @@ def upstream(scale=1.0, values=None):
     return unchecked(_lib.Upstream, scale=scale, values=values)
 
 
-def outputs(loss=None, lse=None, lse_alpha=None, dlogits=None, ld_dlogits=0):
+def outputs(loss=None, lse=None, lse_alpha=None, dlogits=None, ld_dlogits=0, z_loss=None, argmax=None, correct=None):
     """pg_xent_outputs_t."""
-    return unchecked(_lib.XentOutputs, loss=loss, lse=lse, lse_alpha=lse_alpha, dlogits=dlogits, ld_dlogits=ld_dlogits)
+    return unchecked(_lib.XentOutputs, loss=loss, lse=lse, lse_alpha=lse_alpha, dlogits=dlogits, ld_dlogits=ld_dlogits,
+                     z_loss=z_loss, argmax=argmax, correct=correct)
 
 
 def no_double_backward(what):

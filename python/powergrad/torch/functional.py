@@ -9,7 +9,9 @@ The forward value is ordinary cross-entropy; only the gradient changes (softmax(
 of softmax(z) - q; arXiv 2111.12495, docs/design.md §2.1).
 """
 
+import math
 import operator
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -18,7 +20,24 @@ from . import _common as c
 from . import _ops  # noqa: F401  (registers torch.ops.powergrad.*)
 from ._inplace import bump_version, inplace_is_safe
 
-__all__ = ["cross_entropy", "pgt_hook"]
+__all__ = ["cross_entropy", "pgt_hook", "CrossEntropyOutput"]
+
+
+class CrossEntropyOutput(NamedTuple):
+    """What :func:`cross_entropy` returns when ``return_z_loss`` or ``return_accuracy`` is set (a
+    named tuple: ``loss, z_loss, accuracy, argmax = cross_entropy(...)`` also works).
+
+    ``loss``: the loss (z-loss included), as without the flags. ``z_loss``: the z-loss part alone,
+    reduced as the loss (the leading shape for 'none'), float32, detached: a metric, its gradient is
+    already in ``loss``'s (None unless ``return_z_loss``). ``accuracy``: float32 0-d, the fraction of
+    non-ignored rows whose argmax is the target (0 when there is none), computed on the device
+    (None unless ``return_accuracy``). ``argmax``: int64 of the leading shape, the first class of
+    each row's largest (softcapped) logit, as ``torch.argmax`` (None unless ``return_accuracy``)."""
+
+    loss: torch.Tensor
+    z_loss: Optional[torch.Tensor] = None
+    accuracy: Optional[torch.Tensor] = None
+    argmax: Optional[torch.Tensor] = None
 
 _ops_ns = torch.ops.powergrad
 
@@ -118,6 +137,46 @@ def _check_float(name, value):
         raise TypeError("powergrad: %s must be a real number, not %r" % (name, value)) from None
 
 
+def _check_options(what, weight, z_loss_scale, softcap, cols, device):
+    """(weight or None, z_loss_scale, softcap) after the checks of docs/design.md §2.5 that need no
+    look at the weights' values (the library checks those: finite and >= 0, naming ``weight``); every
+    error names the argument."""
+    if weight is not None:
+        if not isinstance(weight, torch.Tensor):
+            raise TypeError("powergrad %s: weight must be a 1-D floating torch.Tensor of length C = %d, not %s"
+                            % (what, cols, type(weight).__name__))
+        if not weight.is_floating_point():
+            raise TypeError("powergrad %s: weight must be floating (it is read as float32), not %s"
+                            % (what, weight.dtype))
+        if weight.dim() != 1 or weight.shape[0] != cols:
+            raise ValueError("powergrad %s: weight must have shape [%d] (one per class), not %s"
+                             % (what, cols, tuple(weight.shape)))
+        if weight.device != device:
+            raise ValueError("powergrad %s: weight is on %s, logits on %s" % (what, weight.device, device))
+        if weight.requires_grad and torch.is_grad_enabled():
+            # As F.cross_entropy, which refuses a weight that requires grad: class weights are constants.
+            raise ValueError("powergrad %s: weight requires grad, but class weights are not differentiated "
+                             "(as in F.cross_entropy); pass weight.detach()" % what)
+    z = _check_float("z_loss_scale", z_loss_scale)
+    if not (math.isfinite(z) and z >= 0.0):
+        raise ValueError("powergrad %s: z_loss_scale must be finite and >= 0 (0 is off), not %r" % (what, z_loss_scale))
+    if softcap is None:
+        sc = 0.0
+    else:
+        sc = _check_float("softcap", softcap)
+        if not (math.isfinite(sc) and sc >= 0.0):
+            raise ValueError("powergrad %s: softcap must be None, 0 (off) or finite and > 0, not %r"
+                             % (what, softcap))
+    return weight, z, sc
+
+
+def _accuracy(correct, t, ignore_index, dense):
+    """sum(correct) / n_valid over the non-ignored rows, float32 0-d, on the device (no host sync)."""
+    hits = correct.sum(dtype=torch.float32)
+    n_valid = (t != ignore_index).sum(dtype=torch.float32)
+    return hits / n_valid.clamp(min=1.0)
+
+
 # Rows per chunk when an fp16/bf16 gradient is scaled in fp32 (bounds the fp32 temporary).
 _SCALE_CHUNK_ELEMENTS = 1 << 24
 
@@ -144,26 +203,31 @@ class _EagerFused(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, target, alpha, ignore_index, label_smoothing, reduction, write_over, compute_lse,
-                grad_scale, grad_scale_value):
+                grad_scale, grad_scale_value, weight, z_loss_scale, softcap, compute_z_loss, compute_accuracy):
         if write_over:
-            loss = _ops_ns.xent_(logits, target, alpha, ignore_index, label_smoothing, reduction, grad_scale,
-                                 grad_scale_value)
+            loss, z_loss, argmax, correct = _ops_ns.xent_(
+                logits, target, alpha, ignore_index, label_smoothing, reduction, grad_scale, grad_scale_value,
+                weight, z_loss_scale, softcap, compute_z_loss, compute_accuracy)
             bump_version(logits)  # a backward that saved the logits now raises instead of reading the gradient
             grad, lse = logits, None
         else:
-            loss, grad, lse = _ops_ns.xent(logits, target, alpha, ignore_index, label_smoothing, reduction, True,
-                                           compute_lse, grad_scale, grad_scale_value)
+            loss, grad, lse, z_loss, argmax, correct = _ops_ns.xent(
+                logits, target, alpha, ignore_index, label_smoothing, reduction, True, compute_lse, grad_scale,
+                grad_scale_value, weight, z_loss_scale, softcap, compute_z_loss, compute_accuracy)
         ctx.grad = grad
         ctx.reduction = reduction
         ctx.grad_scale = grad_scale
         ctx.grad_scale_value = grad_scale_value
-        ctx.target_info = (label_smoothing, target.dtype) if compute_lse else None
+        ctx.target_info = (label_smoothing, target.dtype, weight, softcap) if compute_lse else None
         if compute_lse:
             ctx.save_for_backward(logits, lse)
+        if compute_z_loss or compute_accuracy:
+            ctx.mark_non_differentiable(z_loss, argmax, correct)
+            return loss, z_loss, argmax, correct
         return loss
 
     @staticmethod
-    def backward(ctx, grad_output):
+    def backward(ctx, grad_output, *_extras):
         c.no_double_backward("cross_entropy")
         grad = ctx.grad
         if grad is None:
@@ -178,11 +242,12 @@ class _EagerFused(torch.autograd.Function):
         if ctx.target_info is not None:
             logits, lse = ctx.saved_tensors
             dtarget = _ops.target_grad(logits, lse, factor, ctx.reduction, *ctx.target_info)
-        return grad, dtarget, None, None, None, None, None, None, None, None
+        return (grad, dtarget) + (None,) * 13
 
 
 def cross_entropy(logits, target, alpha=1.0, ignore_index=-100, label_smoothing=0.0, reduction="mean",
-                  inplace=False, fused=True, grad_scale=None):
+                  inplace=False, fused=True, grad_scale=None, *, weight=None, z_loss_scale=0.0, softcap=None,
+                  return_z_loss=False, return_accuracy=False):
     """PGT softmax cross-entropy: F.cross_entropy's value, with the gradient softmax(alpha z) - q.
 
     ``logits``: ``[..., C]`` float32/float16/bfloat16 with the class dimension LAST (``[N, C]``,
@@ -225,6 +290,22 @@ def cross_entropy(logits, target, alpha=1.0, ignore_index=-100, label_smoothing=
     loss and a per-row ``lse_alpha`` and keeps the logits; backward reads them once more and writes
     the gradient with the incoming gradient applied exactly. It ignores ``inplace`` and ``grad_scale``.
 
+    Options (keyword-only; docs/design.md §2.5, all off by default):
+
+    * ``weight``: class weights, a 1-D floating tensor of length C on the logits' device (read as
+      float32), as F.cross_entropy's ``weight=`` for both target kinds: 'mean' divides by the summed
+      weight of the non-ignored targets' classes (class targets) or by N (probability targets). Not
+      differentiated: a weight that requires grad raises ValueError (as F.cross_entropy raises).
+      Negative or non-finite weights raise PowerGradError naming ``weight`` on the CPU.
+    * ``z_loss_scale`` (lambda >= 0): adds lambda * lse^2 per non-ignored row (PaLM's z-loss), reduced
+      with the loss; its gradient 2 lambda lse p (the ordinary softmax) is part of the loss's.
+    * ``softcap`` (c > 0, or None / 0 for off): the logits become c * tanh(z / c) everywhere (Gemma 2);
+      the gradient carries the chain rule (computed by the library).
+    * ``return_z_loss`` / ``return_accuracy``: return a :class:`CrossEntropyOutput` (``loss``,
+      ``z_loss``, ``accuracy``, ``argmax``) instead of the loss alone; the extras come from the same
+      pass over the logits, carry no gradient, and are computed without a host synchronisation.
+      ``return_accuracy`` needs class-index targets.
+
     Inputs the library cannot read as they are (non-contiguous, stride-0 / expanded, misaligned) are
     copied first. Bad input (logits that are not float32/float16/bfloat16, a target of the wrong
     dtype, shape or device, ...) raises TypeError / ValueError naming the argument; integer arguments
@@ -236,21 +317,43 @@ def cross_entropy(logits, target, alpha=1.0, ignore_index=-100, label_smoothing=
     ignore_index = _check_int64("ignore_index", ignore_index)
     alpha = _check_float("alpha", alpha)
     label_smoothing = _check_float("label_smoothing", label_smoothing)
+    weight, z_loss_scale, softcap = _check_options("cross_entropy", weight, z_loss_scale, softcap, x.shape[1],
+                                                   x.device)
+    want_z = bool(return_z_loss)
+    want_acc = bool(return_accuracy)
+    if want_acc and dense:
+        raise ValueError("powergrad cross_entropy: return_accuracy needs class-index targets (a probability "
+                         "target has no target class)")
     grad_on = torch.is_grad_enabled()
     compute_grad = grad_on and x.requires_grad
     compute_lse = grad_on and dense and t.requires_grad
     if not fused:
-        loss, _, _ = _ops_ns.xent_stats(x, t, alpha, ignore_index, label_smoothing, red, compute_grad, compute_lse)
+        loss, _, _, z_loss, argmax, correct = _ops_ns.xent_stats(
+            x, t, alpha, ignore_index, label_smoothing, red, compute_grad, compute_lse, weight, z_loss_scale,
+            softcap, want_z, want_acc)
     else:
         gs, gs_value = _check_grad_scale(grad_scale, red, x.shape[0])
         if compute_grad and not torch.compiler.is_compiling():
             write_over = inplace and not compute_lse and inplace_is_safe(x)
-            loss = _EagerFused.apply(x, t, alpha, ignore_index, label_smoothing, red, write_over, compute_lse, gs,
-                                     gs_value)
+            out = _EagerFused.apply(x, t, alpha, ignore_index, label_smoothing, red, write_over, compute_lse, gs,
+                                    gs_value, weight, z_loss_scale, softcap, want_z, want_acc)
+            if want_z or want_acc:
+                loss, z_loss, argmax, correct = out
+            else:
+                loss = out
         else:
-            loss, _, _ = _ops_ns.xent(x, t, alpha, ignore_index, label_smoothing, red, compute_grad, compute_lse,
-                                      gs, gs_value)
-    return loss.reshape(lead) if red == "none" else loss
+            loss, _, _, z_loss, argmax, correct = _ops_ns.xent(
+                x, t, alpha, ignore_index, label_smoothing, red, compute_grad, compute_lse, gs, gs_value, weight,
+                z_loss_scale, softcap, want_z, want_acc)
+    if red == "none":
+        loss = loss.reshape(lead)
+    if not (want_z or want_acc):
+        return loss
+    return CrossEntropyOutput(
+        loss,
+        (z_loss.reshape(lead) if red == "none" else z_loss).detach() if want_z else None,
+        _accuracy(correct, t, ignore_index, dense) if want_acc else None,
+        argmax.reshape(lead) if want_acc else None)
 
 
 def pgt_hook(logits, target, alpha, scale=1.0, ignore_index=-100, label_smoothing=0.0, reduction="mean"):
