@@ -544,3 +544,45 @@ def test_torch_return_accuracy_needs_class_targets():
         pgt.cross_entropy(z, q, return_accuracy=True)
     with pytest.raises(ValueError, match="weight"):
         pgt.CrossEntropyLoss(weight=torch.ones(2, 3))
+
+
+class _NoOpFunctionMode(torch.overrides.TorchFunctionMode):
+    """A torch-function mode that changes nothing: under it eager calls go through the dispatcher
+    (the torch.library ops) instead of the direct path (functional._direct_ok)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("options", [dict(), dict(weight=True, z_loss_scale=0.01, softcap=5.0, return_z_loss=True,
+                                                  return_accuracy=True)])
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_torch_direct_eager_path_equals_the_dispatched_ops(options, grad, inplace):
+    """Eager mode runs the ops' work directly when nothing in the dispatcher could change it; the
+    result must be the dispatched op's, bit for bit."""
+    from powergrad.torch import functional
+    z, y, w = t_problem(9, 13, seed=25)
+    kw = dict(options)
+    if kw.pop("weight", False):
+        kw["weight"] = w
+
+    def run():
+        leaf = z.clone().requires_grad_(grad)
+        x = leaf * 1.0 if grad else leaf
+        with torch.set_grad_enabled(grad):
+            out = pgt.cross_entropy(x, y, alpha=0.3, inplace=inplace, **kw)
+        loss = out.loss if isinstance(out, pgt.CrossEntropyOutput) else out
+        if grad:
+            loss.backward()
+        return out, leaf.grad
+
+    assert functional._direct_ok(z, y, None, w)
+    direct, g_direct = run()
+    with _NoOpFunctionMode():
+        assert not functional._direct_ok(z, y, None, w)
+        dispatched, g_dispatched = run()
+    for a, b in zip(direct if isinstance(direct, tuple) else (direct,),
+                    dispatched if isinstance(dispatched, tuple) else (dispatched,)):
+        assert (a is None and b is None) or torch.equal(a, b)
+    assert (g_direct is None and g_dispatched is None) or torch.equal(g_direct, g_dispatched)

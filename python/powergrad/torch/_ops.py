@@ -81,25 +81,56 @@ def _extras_fake(logits, reduction, compute_z_loss, compute_accuracy):
 def _fused(x, target, alpha, ignore_index, label_smoothing, reduction, grad, lse, grad_scale, grad_scale_value,
            weight, z_loss_scale, softcap, extras):
     """Runs pg_xent_forward_backward on laid-out logits x, writing grad (may be x itself, or None), lse
-    and the extras (z_loss, argmax, correct: [0] when not asked); returns the loss."""
+    and the extras (z_loss, argmax, correct: each None or [0] when not asked); returns the loss."""
     p, _keep_inputs = c.problem(x, target, alpha, ignore_index, label_smoothing, reduction, weight=weight,
                                 z_loss_scale=z_loss_scale, softcap=softcap)
     rows = x.shape[0]
-    _, stream = c.device_and_stream(x)
-    loss = torch.empty(rows if reduction == _NONE else 1, dtype=torch.float32, device=x.device)
-    ws, ws_bytes = c.workspace(x, reduction) if (grad is not None or reduction != _NONE) else (None, 0)
+    dev = x.device
+    loss = torch.empty(rows if reduction == _NONE else (), dtype=torch.float32, device=dev)
+    if dev.type == "cpu":
+        stream, ws, ws_bytes = None, None, 0  # the host backend takes no workspace and no stream
+    else:
+        _, stream = c.device_and_stream(x)
+        ws, ws_bytes = c.workspace(x, reduction) if (grad is not None or reduction != _NONE) else (None, 0)
     zl, am, ok = extras
-    out = c.outputs(loss=c.vp(loss), lse=c.vp(lse), lse_alpha=None, dlogits=c.vp(grad),
-                    ld_dlogits=c.ld(grad) if grad is not None else 0, z_loss=c.vp(zl) if zl.numel() else None,
-                    argmax=c.vp(am) if am.numel() else None, correct=c.vp(ok) if ok.numel() else None)
+    out = c.outputs(c.ptr(loss), c.ptr(lse), None, c.ptr(grad), c.ld(grad) if grad is not None else 0,
+                    c.ptr(zl) if zl is not None and zl.numel() else None,
+                    c.ptr(am) if am is not None and am.numel() else None,
+                    c.ptr(ok) if ok is not None and ok.numel() else None)
     if grad is not None:
-        up, keep = _upstream(grad_scale, grad_scale_value, reduction, rows, x.device)
+        up, keep = _upstream(grad_scale, grad_scale_value, reduction, rows, dev)
     else:
         up, keep = c.upstream(1.0, None), None
-    c.call(x.device, "pg_xent_forward_backward", ctypes.byref(p), ctypes.byref(up), ctypes.byref(out), c.vp(ws),
+    c.call(dev, "pg_xent_forward_backward", ctypes.byref(p), ctypes.byref(up), ctypes.byref(out), c.ptr(ws),
            ws_bytes, stream)
     del keep  # the upstream values the kernel read
-    return loss.reshape(_loss_shape(rows, reduction))
+    return loss  # [N] for 'none', else 0-d
+
+
+def eager_fused(x, target, alpha, ignore_index, label_smoothing, reduction, write_over, compute_grad, grad_scale,
+                grad_scale_value, weight, z_loss_scale, softcap, want_z, want_acc):
+    """The work of powergrad::xent / powergrad::xent_ called directly, without the dispatcher, for
+    eager mode on plain tensors (functional.py decides when that is equivalent): (loss, grad, z_loss,
+    argmax, correct), grad None unless compute_grad (then x itself when write_over), the extras None
+    unless asked. Allocates only the outputs asked for."""
+    if not write_over:
+        x = c.for_c(x)
+    rows, cols = x.shape
+    dev = x.device
+    if write_over:
+        grad = x
+    elif compute_grad:
+        grad = torch.empty((rows, cols), dtype=x.dtype, device=dev)
+    else:
+        grad = None
+    zl = torch.empty(rows if reduction == _NONE else 1, dtype=torch.float32, device=dev) if want_z else None
+    am = torch.empty(rows, dtype=torch.int64, device=dev) if want_acc else None
+    ok = torch.empty(rows, dtype=torch.int32, device=dev) if want_acc else None
+    loss = _fused(x, target, alpha, ignore_index, label_smoothing, reduction, grad, None, grad_scale,
+                  grad_scale_value, weight, z_loss_scale, softcap, (zl, am, ok))
+    if want_z:
+        zl = zl.reshape(_loss_shape(rows, reduction))
+    return loss, grad, zl, am, ok
 
 
 @torch.library.custom_op("powergrad::xent", mutates_args=())

@@ -51,19 +51,24 @@ def _check_inputs(logits, target, what):
         raise TypeError("powergrad %s: target must be a torch.Tensor, not %s" % (what, type(target).__name__))
     if logits.dtype not in c.DTYPES:
         raise TypeError("powergrad %s: logits must be float32, float16 or bfloat16, not %s" % (what, logits.dtype))
-    if logits.device.type not in ("cpu", "cuda"):
-        raise ValueError("powergrad %s: logits must be on the CPU or a CUDA device, not %s" % (what, logits.device))
-    if logits.dim() < 1:
+    device = logits.device
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError("powergrad %s: logits must be on the CPU or a CUDA device, not %s" % (what, device))
+    shape = logits.shape
+    if not shape:
         raise ValueError("powergrad %s: logits must have a class dimension (last), got a 0-d tensor" % what)
-    if target.device != logits.device:
-        raise ValueError("powergrad %s: target is on %s, logits on %s" % (what, target.device, logits.device))
-    cols = logits.shape[-1]
-    lead = tuple(logits.shape[:-1])
+    if target.device != device:
+        raise ValueError("powergrad %s: target is on %s, logits on %s" % (what, target.device, device))
+    cols = shape[-1]
+    lead = tuple(shape[:-1])
     if cols == 0:
         raise ValueError("powergrad %s: logits has no classes (its last dimension, the class dimension, is 0)"
                          % what)
+    two_d = len(lead) == 1  # [N, C]: the tensors are used as they are (a reshape would add a view per call)
     if target.is_floating_point():
         if tuple(target.shape) == tuple(logits.shape):
+            if two_d:
+                return logits, target, lead, True
             return logits.reshape(-1, cols), target.reshape(-1, cols), lead, True
         if tuple(target.shape) == lead:
             raise TypeError("powergrad %s: target has the shape of class indices %s but dtype %s; class indices "
@@ -77,10 +82,29 @@ def _check_inputs(logits, target, what):
     if tuple(target.shape) != lead:
         raise ValueError("powergrad %s: class-index target has shape %s; logits %s (classes last) need %s"
                          % (what, tuple(target.shape), tuple(logits.shape), lead))
-    t = target.reshape(-1)
+    t = target if two_d else target.reshape(-1)
     if t.dtype not in (torch.int32, torch.int64):
         t = t.long()
-    return logits.reshape(-1, cols), t, lead, False
+    return logits if two_d else logits.reshape(-1, cols), t, lead, False
+
+
+_REDUCTION_NAMES = {"none": "none", "mean": "mean", "sum": "sum", 0: "none", 1: "mean", 2: "sum"}
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def _direct_ok(*tensors):
+    """Whether eager mode may run the ops' work directly (powergrad.torch._ops.eager_fused) instead of
+    through the dispatcher: plain tensors (no subclass such as DTensor or FakeTensor, whose behaviour
+    lives in the dispatcher) and no torch-function mode, dispatch mode or functorch transform active.
+    Then the dispatcher would reach the same Python implementation with the same arguments; skipping
+    it saves most of a small call's time (docs/python.md, per-call overhead)."""
+    if (torch._C._is_torch_function_mode_enabled() or torch._C._len_torch_dispatch_stack()
+            or torch._C._are_functorch_transforms_active()):
+        return False
+    for a in tensors:
+        if a is not None and type(a) not in _PLAIN:
+            return False
+    return True
 
 
 def _check_grad_scale(grad_scale, reduction, rows):
@@ -115,6 +139,8 @@ _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 def _check_int64(name, value):
     """_lib.check_int for int64_t without ctypes (the wrappers are traced by torch.compile)."""
+    if type(value) is int and _INT64_MIN <= value <= _INT64_MAX:
+        return value
     if isinstance(value, bool):
         value = int(value)
     try:
@@ -129,6 +155,8 @@ def _check_int64(name, value):
 
 def _check_float(name, value):
     """float(value); the library checks the range (and names the argument)."""
+    if type(value) is float:
+        return value
     if isinstance(value, torch.Tensor):
         raise TypeError("powergrad: %s must be a Python number, not a tensor" % name)
     try:
@@ -202,9 +230,20 @@ class _EagerFused(torch.autograd.Function):
     autograd instead, whose backward is functional (the compiler plans the buffers)."""
 
     @staticmethod
-    def forward(ctx, logits, target, alpha, ignore_index, label_smoothing, reduction, write_over, compute_lse,
-                grad_scale, grad_scale_value, weight, z_loss_scale, softcap, compute_z_loss, compute_accuracy):
-        if write_over:
+    def forward(ctx, logits, target, options):
+        # The settings travel as one tuple: Function.apply inspects each of its arguments, so fewer
+        # arguments is a cheaper call. grad_scale and weight are constants (detached / refused when they
+        # require grad), so autograd need not see them.
+        alpha, ignore_index, label_smoothing, reduction, write_over, compute_lse, grad_scale, grad_scale_value, \
+            weight, z_loss_scale, softcap, compute_z_loss, compute_accuracy, direct = options
+        if direct:  # the ops' work without the dispatcher (see _direct_ok)
+            loss, grad, z_loss, argmax, correct = _ops.eager_fused(
+                logits, target, alpha, ignore_index, label_smoothing, reduction, write_over, True, grad_scale,
+                grad_scale_value, weight, z_loss_scale, softcap, compute_z_loss, compute_accuracy)
+            lse = None
+            if write_over:
+                bump_version(logits)
+        elif write_over:
             loss, z_loss, argmax, correct = _ops_ns.xent_(
                 logits, target, alpha, ignore_index, label_smoothing, reduction, grad_scale, grad_scale_value,
                 weight, z_loss_scale, softcap, compute_z_loss, compute_accuracy)
@@ -222,7 +261,9 @@ class _EagerFused(torch.autograd.Function):
         if compute_lse:
             ctx.save_for_backward(logits, lse)
         if compute_z_loss or compute_accuracy:
-            ctx.mark_non_differentiable(z_loss, argmax, correct)
+            extras = tuple(e for e in (z_loss, argmax, correct) if e is not None)
+            if extras:
+                ctx.mark_non_differentiable(*extras)
             return loss, z_loss, argmax, correct
         return loss
 
@@ -236,13 +277,17 @@ class _EagerFused(torch.autograd.Function):
                                "instead of retain_graph=True, or use fused=False)")
         ctx.grad = None
         factor = _ops.row_factor(grad_output, ctx.reduction)
-        with torch.no_grad():
-            _scale_in_place(grad, _ops.upstream_ratio(factor, ctx.grad_scale, ctx.grad_scale_value))
+        # Grad mode is off here (no_double_backward raised otherwise): the in-place scaling records nothing.
+        if ctx.grad_scale is None and ctx.grad_scale_value == 1.0:
+            ratio = factor  # the expected upstream is 1: the ratio is the incoming gradient itself
+        else:
+            ratio = _ops.upstream_ratio(factor, ctx.grad_scale, ctx.grad_scale_value)
+        _scale_in_place(grad, ratio)
         dtarget = None
         if ctx.target_info is not None:
             logits, lse = ctx.saved_tensors
             dtarget = _ops.target_grad(logits, lse, factor, ctx.reduction, *ctx.target_info)
-        return (grad, dtarget) + (None,) * 13
+        return grad, dtarget, None
 
 
 def cross_entropy(logits, target, alpha=1.0, ignore_index=-100, label_smoothing=0.0, reduction="mean",
@@ -312,13 +357,18 @@ def cross_entropy(logits, target, alpha=1.0, ignore_index=-100, label_smoothing=
     that do not fit int64_t (``ignore_index``) raise ``powergrad._lib.ArgumentRangeError``.
     """
     x, t, lead, dense = _check_inputs(logits, target, "cross_entropy")
-    red = _lib.reduction_of(reduction)
-    red = {_lib.Reduction.NONE: "none", _lib.Reduction.MEAN: "mean", _lib.Reduction.SUM: "sum"}[red]
+    red = reduction if (type(reduction) is str and reduction in _REDUCTION_NAMES) else \
+        _REDUCTION_NAMES[int(_lib.reduction_of(reduction))]
     ignore_index = _check_int64("ignore_index", ignore_index)
     alpha = _check_float("alpha", alpha)
     label_smoothing = _check_float("label_smoothing", label_smoothing)
-    weight, z_loss_scale, softcap = _check_options("cross_entropy", weight, z_loss_scale, softcap, x.shape[1],
-                                                   x.device)
+    if weight is None and softcap is None and type(z_loss_scale) is float and z_loss_scale == 0.0:
+        pass  # no options: nothing to check
+    else:
+        weight, z_loss_scale, softcap = _check_options("cross_entropy", weight, z_loss_scale, softcap, x.shape[1],
+                                                       x.device)
+    if softcap is None:
+        softcap = 0.0
     want_z = bool(return_z_loss)
     want_acc = bool(return_accuracy)
     if want_acc and dense:
@@ -333,14 +383,20 @@ def cross_entropy(logits, target, alpha=1.0, ignore_index=-100, label_smoothing=
             softcap, want_z, want_acc)
     else:
         gs, gs_value = _check_grad_scale(grad_scale, red, x.shape[0])
-        if compute_grad and not torch.compiler.is_compiling():
+        compiling = torch.compiler.is_compiling()
+        if compute_grad and not compiling:
             write_over = inplace and not compute_lse and inplace_is_safe(x)
-            out = _EagerFused.apply(x, t, alpha, ignore_index, label_smoothing, red, write_over, compute_lse, gs,
-                                    gs_value, weight, z_loss_scale, softcap, want_z, want_acc)
+            out = _EagerFused.apply(x, t, (alpha, ignore_index, label_smoothing, red, write_over, compute_lse, gs,
+                                           gs_value, weight, z_loss_scale, softcap, want_z, want_acc,
+                                           not compute_lse and _direct_ok(x, t, gs, weight)))
             if want_z or want_acc:
                 loss, z_loss, argmax, correct = out
             else:
                 loss = out
+        elif not compiling and not compute_lse and _direct_ok(x, t, gs, weight):
+            loss, _, z_loss, argmax, correct = _ops.eager_fused(
+                x, t, alpha, ignore_index, label_smoothing, red, False, compute_grad, gs, gs_value, weight,
+                z_loss_scale, softcap, want_z, want_acc)
         else:
             loss, _, _, z_loss, argmax, correct = _ops_ns.xent(
                 x, t, alpha, ignore_index, label_smoothing, red, compute_grad, compute_lse, gs, gs_value, weight,
