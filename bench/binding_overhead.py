@@ -11,7 +11,8 @@ For each shape (float32 logits, class targets, 'mean', alpha 0.3 for powergrad) 
 * ``lib-direct``: the C ABI call alone (``pg_xent_forward_backward`` through ctypes with the argument
   structs built once): the library's own work plus one ctypes call, the floor of any binding;
 * ``powergrad``: ``powergrad.torch.cross_entropy`` (argument checks, the torch.library op
-  dispatch, output allocation, the struct building and the same C call);
+  dispatch when compiled (eager mode calls the op's implementation directly on plain tensors),
+  output allocation, the struct building and the same C call);
 * ``F.cross_entropy``: PyTorch's own op (its dispatch plus its kernels);
 
 each as a forward only (no grad: the loss) and as forward + backward (``loss.backward()`` on a leaf

@@ -1,11 +1,13 @@
-"""The one builder of pg_xent_problem_t shared by the NumPy and PyTorch bindings.
+"""The builders of pg_xent_problem_t shared by the NumPy and PyTorch bindings.
 
 Each binding lays its arrays out for the C ABI (docs/c-abi.md) and passes pointers, sizes and the
-loss options here; this module checks the scalar options (integers that do not fit the C type raise
-:class:`powergrad._lib.ArgumentRangeError` naming the argument, an unknown reduction raises
-ValueError) and fills the struct. Loss options added to the C struct later become keyword arguments
-of :func:`xent_problem` (and of the callers' ``cross_entropy``) without changing its callers.
-"""
+loss options here. :func:`xent_problem` (NumPy) checks the scalar options (integers that do not fit
+the C type raise :class:`powergrad._lib.ArgumentRangeError` naming the argument, an unknown
+reduction raises ValueError) and fills the checked struct. :func:`raw_xent_problem` (powergrad.torch,
+whose public wrappers checked every value already) fills :class:`RawXentProblem`, the same layout
+without per-field checks, in one C-level constructor call; :func:`raw_functions` gives the library's
+functions declared to accept it. Loss options added to the C struct later become keyword arguments
+of both (and of the callers' ``cross_entropy``) without changing their callers."""
 
 import ctypes
 
