@@ -17,6 +17,7 @@ import torch
 
 from .. import _lib
 from . import _common as c
+from . import _cpp
 from . import _ops  # noqa: F401  (registers torch.ops.powergrad.*)
 from ._inplace import bump_version, inplace_is_safe
 
@@ -384,7 +385,10 @@ def cross_entropy(logits, target, alpha=1.0, ignore_index=-100, label_smoothing=
     else:
         gs, gs_value = _check_grad_scale(grad_scale, red, x.shape[0])
         compiling = torch.compiler.is_compiling()
-        if compute_grad and not compiling:
+        if (_cpp.active() and not dense and gs is None and gs_value == 1.0 and weight is None and not z_loss_scale
+                and not softcap and not want_z and not want_acc and not inplace and x.device.type == "cpu"):
+            loss = _cpp.xent(x, t, alpha, ignore_index, label_smoothing, red)  # the C++ ops (_cpp.py)
+        elif compute_grad and not compiling:
             write_over = inplace and not compute_lse and inplace_is_safe(x)
             out = _EagerFused.apply(x, t, (alpha, ignore_index, label_smoothing, red, write_over, compute_lse, gs,
                                            gs_value, weight, z_loss_scale, softcap, want_z, want_acc,
