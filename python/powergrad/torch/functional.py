@@ -199,7 +199,7 @@ def _check_options(what, weight, z_loss_scale, softcap, cols, device):
     return weight, z, sc
 
 
-def _accuracy(correct, t, ignore_index, dense):
+def _accuracy(correct, t, ignore_index):
     """sum(correct) / n_valid over the non-ignored rows, float32 0-d, on the device (no host sync)."""
     hits = correct.sum(dtype=torch.float32)
     n_valid = (t != ignore_index).sum(dtype=torch.float32)
@@ -412,7 +412,7 @@ def cross_entropy(logits, target, alpha=1.0, ignore_index=-100, label_smoothing=
     return CrossEntropyOutput(
         loss,
         (z_loss.reshape(lead) if red == "none" else z_loss).detach() if want_z else None,
-        _accuracy(correct, t, ignore_index, dense) if want_acc else None,
+        _accuracy(correct, t, ignore_index) if want_acc else None,
         argmax.reshape(lead) if want_acc else None)
 
 

@@ -191,5 +191,5 @@ def vocab_parallel_cross_entropy(logits, target, vocab_start, vocab_size, alpha=
         return out
     loss, z_loss, argmax, correct = out
     return CrossEntropyOutput(loss, z_loss if want_z else None,
-                              _accuracy(correct, target, ignore_index, False) if want_acc else None,
+                              _accuracy(correct, target, ignore_index) if want_acc else None,
                               argmax if want_acc else None)
