@@ -32,9 +32,9 @@ from .modules import CrossEntropyLoss  # noqa: E402
 from .tp import vocab_parallel_cross_entropy  # noqa: E402
 from ._cpp import active as cpp_ops_active, enable as use_cpp_ops  # noqa: E402
 
-__all__ = ["cross_entropy", "CrossEntropyOutput", "pgt_hook", "inplace_is_safe", "power_grad_", "clip_grad_norm_", "adaptive_clip_grad_",
-           "PGTCommHookState", "pgt_comm_hook", "vocab_parallel_cross_entropy", "CrossEntropyLoss", "use_cpp_ops",
-           "cpp_ops_active"]
+__all__ = ["cross_entropy", "CrossEntropyOutput", "pgt_hook", "inplace_is_safe", "power_grad_", "clip_grad_norm_",
+           "adaptive_clip_grad_", "PGTCommHookState", "pgt_comm_hook", "vocab_parallel_cross_entropy",
+           "CrossEntropyLoss", "use_cpp_ops", "cpp_ops_active"]
 
 # ---- Further re-exports (modules added next to these, e.g. a fused linear + cross-entropy) go here. ----
 from .._torch_linear import LinearCrossEntropyLoss, linear_cross_entropy  # noqa: E402
