@@ -64,6 +64,31 @@ def test_same_bits_as_the_python_ops(cpp, reduction, dtype, alpha, eps):
     assert torch.equal(lc, lp) and torch.equal(gc, gp)
 
 
+def _misaligned(t):
+    """t's values in a tensor whose data starts one byte past an aligned address (keep `raw` alive)."""
+    raw = bytearray(t.numel() * t.element_size() + 1)
+    out = torch.frombuffer(raw, dtype=t.dtype, offset=1, count=t.numel()).reshape(t.shape)
+    out.copy_(t)
+    assert out.data_ptr() % t.element_size() != 0
+    return out, raw
+
+
+def test_misaligned_inputs_are_copied_and_give_the_aligned_result(cpp):
+    z, y = problem((9,), 7)
+    zm, keep_z = _misaligned(z)
+    ym, keep_y = _misaligned(y)
+    for red in ("mean", "none"):
+        lc, gc = run(True, zm, ym, alpha=0.3, reduction=red)
+        lp, gp = run(False, z, y, alpha=0.3, reduction=red)
+        assert torch.equal(lc, lp) and torch.equal(gc, gp)
+    # Without grad the logits are not cloned by run(): the op itself must copy them.
+    _cpp.enable(True)
+    with torch.no_grad():
+        got = pgt.cross_entropy(zm, ym, alpha=0.3)
+    del keep_z, keep_y
+    assert torch.equal(got, run(False, z, y, grad=False, alpha=0.3)[0])
+
+
 @pytest.mark.parametrize("case", ["int32", "3d", "strided", "empty", "no_grad", "ignore_all"])
 def test_layouts_and_edge_cases_match_the_python_ops(cpp, case):
     if case == "int32":
