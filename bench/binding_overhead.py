@@ -4,14 +4,17 @@
 Usage::
 
     bench/binding_overhead.py [--shapes 256x1000,1x8] [--repeats 25] [--calls 200] [--json PATH]
-                              [--no-compile] [--threads N] [--library PATH]
+                              [--no-compile] [--threads N] [--library PATH] [--cpp]
 
 For each shape (float32 logits, class targets, 'mean', alpha 0.3 for powergrad) it times, in one run:
 
 * ``lib-direct``: the C ABI call alone (``pg_xent_forward_backward`` through ctypes with the argument
   structs built once): the library's own work plus one ctypes call, the floor of any binding;
 * ``powergrad``: ``powergrad.torch.cross_entropy`` (argument checks, the torch.library op
-  dispatch, output allocation, the struct building and the same C call);
+  dispatch when compiled (eager mode calls the op's implementation directly on plain tensors),
+  output allocation, the struct building and the same C call);
+* ``powergrad-cpp`` (with ``--cpp``): the same call with the optional C++ ops enabled
+  (libpowergrad_torch, built with ``-DPOWERGRAD_BUILD_TORCH_OPS=ON``; docs/python.md);
 * ``F.cross_entropy``: PyTorch's own op (its dispatch plus its kernels);
 
 each as a forward only (no grad: the loss) and as forward + backward (``loss.backward()`` on a leaf
@@ -80,7 +83,7 @@ def lib_direct(z, y, with_grad):
     return call
 
 
-def measure(shape, calls, repeats, compile_too):
+def measure(shape, calls, repeats, compile_too, cpp=False):
     import powergrad.torch as pgt
     rows, cols = shape
     g = torch.Generator().manual_seed(0)
@@ -95,6 +98,10 @@ def measure(shape, calls, repeats, compile_too):
         return F.cross_entropy(x, t)
 
     fns = {"powergrad": pg_loss, "F.cross_entropy": torch_loss}
+    if cpp:  # the same call with the C++ ops enabled (libpowergrad_torch; docs/python.md)
+        def pg_cpp_loss(x, t):
+            return pgt.cross_entropy(x, t, alpha=ALPHA)
+        fns["powergrad-cpp"] = pg_cpp_loss
     modes = [("eager", dict(fns))]
     if compile_too:
         modes.append(("compiled", {k: torch.compile(f, fullgraph=True) for k, f in fns.items()}))
@@ -112,8 +119,13 @@ def measure(shape, calls, repeats, compile_too):
                     def step(f=f):
                         with torch.no_grad():
                             f(z, y)
-                rows_out.append(dict(shape="%dx%d" % shape, mode=mode, impl=name, what=what,
-                                     us=per_call_us(step, calls, repeats)))
+                from powergrad.torch import _cpp
+                _cpp.enable(name == "powergrad-cpp")
+                try:
+                    us = per_call_us(step, calls, repeats)
+                finally:
+                    _cpp.enable(False)
+                rows_out.append(dict(shape="%dx%d" % shape, mode=mode, impl=name, what=what, us=us))
     return rows_out
 
 
@@ -127,6 +139,8 @@ def main():
     ap.add_argument("--threads", type=int, default=None,
                     help="torch.set_num_threads (default: torch's; 1 keeps a loaded machine from oversubscribing)")
     ap.add_argument("--library", default=None, help="libpowergrad.so to use (else the usual lookup)")
+    ap.add_argument("--cpp", action="store_true",
+                    help="also time powergrad with the C++ ops (libpowergrad_torch, -DPOWERGRAD_BUILD_TORCH_OPS=ON)")
     args = ap.parse_args()
     if args.library:
         os.environ["POWERGRAD_LIBRARY"] = args.library
@@ -141,7 +155,7 @@ def main():
           ((meta["torch"], meta["threads"], meta["nproc"]) + tuple(meta["loadavg"])), flush=True)
     results = []
     for shape in shapes:
-        results += measure(shape, args.calls, args.repeats, not args.no_compile)
+        results += measure(shape, args.calls, args.repeats, not args.no_compile, args.cpp)
     print("%-9s %-17s %-9s %-16s %10s %12s" % ("shape", "what", "mode", "impl", "us/call", "vs lib-direct"))
     for r in results:
         base = next(b["us"] for b in results if b["shape"] == r["shape"] and b["what"] == r["what"]

@@ -17,7 +17,7 @@ except ImportError as e:  # pragma: no cover - depends on the machine
                 allow_module_level=True)
 
 import powergrad as pg  # noqa: E402
-from powergrad import _lib  # noqa: E402
+from powergrad import _lib, _problem  # noqa: E402
 from powergrad.bucket import BucketPlan  # noqa: E402
 from powergrad.torch import cross_entropy, pgt_hook, vocab_parallel_cross_entropy  # noqa: E402
 
@@ -175,16 +175,16 @@ def pointer_spy(monkeypatch):
 
     def record(function, args):
         objs = [getattr(a, "_obj", None) for a in args]
-        prob = next((o for o in objs if isinstance(o, _lib.XentProblem)), None)
+        prob = next((o for o in objs if isinstance(o, (_lib.XentProblem, _problem.RawXentProblem))), None)
         if prob is not None:
             e = _ELEM[prob.dtype]
             seen.append(("logits", prob.logits, e))
             seen.append(("targets", prob.targets, _TARGET_ELEM.get(prob.target_kind, e)))
             for o in objs:
-                if isinstance(o, _lib.XentOutputs):
+                if isinstance(o, (_lib.XentOutputs, _problem.RawXentOutputs)):
                     seen.extend([("loss", o.loss, 4), ("lse", o.lse, 4), ("lse_alpha", o.lse_alpha, 4),
                                  ("dlogits", o.dlogits, e)])
-                if isinstance(o, _lib.Upstream):
+                if isinstance(o, (_lib.Upstream, _problem.RawUpstream)):
                     seen.append(("upstream", o.values, 4))
             if function in ("pg_xent_backward", "pg_xent_hook"):
                 seen.extend([("arg2", _addr(args[2]), 4), ("arg3", _addr(args[3]), e)])

@@ -100,6 +100,66 @@ def test_vocab_parallel_matches_unsharded(tmp_path, world):
             assert torch.equal(per_rank[r][k][0], per_rank[0][k][0])
 
 
+# The options of docs/design.md §2.5 in the split form: class weights sharded like the logits, z-loss,
+# softcap, and the z-loss / accuracy outputs (from the merged statistics).
+OPTION_CASES = [dict(alpha=a, ignore_index=7, label_smoothing=ls, reduction=red, z_loss_scale=zl, softcap=sc)
+                for a in (0.3, 1.0) for (ls, zl, sc) in ((0.0, 0.0, None), (0.1, 0.02, 6.0)) for red in ("mean", "none")]
+
+
+def option_weights():
+    return torch.linspace(0.0, 2.0, V)  # one exact zero
+
+
+def _vp_options_worker(rank, world, store_path, out_dir):
+    _init(rank, world, store_path)
+    try:
+        start, width = LAYOUTS[world][rank]
+        z, y = full_problem()
+        wfull = option_weights()
+        results = []
+        for c in OPTION_CASES:
+            x = z[:, start:start + width].clone().requires_grad_(True)
+            out = vocab_parallel_cross_entropy(x, y, start, V, weight=wfull[start:start + width],
+                                               return_z_loss=True, return_accuracy=True, **c)
+            w = torch.linspace(0.5, 1.5, ROWS) if c["reduction"] == "none" else torch.tensor(2.0)
+            (out.loss * w).sum().backward()
+            results.append((out.loss.detach(), x.grad.detach(), out.z_loss, out.accuracy, out.argmax))
+        # One rank without weights: every rank raises (no hang).
+        try:
+            vocab_parallel_cross_entropy(z[:, start:start + width], y, start, V,
+                                         weight=None if rank == 1 else wfull[start:start + width])
+            msg = "no error"
+        except ValueError as e:
+            msg = str(e)
+        results.append(msg)
+        torch.save(results, os.path.join(out_dir, "rank%d.pt" % rank))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_vocab_parallel_options_with_sharded_weights_match_unsharded(tmp_path):
+    world = 4  # unequal widths, shards out of rank order and an empty shard
+    _run_workers(_vp_options_worker, world, str(tmp_path))
+    z, y = full_problem()
+    per_rank = [torch.load(str(tmp_path / ("rank%d.pt" % r))) for r in range(world)]
+    for k, c in enumerate(OPTION_CASES):
+        x = z.clone().requires_grad_(True)
+        out = cross_entropy(x, y, weight=option_weights(), return_z_loss=True, return_accuracy=True, **c)
+        w = torch.linspace(0.5, 1.5, ROWS) if c["reduction"] == "none" else torch.tensor(2.0)
+        (out.loss * w).sum().backward()
+        for r in range(world):
+            got_loss, got_grad, got_z, got_acc, got_argmax = per_rank[r][k]
+            start, width = LAYOUTS[world][r]
+            assert torch.allclose(got_loss, out.loss.detach(), rtol=2e-5, atol=2e-6), (c, r)
+            assert torch.allclose(got_z, out.z_loss, rtol=2e-5, atol=2e-6), (c, r)
+            assert torch.equal(got_argmax, out.argmax) and torch.equal(got_acc, out.accuracy), (c, r)
+            want = x.grad[:, start:start + width]
+            assert got_grad.shape == want.shape
+            assert torch.allclose(got_grad, want, rtol=2e-5, atol=2e-7), (c, r, (got_grad - want).abs().max())
+    for r in range(world):
+        assert "weight" in per_rank[r][-1], per_rank[r][-1]
+
+
 def _mismatch_worker(rank, world, store_path, out_dir):
     _init(rank, world, store_path)
     try:

@@ -28,12 +28,14 @@ from . import _ops  # noqa: E402,F401  (registers torch.ops.powergrad.*)
 from ._inplace import inplace_is_safe  # noqa: E402
 from .buckets import adaptive_clip_grad_, clip_grad_norm_, power_grad_  # noqa: E402
 from .ddp import PGTCommHookState, pgt_comm_hook  # noqa: E402
-from .functional import cross_entropy, pgt_hook  # noqa: E402
+from .functional import CrossEntropyOutput, cross_entropy, pgt_hook  # noqa: E402
 from .modules import CrossEntropyLoss  # noqa: E402
 from .tp import vocab_parallel_cross_entropy  # noqa: E402
+from ._cpp import active as cpp_ops_active, enable as use_cpp_ops  # noqa: E402
 
-__all__ = ["cross_entropy", "pgt_hook", "inplace_is_safe", "power_grad_", "clip_grad_norm_", "adaptive_clip_grad_",
-           "PGTCommHookState", "pgt_comm_hook", "vocab_parallel_cross_entropy", "CrossEntropyLoss"]
+__all__ = ["cross_entropy", "CrossEntropyOutput", "pgt_hook", "inplace_is_safe", "power_grad_", "clip_grad_norm_",
+           "adaptive_clip_grad_", "PGTCommHookState", "pgt_comm_hook", "vocab_parallel_cross_entropy",
+           "CrossEntropyLoss", "use_cpp_ops", "cpp_ops_active"]
 
 # ---- Further re-exports (modules added next to these, e.g. a fused linear + cross-entropy) go here. ----
 from .._torch_linear import LinearCrossEntropyLoss, linear_cross_entropy  # noqa: E402

@@ -11,7 +11,8 @@ import itertools
 import torch
 
 from .. import _lib, _threads
-from .._problem import unchecked, xent_problem
+from .._problem import (OUTPUTS_SIZE, UPSTREAM_SIZE, RawUpstream, RawXentOutputs, raw_functions,
+                        raw_xent_problem)
 
 DTYPES = {torch.float32: _lib.DType.FLOAT32, torch.float16: _lib.DType.FLOAT16,
           torch.bfloat16: _lib.DType.BFLOAT16}
@@ -23,16 +24,23 @@ _EMPTY_STANDINS = [ctypes.create_string_buffer(48) for _ in range(64)]
 _EMPTY_NEXT = itertools.count()
 
 
-def vp(t):
-    """t's data pointer as a ctypes.c_void_p (None for None)."""
+def ptr(t):
+    """t's data pointer as an int (None for None), for a struct field or a void* parameter."""
     if t is None:
         return None
-    if t.numel() == 0 and t.data_ptr() == 0:
+    p = t.data_ptr()
+    if p == 0 and t.numel() == 0:
         buf = _EMPTY_STANDINS[next(_EMPTY_NEXT) % len(_EMPTY_STANDINS)]
-        return ctypes.c_void_p((ctypes.addressof(buf) + 15) // 16 * 16)
-    if not aligned(t):  # the helpers below copy misaligned inputs; never hand the library such a pointer
+        return (ctypes.addressof(buf) + 15) // 16 * 16
+    if p % t.element_size():  # the helpers below copy misaligned inputs; never hand the library such a pointer
         raise ValueError("powergrad: internal error: a misaligned %s tensor reached the C call" % t.dtype)
-    return ctypes.c_void_p(t.data_ptr())
+    return p
+
+
+def vp(t):
+    """t's data pointer as a ctypes.c_void_p (None for None)."""
+    p = ptr(t)
+    return None if p is None else ctypes.c_void_p(p)
 
 
 def aligned(t):
@@ -65,9 +73,16 @@ def ld(x):
     return cols if rows <= 1 else x.stride(0)
 
 
+_HOST = int(_lib.Device.HOST)
+_CUDA = int(_lib.Device.CUDA)
+_DTYPE_CODES = {k: int(v) for k, v in DTYPES.items()}
+_INDEX_KINDS = {torch.int32: int(_lib.TargetKind.INDEX_INT32), torch.int64: int(_lib.TargetKind.INDEX_INT64)}
+_DENSE = int(_lib.TargetKind.DENSE)
+
+
 def device_and_stream(x):
     if x.device.type == "cpu":
-        return _lib.Device.HOST, None
+        return _HOST, None
     if x.device.type == "cuda":
         return _lib.Device.CUDA, ctypes.c_void_p(torch.cuda.current_stream(x.device).cuda_stream)
     raise TypeError("powergrad: tensors must be on the CPU or a CUDA device, not %s" % x.device)
@@ -80,16 +95,19 @@ def on_device(device):
     return contextlib.nullcontext()
 
 
-_FUNCTIONS = {}
+_FUNCTIONS = None
 
 
 def call(device, function, *args):
     """Calls a pg_* function with `device` current (CUDA launches go to the current device's stream);
     PowerGradError on failure. Unlike _lib.call it does not range-check the arguments again: every
-    caller here passes sizes from tensors and options its public wrapper checked."""
-    fn = _FUNCTIONS.get(function)
-    if fn is None:
-        fn = _FUNCTIONS[function] = getattr(_lib.load_library(), function)
+    caller here passes sizes from tensors and options its public wrapper checked. The functions are
+    those of :func:`powergrad._problem.raw_functions` (struct pointers as ``void*``: the unchecked
+    structs built here, or ``byref`` of any struct)."""
+    global _FUNCTIONS
+    if _FUNCTIONS is None:
+        _FUNCTIONS = raw_functions()
+    fn = _FUNCTIONS[function]
     if device.type == "cpu":
         _threads.follow_torch()  # host ops use as many threads as PyTorch's pool (docs/design.md §6.1)
         status = fn(*args)
@@ -111,34 +129,44 @@ def workspace(x, reduction):
     return torch.empty(n, dtype=torch.uint8, device=x.device), n
 
 
-def problem(x, target, alpha, ignore_index, label_smoothing, reduction, col_offset=0, total_cols=0):
-    """(pg_xent_problem_t, keep-alive target tensor) for 2-D logits x (already laid out for the ABI) and
+def problem(x, target, alpha, ignore_index, label_smoothing, reduction, col_offset=0, total_cols=0, weight=None,
+            z_loss_scale=0.0, softcap=0.0):
+    """(pg_xent_problem_t, keep-alive tensors) for 2-D logits x (already laid out for the ABI) and
     a target the public wrappers have checked ([N] int32/int64 classes, or [N, C] floating
-    probabilities, converted here to x's dtype)."""
-    device, _ = device_and_stream(x)
+    probabilities, converted here to x's dtype). ``weight``: None or the class weights ([cols],
+    floating, on x's device; converted here to contiguous float32); ``z_loss_scale`` / ``softcap``
+    are floats the wrappers checked (docs/design.md §2.5)."""
+    dev = x.device.type
+    if dev != "cpu" and dev != "cuda":
+        raise TypeError("powergrad: tensors must be on the CPU or a CUDA device, not %s" % x.device)
     rows, cols = x.shape
     if target.dim() == 1:
-        t = c_tensor(target if target.dtype in (torch.int32, torch.int64) else target.long())
-        kind = _lib.TargetKind.INDEX_INT32 if t.dtype == torch.int32 else _lib.TargetKind.INDEX_INT64
+        kind = _INDEX_KINDS.get(target.dtype)
+        if kind is None:
+            target, kind = target.long(), _INDEX_KINDS[torch.int64]
+        t = target if (target.is_contiguous() and aligned(target)) else c_tensor(target)
         target_ld = 0
     else:
         t = c_tensor(target.detach().to(x.dtype))
-        kind = _lib.TargetKind.DENSE
+        kind = _DENSE
         target_ld = cols
-    p = xent_problem(device, DTYPES[x.dtype], vp(x), rows, cols, ld(x), kind, vp(t), target_ld,
-                     ignore_index=ignore_index, alpha=alpha, label_smoothing=label_smoothing, reduction=reduction,
-                     col_offset=col_offset, total_cols=total_cols, checked=False)
-    return p, t
+    w = None
+    if weight is not None:
+        w = c_tensor(weight.detach().to(device=x.device, dtype=torch.float32))
+    p = raw_xent_problem(_HOST if dev == "cpu" else _CUDA, _DTYPE_CODES[x.dtype], ptr(x), rows, cols,
+                         cols if rows <= 1 else x.stride(0), kind, ptr(t), target_ld, ignore_index, alpha,
+                         label_smoothing, reduction, col_offset, total_cols, ptr(w), z_loss_scale, softcap)
+    return p, (t, w)
 
 
 def upstream(scale=1.0, values=None):
-    """pg_upstream_t (values: a c_void_p or None)."""
-    return unchecked(_lib.Upstream, scale=scale, values=values)
+    """pg_upstream_t, unchecked (values: a pointer or None)."""
+    return RawUpstream(UPSTREAM_SIZE, scale, values)
 
 
-def outputs(loss=None, lse=None, lse_alpha=None, dlogits=None, ld_dlogits=0):
-    """pg_xent_outputs_t."""
-    return unchecked(_lib.XentOutputs, loss=loss, lse=lse, lse_alpha=lse_alpha, dlogits=dlogits, ld_dlogits=ld_dlogits)
+def outputs(loss=None, lse=None, lse_alpha=None, dlogits=None, ld_dlogits=0, z_loss=None, argmax=None, correct=None):
+    """pg_xent_outputs_t, unchecked (pointers as ints, c_void_p or None)."""
+    return RawXentOutputs(OUTPUTS_SIZE, loss, lse, lse_alpha, dlogits, ld_dlogits, z_loss, argmax, correct)
 
 
 def no_double_backward(what):

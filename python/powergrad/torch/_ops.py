@@ -21,6 +21,13 @@ op                                          what it computes (docs/design.md §2
 ``reduction`` is passed as a string ('none' | 'mean' | 'sum'). The loss is float32 for every logits
 dtype. The public wrappers (functional.py, buckets.py) check their arguments and name them in the
 errors; the ops assume checked arguments.
+
+The cross-entropy ops take the options of docs/design.md §2.5 as trailing arguments (defaults: off):
+``weight`` (None or [C] floating class weights, read as float32; not differentiated), ``z_loss_scale``,
+``softcap``, and the flags ``compute_z_loss`` / ``compute_accuracy`` that ask for the extra outputs
+``z_loss`` (float32, reduced as the loss; [0] when not asked), ``argmax`` (int64 [N]) and ``correct``
+(int32 [N], class targets only); ``argmax`` / ``correct`` are [0] when not asked. Those outputs get no
+gradient: the z-loss's gradient is part of the loss's (the library adds 2 lambda lse p to it).
 """
 
 import ctypes
@@ -53,49 +60,110 @@ def _upstream(grad_scale, grad_scale_value, reduction, rows, device):
     return c.upstream(1.0, c.vp(v)), v
 
 
-def _fused(x, target, alpha, ignore_index, label_smoothing, reduction, grad, lse, grad_scale, grad_scale_value):
-    """Runs pg_xent_forward_backward on laid-out logits x, writing grad (may be x itself, or None) and lse."""
-    p, _t = c.problem(x, target, alpha, ignore_index, label_smoothing, reduction)
+def _extras(x, reduction, compute_z_loss, compute_accuracy):
+    """(z_loss, argmax, correct) output tensors: full size when asked, else [0] (not written)."""
     rows = x.shape[0]
-    _, stream = c.device_and_stream(x)
-    loss = torch.empty(rows if reduction == _NONE else 1, dtype=torch.float32, device=x.device)
-    ws, ws_bytes = c.workspace(x, reduction) if (grad is not None or reduction != _NONE) else (None, 0)
-    out = c.outputs(loss=c.vp(loss), lse=c.vp(lse), lse_alpha=None, dlogits=c.vp(grad),
-                    ld_dlogits=c.ld(grad) if grad is not None else 0)
+    dev = x.device
+    z = torch.empty((rows if reduction == _NONE else 1) if compute_z_loss else 0, dtype=torch.float32, device=dev)
+    a = torch.empty(rows if compute_accuracy else 0, dtype=torch.int64, device=dev)
+    k = torch.empty(rows if compute_accuracy else 0, dtype=torch.int32, device=dev)
+    return z, a, k
+
+
+def _extras_fake(logits, reduction, compute_z_loss, compute_accuracy):
+    rows = logits.shape[0]
+    z = logits.new_empty(_loss_shape(rows, reduction) if compute_z_loss else (0,), dtype=torch.float32)
+    a = logits.new_empty((rows if compute_accuracy else 0,), dtype=torch.int64)
+    k = logits.new_empty((rows if compute_accuracy else 0,), dtype=torch.int32)
+    return z, a, k
+
+
+def _fused(x, target, alpha, ignore_index, label_smoothing, reduction, grad, lse, grad_scale, grad_scale_value,
+           weight, z_loss_scale, softcap, extras):
+    """Runs pg_xent_forward_backward on laid-out logits x, writing grad (may be x itself, or None), lse
+    and the extras (z_loss, argmax, correct: each None or [0] when not asked); returns the loss."""
+    p, _keep_inputs = c.problem(x, target, alpha, ignore_index, label_smoothing, reduction, weight=weight,
+                                z_loss_scale=z_loss_scale, softcap=softcap)
+    rows = x.shape[0]
+    dev = x.device
+    loss = torch.empty(rows if reduction == _NONE else (), dtype=torch.float32, device=dev)
+    if dev.type == "cpu":
+        stream, ws, ws_bytes = None, None, 0  # the host backend takes no workspace and no stream
+    else:
+        _, stream = c.device_and_stream(x)
+        ws, ws_bytes = c.workspace(x, reduction) if (grad is not None or reduction != _NONE) else (None, 0)
+    zl, am, ok = extras
+    out = c.outputs(c.ptr(loss), c.ptr(lse), None, c.ptr(grad), c.ld(grad) if grad is not None else 0,
+                    c.ptr(zl) if zl is not None and zl.numel() else None,
+                    c.ptr(am) if am is not None and am.numel() else None,
+                    c.ptr(ok) if ok is not None and ok.numel() else None)
     if grad is not None:
-        up, keep = _upstream(grad_scale, grad_scale_value, reduction, rows, x.device)
+        up, keep = _upstream(grad_scale, grad_scale_value, reduction, rows, dev)
     else:
         up, keep = c.upstream(1.0, None), None
-    c.call(x.device, "pg_xent_forward_backward", ctypes.byref(p), ctypes.byref(up), ctypes.byref(out), c.vp(ws),
+    c.call(dev, "pg_xent_forward_backward", ctypes.byref(p), ctypes.byref(up), ctypes.byref(out), c.ptr(ws),
            ws_bytes, stream)
     del keep  # the upstream values the kernel read
-    return loss.reshape(_loss_shape(rows, reduction))
+    return loss  # [N] for 'none', else 0-d
+
+
+def eager_fused(x, target, alpha, ignore_index, label_smoothing, reduction, write_over, compute_grad, grad_scale,
+                grad_scale_value, weight, z_loss_scale, softcap, want_z, want_acc):
+    """The work of powergrad::xent / powergrad::xent_ called directly, without the dispatcher, for
+    eager mode on plain tensors (functional.py decides when that is equivalent): (loss, grad, z_loss,
+    argmax, correct), grad None unless compute_grad (then x itself when write_over), the extras None
+    unless asked. Allocates only the outputs asked for."""
+    if not write_over:
+        x = c.for_c(x)
+    rows, cols = x.shape
+    dev = x.device
+    if write_over:
+        grad = x
+    elif compute_grad:
+        grad = torch.empty((rows, cols), dtype=x.dtype, device=dev)
+    else:
+        grad = None
+    zl = torch.empty(rows if reduction == _NONE else 1, dtype=torch.float32, device=dev) if want_z else None
+    am = torch.empty(rows, dtype=torch.int64, device=dev) if want_acc else None
+    ok = torch.empty(rows, dtype=torch.int32, device=dev) if want_acc else None
+    loss = _fused(x, target, alpha, ignore_index, label_smoothing, reduction, grad, None, grad_scale,
+                  grad_scale_value, weight, z_loss_scale, softcap, (zl, am, ok))
+    if want_z:
+        zl = zl.reshape(_loss_shape(rows, reduction))
+    return loss, grad, zl, am, ok
 
 
 @torch.library.custom_op("powergrad::xent", mutates_args=())
 def xent(logits: torch.Tensor, target: torch.Tensor, alpha: float, ignore_index: int, label_smoothing: float,
          reduction: str, compute_grad: bool, compute_lse: bool, grad_scale: Optional[torch.Tensor],
-         grad_scale_value: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, grad, lse): loss float32 ([N] for 'none', else 0-d); grad = g_r (p' - q) for the expected
-    upstream (grad_scale tensor, else grad_scale_value) in the logits' dtype, [N, C] when compute_grad
-    else [0, C]; lse float32 [N] when compute_lse else [0]."""
+         grad_scale_value: float, weight: Optional[torch.Tensor] = None, z_loss_scale: float = 0.0,
+         softcap: float = 0.0, compute_z_loss: bool = False, compute_accuracy: bool = False
+         ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, grad, lse, z_loss, argmax, correct): loss float32 ([N] for 'none', else 0-d); grad =
+    g_r (p' - q) for the expected upstream (grad_scale tensor, else grad_scale_value) in the logits'
+    dtype, [N, C] when compute_grad else [0, C]; lse float32 [N] when compute_lse else [0]; the
+    extras as the module docstring says."""
     x = c.for_c(logits)
     rows, cols = x.shape
     grad = torch.empty((rows, cols) if compute_grad else (0, cols), dtype=x.dtype, device=x.device)
     lse = torch.empty(rows if compute_lse else 0, dtype=torch.float32, device=x.device)
+    extras = _extras(x, reduction, compute_z_loss, compute_accuracy)
     loss = _fused(x, target, alpha, ignore_index, label_smoothing, reduction, grad if compute_grad else None,
-                  lse if compute_lse else None, grad_scale, grad_scale_value)
-    return loss, grad, lse
+                  lse if compute_lse else None, grad_scale, grad_scale_value, weight, z_loss_scale, softcap, extras)
+    z_loss, argmax, correct = extras
+    return loss, grad, lse, z_loss.reshape(_loss_shape(rows, reduction)) if compute_z_loss else z_loss, argmax, \
+        correct
 
 
 @xent.register_fake
 def _xent_fake(logits, target, alpha, ignore_index, label_smoothing, reduction, compute_grad, compute_lse,
-               grad_scale, grad_scale_value):
+               grad_scale, grad_scale_value, weight=None, z_loss_scale=0.0, softcap=0.0, compute_z_loss=False,
+               compute_accuracy=False):
     rows, cols = logits.shape
     loss = logits.new_empty(_loss_shape(rows, reduction), dtype=torch.float32)
     grad = logits.new_empty((rows, cols) if compute_grad else (0, cols))
     lse = logits.new_empty((rows if compute_lse else 0,), dtype=torch.float32)
-    return loss, grad, lse
+    return (loss, grad, lse) + _extras_fake(logits, reduction, compute_z_loss, compute_accuracy)
 
 
 def row_factor(grad_output, reduction):
@@ -104,13 +172,19 @@ def row_factor(grad_output, reduction):
     return go.reshape(-1, 1) if reduction == _NONE else go.reshape(())
 
 
-def target_grad(x, lse, factor, reduction, label_smoothing, dtype):
-    """d(loss)/d(q) for probability targets, as PyTorch: -(1 - eps) * log_softmax(z) * g_r, g_r the
-    incoming gradient (over rows for 'mean': probability targets count every row). One more read of
-    the logits, done only when the targets require grad."""
+def target_grad(x, lse, factor, reduction, label_smoothing, dtype, weight=None, softcap=0.0):
+    """d(loss)/d(q) for probability targets, as PyTorch: -(1 - eps) * w * log_softmax(zc) * g_r, g_r
+    the incoming gradient (over rows for 'mean': probability targets count every row), w the class
+    weights (1 without), zc the softcapped logits (docs/design.md §2.5; the z-loss does not depend on
+    q). One more read of the logits, done only when the targets require grad."""
     rows = x.shape[0]
     g = factor / rows if (reduction == "mean" and rows) else factor
-    logp = x.float() - lse.reshape(-1, 1)
+    z = x.float()
+    if softcap:
+        z = torch.tanh(z / softcap) * softcap
+    logp = z - lse.reshape(-1, 1)
+    if weight is not None:
+        logp = logp * weight.to(device=x.device, dtype=torch.float32)
     return (logp * (g * -(1.0 - label_smoothing))).to(dtype)
 
 
@@ -136,22 +210,24 @@ def upstream_ratio(factor, grad_scale, grad_scale_value):
 
 def _xent_setup(ctx, inputs, output):
     logits, target, alpha, ignore_index, label_smoothing, reduction, compute_grad, compute_lse, grad_scale, \
-        grad_scale_value = inputs
-    _loss, grad, lse = output
+        grad_scale_value, weight, z_loss_scale, softcap, compute_z_loss, compute_accuracy = inputs
+    grad, lse = output[1], output[2]
     ctx.reduction = reduction
     ctx.label_smoothing = label_smoothing
+    ctx.softcap = softcap
     ctx.target_dtype = target.dtype
     ctx.compute_grad = compute_grad
     ctx.compute_lse = compute_lse
     ctx.grad_scale_value = grad_scale_value
     ctx.has_grad_scale = grad_scale is not None
+    ctx.has_weight = weight is not None
     ctx.save_for_backward(grad if compute_grad else None, logits if compute_lse else None,
-                          lse if compute_lse else None, grad_scale)
+                          lse if compute_lse else None, grad_scale, weight if compute_lse else None)
 
 
-def _xent_backward(ctx, d_loss, _d_grad, _d_lse):
+def _xent_backward(ctx, d_loss, _d_grad, _d_lse, _d_z_loss, _d_argmax, _d_correct):
     c.no_double_backward("cross_entropy")
-    grad, logits, lse, grad_scale = ctx.saved_tensors
+    grad, logits, lse, grad_scale, weight = ctx.saved_tensors
     factor = row_factor(d_loss, ctx.reduction)
     dlogits = None
     if ctx.compute_grad:
@@ -159,8 +235,9 @@ def _xent_backward(ctx, d_loss, _d_grad, _d_lse):
         dlogits = _scale(grad, ratio)  # exact when the incoming gradient equals the expected one
     dtarget = None
     if ctx.compute_lse:
-        dtarget = target_grad(logits, lse, factor, ctx.reduction, ctx.label_smoothing, ctx.target_dtype)
-    return dlogits, dtarget, None, None, None, None, None, None, None, None
+        dtarget = target_grad(logits, lse, factor, ctx.reduction, ctx.label_smoothing, ctx.target_dtype,
+                              weight if ctx.has_weight else None, ctx.softcap)
+    return (dlogits, dtarget) + (None,) * 13
 
 
 xent.register_autograd(_xent_backward, setup_context=_xent_setup)
@@ -168,15 +245,25 @@ xent.register_autograd(_xent_backward, setup_context=_xent_setup)
 
 @torch.library.custom_op("powergrad::xent_", mutates_args=("logits",))
 def xent_(logits: torch.Tensor, target: torch.Tensor, alpha: float, ignore_index: int, label_smoothing: float,
-          reduction: str, grad_scale: Optional[torch.Tensor], grad_scale_value: float) -> torch.Tensor:
-    """The fused op writing the gradient over ``logits`` (2-D, in the ABI's row layout); returns the loss."""
-    return _fused(logits, target, alpha, ignore_index, label_smoothing, reduction, logits, None, grad_scale,
-                  grad_scale_value)
+          reduction: str, grad_scale: Optional[torch.Tensor], grad_scale_value: float,
+          weight: Optional[torch.Tensor] = None, z_loss_scale: float = 0.0, softcap: float = 0.0,
+          compute_z_loss: bool = False, compute_accuracy: bool = False
+          ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fused op writing the gradient over ``logits`` (2-D, in the ABI's row layout); returns
+    (loss, z_loss, argmax, correct), the extras as in :func:`xent`."""
+    extras = _extras(logits, reduction, compute_z_loss, compute_accuracy)
+    loss = _fused(logits, target, alpha, ignore_index, label_smoothing, reduction, logits, None, grad_scale,
+                  grad_scale_value, weight, z_loss_scale, softcap, extras)
+    z_loss, argmax, correct = extras
+    return loss, z_loss.reshape(_loss_shape(logits.shape[0], reduction)) if compute_z_loss else z_loss, argmax, \
+        correct
 
 
 @xent_.register_fake
-def _xent__fake(logits, target, alpha, ignore_index, label_smoothing, reduction, grad_scale, grad_scale_value):
-    return logits.new_empty(_loss_shape(logits.shape[0], reduction), dtype=torch.float32)
+def _xent__fake(logits, target, alpha, ignore_index, label_smoothing, reduction, grad_scale, grad_scale_value,
+                weight=None, z_loss_scale=0.0, softcap=0.0, compute_z_loss=False, compute_accuracy=False):
+    return (logits.new_empty(_loss_shape(logits.shape[0], reduction), dtype=torch.float32),) + \
+        _extras_fake(logits, reduction, compute_z_loss, compute_accuracy)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -185,41 +272,55 @@ def _xent__fake(logits, target, alpha, ignore_index, label_smoothing, reduction,
 
 @torch.library.custom_op("powergrad::xent_stats", mutates_args=())
 def xent_stats(logits: torch.Tensor, target: torch.Tensor, alpha: float, ignore_index: int,
-               label_smoothing: float, reduction: str, compute_lse_alpha: bool,
-               compute_lse: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, lse_alpha, lse): one read of the logits; lse_alpha / lse float32 [N] when asked, else [0]."""
+               label_smoothing: float, reduction: str, compute_lse_alpha: bool, compute_lse: bool,
+               weight: Optional[torch.Tensor] = None, z_loss_scale: float = 0.0, softcap: float = 0.0,
+               compute_z_loss: bool = False, compute_accuracy: bool = False
+               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, lse_alpha, lse, z_loss, argmax, correct): one read of the logits; lse_alpha / lse float32
+    [N] when asked, else [0]; the extras as in :func:`xent`."""
     x = c.for_c(logits)
     rows = x.shape[0]
-    p, _t = c.problem(x, target, alpha, ignore_index, label_smoothing, reduction)
+    p, _keep_inputs = c.problem(x, target, alpha, ignore_index, label_smoothing, reduction, weight=weight,
+                                z_loss_scale=z_loss_scale, softcap=softcap)
     _, stream = c.device_and_stream(x)
     loss = torch.empty(rows if reduction == _NONE else 1, dtype=torch.float32, device=x.device)
     lse_alpha = torch.empty(rows if compute_lse_alpha else 0, dtype=torch.float32, device=x.device)
     lse = torch.empty(rows if compute_lse else 0, dtype=torch.float32, device=x.device)
+    zl, am, ok = _extras(x, reduction, compute_z_loss, compute_accuracy)
     ws, ws_bytes = c.workspace(x, reduction)
     out = c.outputs(loss=c.vp(loss), lse=c.vp(lse) if compute_lse else None,
-                    lse_alpha=c.vp(lse_alpha) if compute_lse_alpha else None, dlogits=None, ld_dlogits=0)
+                    lse_alpha=c.vp(lse_alpha) if compute_lse_alpha else None, dlogits=None, ld_dlogits=0,
+                    z_loss=c.vp(zl) if compute_z_loss else None, argmax=c.vp(am) if compute_accuracy else None,
+                    correct=c.vp(ok) if compute_accuracy else None)
     up = c.upstream(1.0, None)
     c.call(x.device, "pg_xent_forward_backward", ctypes.byref(p), ctypes.byref(up), ctypes.byref(out), c.vp(ws),
            ws_bytes, stream)
-    return loss.reshape(_loss_shape(rows, reduction)), lse_alpha, lse
+    return (loss.reshape(_loss_shape(rows, reduction)), lse_alpha, lse,
+            zl.reshape(_loss_shape(rows, reduction)) if compute_z_loss else zl, am, ok)
 
 
 @xent_stats.register_fake
 def _xent_stats_fake(logits, target, alpha, ignore_index, label_smoothing, reduction, compute_lse_alpha,
-                     compute_lse):
+                     compute_lse, weight=None, z_loss_scale=0.0, softcap=0.0, compute_z_loss=False,
+                     compute_accuracy=False):
     rows = logits.shape[0]
     return (logits.new_empty(_loss_shape(rows, reduction), dtype=torch.float32),
             logits.new_empty((rows if compute_lse_alpha else 0,), dtype=torch.float32),
-            logits.new_empty((rows if compute_lse else 0,), dtype=torch.float32))
+            logits.new_empty((rows if compute_lse else 0,), dtype=torch.float32)) + \
+        _extras_fake(logits, reduction, compute_z_loss, compute_accuracy)
 
 
 @torch.library.custom_op("powergrad::xent_backward", mutates_args=())
 def xent_backward(logits: torch.Tensor, target: torch.Tensor, lse_alpha: torch.Tensor, grad_output: torch.Tensor,
-                  alpha: float, ignore_index: int, label_smoothing: float, reduction: str) -> torch.Tensor:
+                  alpha: float, ignore_index: int, label_smoothing: float, reduction: str,
+                  weight: Optional[torch.Tensor] = None, z_loss_scale: float = 0.0,
+                  softcap: float = 0.0) -> torch.Tensor:
     """g_r (p' - q) in the logits' dtype, the upstream (grad_output: 0-d, or [N] for 'none') read from
-    device memory and applied exactly; one read of the logits, one write."""
+    device memory and applied exactly; one read of the logits, one write (with a z-loss the library
+    recomputes the statistics instead of using lse_alpha: docs/design.md §2.5)."""
     x = c.for_c(logits)
-    p, _t = c.problem(x, target, alpha, ignore_index, label_smoothing, reduction)
+    p, _keep_inputs = c.problem(x, target, alpha, ignore_index, label_smoothing, reduction, weight=weight,
+                                z_loss_scale=z_loss_scale, softcap=softcap)
     _, stream = c.device_and_stream(x)
     go = c.c_tensor(grad_output.to(device=x.device, dtype=torch.float32).reshape(-1))
     up = c.upstream(1.0, c.vp(go))
@@ -232,32 +333,39 @@ def xent_backward(logits: torch.Tensor, target: torch.Tensor, lse_alpha: torch.T
 
 
 @xent_backward.register_fake
-def _xent_backward_fake(logits, target, lse_alpha, grad_output, alpha, ignore_index, label_smoothing, reduction):
+def _xent_backward_fake(logits, target, lse_alpha, grad_output, alpha, ignore_index, label_smoothing, reduction,
+                        weight=None, z_loss_scale=0.0, softcap=0.0):
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
 def _stats_setup(ctx, inputs, output):
-    logits, target, alpha, ignore_index, label_smoothing, reduction, compute_lse_alpha, compute_lse = inputs
-    _loss, lse_alpha, lse = output
+    logits, target, alpha, ignore_index, label_smoothing, reduction, compute_lse_alpha, compute_lse, weight, \
+        z_loss_scale, softcap, _compute_z_loss, _compute_accuracy = inputs
+    lse_alpha, lse = output[1], output[2]
     ctx.args = (alpha, ignore_index, label_smoothing, reduction)
+    ctx.options = (z_loss_scale, softcap)
     ctx.flags = (compute_lse_alpha, compute_lse)
+    ctx.has_weight = weight is not None
     ctx.target_dtype = target.dtype
-    ctx.save_for_backward(logits, target if target.dim() == 1 else target.detach(), lse_alpha, lse)
+    ctx.save_for_backward(logits, target if target.dim() == 1 else target.detach(), lse_alpha, lse, weight)
 
 
-def _stats_backward(ctx, d_loss, _d_lse_alpha, _d_lse):
+def _stats_backward(ctx, d_loss, _d_lse_alpha, _d_lse, _d_z_loss, _d_argmax, _d_correct):
     c.no_double_backward("cross_entropy")
-    logits, target, lse_alpha, lse = ctx.saved_tensors
+    logits, target, lse_alpha, lse, weight = ctx.saved_tensors
+    weight = weight if ctx.has_weight else None
     alpha, ignore_index, label_smoothing, reduction = ctx.args
+    z_loss_scale, softcap = ctx.options
     compute_lse_alpha, compute_lse = ctx.flags
     dlogits = None
     if compute_lse_alpha:
-        dlogits = xent_backward(logits, target, lse_alpha, d_loss, alpha, ignore_index, label_smoothing, reduction)
+        dlogits = xent_backward(logits, target, lse_alpha, d_loss, alpha, ignore_index, label_smoothing, reduction,
+                                weight, z_loss_scale, softcap)
     dtarget = None
     if compute_lse:
         dtarget = target_grad(logits, lse, row_factor(d_loss, reduction), reduction, label_smoothing,
-                               ctx.target_dtype)
-    return dlogits, dtarget, None, None, None, None, None, None
+                               ctx.target_dtype, weight, softcap)
+    return (dlogits, dtarget) + (None,) * 11
 
 
 xent_stats.register_autograd(_stats_backward, setup_context=_stats_setup)

@@ -26,17 +26,27 @@ class CrossEntropyLoss(torch.nn.Module):
     ordinary cross-entropy, float32 for every logits dtype; the gradient is softmax(alpha z) - q.
     ``alpha=1`` is nn.CrossEntropyLoss (with classes last).
 
+    ``weight`` (class weights, a 1-D floating tensor of length C) is nn.CrossEntropyLoss's: registered
+    as a buffer (so ``.to(device)`` moves it) and not differentiated.
+
     Keyword-only options: ``alpha``, ``fused`` (False: the two-pass form), ``inplace`` (write the
-    gradient over the logits when safe, eager mode), and ``grad_scale`` (the expected incoming
-    gradient, e.g. a GradScaler's scale tensor; see :func:`powergrad.torch.cross_entropy`).
-    ``weight`` (class weights) is not supported yet and raises NotImplementedError when given.
+    gradient over the logits when safe, eager mode), ``grad_scale`` (the expected incoming
+    gradient, e.g. a GradScaler's scale tensor), ``z_loss_scale``, ``softcap``, ``return_z_loss`` and
+    ``return_accuracy`` (forward then returns a :class:`powergrad.torch.CrossEntropyOutput`); see
+    :func:`powergrad.torch.cross_entropy`.
     """
 
     def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",
-                 label_smoothing=0.0, *, alpha=1.0, fused=True, inplace=False, grad_scale=None):
+                 label_smoothing=0.0, *, alpha=1.0, fused=True, inplace=False, grad_scale=None, z_loss_scale=0.0,
+                 softcap=None, return_z_loss=False, return_accuracy=False):
         super().__init__()
-        if weight is not None:
-            raise NotImplementedError("powergrad CrossEntropyLoss: weight (class weights) is not supported")
+        if weight is not None and not isinstance(weight, torch.Tensor):
+            raise TypeError("powergrad CrossEntropyLoss: weight must be a 1-D floating torch.Tensor, not %s"
+                            % type(weight).__name__)
+        if weight is not None and (weight.dim() != 1 or not weight.is_floating_point()):
+            raise ValueError("powergrad CrossEntropyLoss: weight must be a 1-D floating tensor (one per class), "
+                             "not %s of shape %s" % (weight.dtype, tuple(weight.shape)))
+        self.register_buffer("weight", weight)
         if size_average is not None or reduce is not None:
             reduction = _legacy_reduction(size_average, reduce)
         if reduction not in ("none", "mean", "sum"):
@@ -49,11 +59,17 @@ class CrossEntropyLoss(torch.nn.Module):
         self.fused = bool(fused)
         self.inplace = bool(inplace)
         self.grad_scale = grad_scale
+        self.z_loss_scale = float(z_loss_scale)
+        self.softcap = None if softcap is None else float(softcap)
+        self.return_z_loss = bool(return_z_loss)
+        self.return_accuracy = bool(return_accuracy)
 
     def forward(self, input, target):
         return cross_entropy(input, target, alpha=self.alpha, ignore_index=self.ignore_index,
                              label_smoothing=self.label_smoothing, reduction=self.reduction, inplace=self.inplace,
-                             fused=self.fused, grad_scale=self.grad_scale)
+                             fused=self.fused, grad_scale=self.grad_scale, weight=self.weight,
+                             z_loss_scale=self.z_loss_scale, softcap=self.softcap, return_z_loss=self.return_z_loss,
+                             return_accuracy=self.return_accuracy)
 
     def extra_repr(self):
         s = "alpha=%g, reduction=%r" % (self.alpha, self.reduction)
@@ -63,4 +79,10 @@ class CrossEntropyLoss(torch.nn.Module):
             s += ", ignore_index=%d" % self.ignore_index
         if not self.fused:
             s += ", fused=False"
+        if self.weight is not None:
+            s += ", weight=[%d]" % self.weight.shape[0]
+        if self.z_loss_scale:
+            s += ", z_loss_scale=%g" % self.z_loss_scale
+        if self.softcap:
+            s += ", softcap=%g" % self.softcap
         return s
