@@ -216,27 +216,40 @@ PG_VEC_INLINE void chunk_max(const Src& src, int64_t c0, int n, float& m, int64_
   arg = c0 + ba;
 }
 
-// sum over [c0, c0 + n) of exp2(k2 (z - ref)), a masked z (-inf) giving 0 for every k2 (alpha = 0
-// included); the terms are stored to out[c] when kStore.
-template <bool kStore, class Src>
+// exp2(k2 (z - ref)) for z <= ref (ref is the row's max; k2 >= 0), a masked z (-inf) giving 0
+// for every k2: kZeroK2 (alpha = 0) needs the select, otherwise -inf * k2 = -inf gives 0 by itself.
+template <bool kZeroK2>
+PG_VEC_INLINE float exp_term(float z, float ref, float k2) {
+  PG_FP_STRICT
+  const float v = vec::exp2_neg((z - ref) * k2);
+  return kZeroK2 ? (z == -HUGE_VALF ? 0.f : v) : v;
+}
+
+// sum over [c0, c0 + n) of exp_term; the terms are stored to out[c] when kStore.
+template <bool kStore, bool kZeroK2, class Src>
 PG_VEC_INLINE float chunk_exp_sum(const Src& src, int64_t c0, int n, float ref, float k2, float* out) {
   PG_FP_STRICT
   float acc[kLanes] = {};
   int k = 0;
   for (; k + kLanes <= n; k += kLanes)
     for (int l = 0; l < kLanes; ++l) {
-      const float z = src(c0 + k + l);
-      const float v = z == -HUGE_VALF ? 0.f : vec::exp2_poly((z - ref) * k2);
+      const float v = exp_term<kZeroK2>(src(c0 + k + l), ref, k2);
       acc[l] += v;
       if (kStore) out[c0 + k + l] = v;
     }
   for (int l = 0; k + l < n; ++l) {
-    const float z = src(c0 + k + l);
-    const float v = z == -HUGE_VALF ? 0.f : vec::exp2_poly((z - ref) * k2);
+    const float v = exp_term<kZeroK2>(src(c0 + k + l), ref, k2);
     acc[l] += v;
     if (kStore) out[c0 + k + l] = v;
   }
   return tree16(acc);
+}
+
+template <class Src>
+PG_VEC_INLINE float chunk_exp_sum_any(const Src& src, int64_t c0, int n, float ref, float k2, float* out, bool store) {
+  if (k2 == 0.f)
+    return store ? chunk_exp_sum<true, true>(src, c0, n, ref, k2, out) : chunk_exp_sum<false, true>(src, c0, n, ref, k2, out);
+  return store ? chunk_exp_sum<true, false>(src, c0, n, ref, k2, out) : chunk_exp_sum<false, false>(src, c0, n, ref, k2, out);
 }
 
 // t = sum b z (0 z = 0: a masked logit with no target mass adds nothing) and a = sum b.
@@ -330,6 +343,11 @@ PG_VEC_INLINE void row_values(const T* x, int64_t n, const math::XentScalars& k,
   }
 }
 
+template <class T>
+PG_VEC_INLINE void row_widen(const T* x, int64_t n, float* z) {
+  for (int64_t c = 0; c < n; ++c) z[c] = vec::load_f(x, c);
+}
+
 // The hook form's values: log p with p = G / s + q recovered from the incoming gradient and clamped
 // to [0, 1] (log 0 = -inf acts as a masked class); the class target's column is fixed by the caller.
 template <class T, class Q>
@@ -366,11 +384,10 @@ PG_VEC_INLINE RowStats row_sums(const Src& src, int64_t cols, const math::XentSc
   double s = 0.0, sa = 0.0;
   for (int64_t c0 = 0; c0 < cols; c0 += kChunkCols) {
     const int n = static_cast<int>(cols - c0 < kChunkCols ? cols - c0 : kChunkCols);
-    sa += store_ea ? chunk_exp_sum<true>(src, c0, n, ref, k.alpha_log2e, ea)
-                   : chunk_exp_sum<false>(src, c0, n, ref, k.alpha_log2e, ea);
+    sa += chunk_exp_sum_any(src, c0, n, ref, k.alpha_log2e, ea, store_ea);
     if (take_s)
-      s += store_e ? chunk_exp_sum<true>(src, c0, n, ref, math::kLog2e, e)
-                   : chunk_exp_sum<false>(src, c0, n, ref, math::kLog2e, e);
+      s += store_e ? chunk_exp_sum<true, false>(src, c0, n, ref, math::kLog2e, e)
+                   : chunk_exp_sum<false, false>(src, c0, n, ref, math::kLog2e, e);
   }
   RowStats st = math::empty_stats();
   st.m = M;
@@ -586,6 +603,11 @@ PG_VEC_INLINE void xent_row(const RowsCtx<T, Tg>& cx, int64_t r, RowBuffers& rb)
   if (j.mode == XentMode::kHook) return hook_row(j, tg, x, r, rb);
   if constexpr (kOpt) {
     row_values(x, j.p.cols, j.k, rb.z.data(), rb.slope.data());
+    xent_row_from<kOpt>(cx, r, rb, tg, SrcBuffer{rb.z.data()});
+  } else if constexpr (!std::is_same_v<T, float>) {
+    // 16-bit logits are widened once: the passes below then run on full-width fp32 vectors (the
+    // vectoriser handles a mixed 16/32-bit loop at half width, and the max pass not at all).
+    row_widen(x, j.p.cols, rb.z.data());
     xent_row_from<kOpt>(cx, r, rb, tg, SrcBuffer{rb.z.data()});
   } else {
     xent_row_from<kOpt>(cx, r, rb, tg, SrcLogits<T>{x});
