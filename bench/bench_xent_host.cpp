@@ -2,6 +2,10 @@
 // same-run memcpy of the same bytes and against the paper's unfused chain of passes.
 //
 //   powergrad_bench_host [google-benchmark flags] [--pg_shape=ROWSxCOLS] [--pg_alpha=A]
+//                        [--pg_threads=N] [--pg_isa=baseline|avx2|avx512]
+//
+// --pg_threads / --pg_isa set powergrad::set_host_threads / set_host_isa (default: every hardware
+// thread, the best ISA path this CPU supports).
 //
 // Default shape: 4096 x 32000 (float and bf16). Reported per benchmark (see bench_common.hpp):
 //   bytes            minimal bytes: logits read once + gradient written once (in or out of place)
@@ -9,6 +13,8 @@
 //   ratio_to_copy    time of memcpy(bytes / 2) measured in this run / op time
 // Targets are int64 class indices (as PyTorch passes them), reduction mean, loss written.
 #include <chrono>
+#include <cstdlib>
+#include <string>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -238,6 +244,23 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (flags.count("alpha")) g_alpha = std::strtof(flags["alpha"].c_str(), nullptr);
+  if (flags.count("threads") && powergrad::set_host_threads(std::atoi(flags["threads"].c_str())) != Status::kSuccess) {
+    std::fprintf(stderr, "powergrad_bench_host: %s\n", powergrad::last_error_message());
+    return 2;
+  }
+  if (flags.count("isa")) {
+    const std::string v = flags["isa"];
+    const powergrad::HostIsa isa = v == "baseline" ? powergrad::HostIsa::kBaseline
+                                   : v == "avx2"   ? powergrad::HostIsa::kAvx2
+                                   : v == "avx512" ? powergrad::HostIsa::kAvx512
+                                                   : powergrad::HostIsa::kAuto;
+    if (isa == powergrad::HostIsa::kAuto || !powergrad::host_isa_supported(isa)) {
+      std::fprintf(stderr, "powergrad_bench_host: --pg_isa=%s is not one this build and CPU can run\n", v.c_str());
+      return 2;
+    }
+    (void)powergrad::set_host_isa(isa);
+  }
+  benchmark::AddCustomContext("powergrad_threads", std::to_string(powergrad::host_threads()));
   benchmark::AddCustomContext("powergrad_backend", "host");
   benchmark::AddCustomContext("powergrad_alpha", std::to_string(g_alpha));
   register_dtype<float>(s);

@@ -1,7 +1,7 @@
-// Host-backend speed layers (docs/design.md §6.1, §6.2): the polynomial exp2/log2 against float64 over
-// the whole fp32 range, the 16-bit conversions against the reference's decoders and encoders, the
-// thread pool's contract, the thread and ISA settings, and bitwise determinism of the bucket
-// transforms for 1, 2 and 3 threads and every ISA path this CPU supports.
+// Host-backend speed layers (docs/design.md §6.1-6.3): the polynomial exp2/log2/tanh against float64
+// over the whole fp32 range, the 16-bit conversions against the reference's decoders and encoders,
+// the thread pool's contract, the thread and ISA settings, and bitwise determinism of the bucket
+// transforms and of the cross-entropy ops for 1, 2 and 3 threads and every ISA path this CPU supports.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -74,6 +74,23 @@ TEST(HostVec, Exp2WithinTwoUlpOverTheWholeRange) {
   std::printf("exp2_poly: worst %.3f ulp at x = %.9g\n", worst, worst_x);
 }
 
+TEST(HostVec, Exp2NegEqualsExp2PolyAndFlushesBelowMinus126) {
+  for_sampled_floats([&](float x) {
+    if (!(x <= 0.f) && !std::isnan(x)) return;  // its contract: x <= 0 or NaN
+    const float y = vec::exp2_neg(x);
+    if (std::isnan(x)) {
+      ASSERT_TRUE(std::isnan(y)) << x;
+    } else if (x < -126.f) {
+      ASSERT_EQ(y, 0.f) << x;
+    } else {
+      ASSERT_EQ(f_bits(y), f_bits(vec::exp2_poly(x))) << "x = " << x;
+    }
+  });
+  EXPECT_EQ(vec::exp2_neg(-std::numeric_limits<float>::infinity()), 0.f);
+  EXPECT_EQ(vec::exp2_neg(0.f), 1.f);
+  EXPECT_EQ(vec::exp2_neg(-126.f), std::ldexp(1.f, -126));
+}
+
 TEST(HostVec, Log2WithinThreeUlpForEveryPositiveInput) {
   double worst = 0;
   float worst_x = 0;
@@ -102,6 +119,28 @@ TEST(HostVec, Log2WithinThreeUlpForEveryPositiveInput) {
 }
 
 // Decoders: all 65536 patterns against the reference (NaN for NaN).
+TEST(HostVec, TanhWithinFourUlpOverTheWholeRange) {
+  double worst = 0;
+  float worst_x = 0;
+  for_sampled_floats([&](float x) {
+    const float y = vec::tanh_poly(x);
+    if (std::isnan(x)) {
+      ASSERT_TRUE(std::isnan(y)) << x;
+      return;
+    }
+    const double e = ulp_error(y, std::tanh(static_cast<double>(x)));
+    if (e > worst) {
+      worst = e;
+      worst_x = x;
+    }
+    ASSERT_LE(e, 4.0) << "x = " << x << " got " << y;
+  });
+  EXPECT_EQ(vec::tanh_poly(std::numeric_limits<float>::infinity()), 1.f);
+  EXPECT_EQ(vec::tanh_poly(-std::numeric_limits<float>::infinity()), -1.f);
+  EXPECT_TRUE(std::signbit(vec::tanh_poly(-0.f)));
+  std::printf("tanh_poly: worst %.3f ulp at x = %.9g\n", worst, worst_x);
+}
+
 TEST(HostVec, SixteenBitDecodeMatchesReference) {
   for (uint32_t h = 0; h < 65536; ++h) {
     const double rh = pgref::half_bits_to_double(static_cast<uint16_t>(h));
@@ -286,6 +325,119 @@ TYPED_TEST(HostDeterminism, BucketOpsBitwiseAcrossThreadsAndIsa) {
   ASSERT_EQ(pg::set_host_threads(3), Status::kSuccess);
   const std::vector<BucketCase> cases = determinism_cases();
   for (size_t i : {size_t(0), size_t(3), size_t(5)}) check_bucket_case<T, T, HostMem>(cases[i]);
+}
+
+// ---- determinism of the cross-entropy ----
+
+// Shapes with several row tasks (docs/design.md §6.3: max(1, 16384 / cols) rows per task), chunk
+// tails, masked and NaN logits, every target kind, with and without the options.
+std::vector<Case> xent_determinism_cases() {
+  std::vector<Case> v;
+  uint64_t seed = 700;
+  auto add = [&](int64_t rows, int64_t cols, TargetKind tk, float alpha, float eps, Reduction red, bool opts,
+                 bool in_place) {
+    Case c;
+    c.rows = rows;
+    c.cols = cols;
+    c.targets = tk;
+    c.alpha = alpha;
+    c.eps = eps;
+    c.red = red;
+    c.in_place = in_place;
+    c.mask_frac = 0.02;
+    // A NaN logit in a dense row (class rows may be ignored, which the checker's NaN rule excludes).
+    c.ignore_frac = tk == TargetKind::kDense ? 0.0 : 0.1;
+    if (tk == TargetKind::kDense) c.nan_rows = {3};
+    c.up = red == Reduction::kNone ? UpMode::kPerRow : UpMode::kScalar;
+    if (opts) {
+      c.weights = true;
+      c.z_loss = 1e-3f;
+      c.softcap = 20.f;
+      c.want_accuracy = true;
+    }
+    c.seed = seed++;
+    v.push_back(c);
+  };
+  add(37, 1500, TargetKind::kInt64, 0.3f, 0.1f, Reduction::kMean, false, false);
+  add(37, 1500, TargetKind::kInt32, 0.3f, 0.f, Reduction::kSum, true, true);
+  add(23, 2100, TargetKind::kDense, 1.f, 0.1f, Reduction::kNone, false, false);
+  add(23, 2100, TargetKind::kDense, 0.f, 0.f, Reduction::kMean, true, false);
+  add(3000, 40, TargetKind::kInt64, 0.7f, 0.f, Reduction::kMean, false, true);
+  return v;
+}
+
+template <class U>
+void expect_same_bits(const std::vector<U>& got, const std::vector<U>& first, const char* what, HostIsa isa, int threads) {
+  ASSERT_EQ(got.size(), first.size()) << what;
+  for (size_t i = 0; i < first.size(); ++i)
+    ASSERT_TRUE(same_bits(got[i], first[i])) << what << " " << i << " isa " << int(isa) << " threads " << threads;
+}
+
+// The fused op, the split form's statistics and the saved-statistics backward: 1, 2 and 3 threads
+// x every ISA path give the same bits as 1 thread on the baseline path (the reference check of the
+// default settings is the cross-entropy suites'; the farthest configuration is checked once more).
+TYPED_TEST(HostDeterminism, CrossEntropyBitwiseAcrossThreadsAndIsa) {
+  using T = TypeParam;
+  SettingsGuard guard;
+  for (const Case& c : xent_determinism_cases()) {
+    SCOPED_TRACE(std::string(DT<T>::name) + " " + c.str());
+    with_targets<T>(c.targets, [&](auto tag) {
+      using Tg = decltype(tag);
+      bool have_first = false;
+      FusedOut<T> first;
+      std::vector<RowStats> first_stats;
+      std::vector<T> first_bwd;
+      for (HostIsa isa : supported_isas())
+        for (int threads : {1, 2, 3}) {
+          ASSERT_EQ(pg::set_host_isa(isa), Status::kSuccess);
+          ASSERT_EQ(pg::set_host_threads(threads), Status::kSuccess);
+          HostMem mem;
+          CaseData<T> d = make_case<T>(c);
+          FusedOut<T> o = run_fused<T, Tg, HostMem>(mem, d);
+          ASSERT_EQ(o.status, Status::kSuccess) << pg::last_error_message();
+          // Split form, step 1, over the whole row.
+          std::vector<RowStats> stats(c.rows);
+          std::vector<T> logits = d.logits;
+          ASSERT_EQ(pg::xent_shard_stats(Backend::kHost, make_problem<T, Tg>(mem, d, logits.data()), stats.data()),
+                    Status::kSuccess)
+              << pg::last_error_message();
+          // Backward from the fused op's saved lse_alpha (no z-loss: that runs the fused path).
+          std::vector<T> bwd(c.offset + c.rows * c.ld() + kGuard, poison_value<T>());
+          if (c.z_loss == 0.f) {
+            std::vector<float> lse_a(o.lse_a.begin(), o.lse_a.begin() + c.rows);
+            std::vector<float> upv = d.upv;
+            pg::Upstream up{c.up_scale, upv.empty() ? nullptr : upv.data()};
+            const size_t wsb = pg::xent_workspace_bytes(c.rows, c.red);
+            std::vector<unsigned char> ws(wsb + 1);
+            ASSERT_EQ(pg::xent_backward(Backend::kHost, make_problem<T, Tg>(mem, d, logits.data()), up, lse_a.data(),
+                                        bwd.data() + c.offset, c.ld(), ws.data(), wsb),
+                      Status::kSuccess)
+                << pg::last_error_message();
+          }
+          if (!have_first) {
+            first = o;
+            first_stats = stats;
+            first_bwd = bwd;
+            have_first = true;
+            continue;
+          }
+          expect_same_bits(o.buf, first.buf, "dlogits", isa, threads);
+          expect_same_bits(o.loss, first.loss, "loss", isa, threads);
+          expect_same_bits(o.lse, first.lse, "lse", isa, threads);
+          expect_same_bits(o.lse_a, first.lse_a, "lse_alpha", isa, threads);
+          expect_same_bits(o.zl, first.zl, "z_loss", isa, threads);
+          expect_same_bits(o.argmax, first.argmax, "argmax", isa, threads);
+          expect_same_bits(o.correct, first.correct, "correct", isa, threads);
+          expect_same_bits(bwd, first_bwd, "backward", isa, threads);
+          for (size_t r = 0; r < stats.size(); ++r)
+            ASSERT_EQ(std::memcmp(&stats[r], &first_stats[r], sizeof(RowStats)), 0)
+                << "stats row " << r << " isa " << int(isa) << " threads " << threads;
+        }
+    });
+  }
+  ASSERT_EQ(pg::set_host_isa(HostIsa::kBaseline), Status::kSuccess);
+  ASSERT_EQ(pg::set_host_threads(3), Status::kSuccess);
+  for (const Case& c : xent_determinism_cases()) check_fused_case<T, HostMem>(c);
 }
 
 }  // namespace

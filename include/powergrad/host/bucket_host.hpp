@@ -28,12 +28,8 @@ PG_HOST_LOOPS_BEGIN
 constexpr int kLanes = 8;
 constexpr int64_t kItemsPerTask = 16;  // 64 k elements per task at most (items hold <= 4096)
 
-PG_VEC_INLINE float load_f(const float* p, int64_t i) { return p[i]; }
-PG_VEC_INLINE float load_f(const half_t* p, int64_t i) { return vec::f16_to_f32(p[i].bits); }
-PG_VEC_INLINE float load_f(const bfloat16_t* p, int64_t i) { return vec::bf16_to_f32(p[i].bits); }
-PG_VEC_INLINE void store_f(float* p, int64_t i, float v) { p[i] = v; }
-PG_VEC_INLINE void store_f(half_t* p, int64_t i, float v) { p[i].bits = vec::f32_to_f16(v); }
-PG_VEC_INLINE void store_f(bfloat16_t* p, int64_t i, float v) { p[i].bits = vec::f32_to_bf16(v); }
+using vec::load_f;
+using vec::store_f;
 
 // |x|^e in double (math::abs_pow_d's contract) with the vectorisable exp2/log2: 2^(e log2|x|)
 // split into 2^frac (fp32, in [1, 2)) times 2^floor (exact, as two factors so that a subnormal

@@ -25,6 +25,7 @@
 #include <cstring>
 
 #include "powergrad/config.hpp"
+#include "powergrad/math/dtype.hpp"
 
 #if defined(__GNUC__) || defined(__clang__)
 #define PG_VEC_INLINE inline __attribute__((always_inline))
@@ -149,6 +150,28 @@ PG_VEC_INLINE float exp2_poly(float x) {
   return nan ? x : r;
 }
 
+// 2^x for x <= 0 (or NaN), the cross-entropy's exponentials (docs/design.md §6.3): exp2_poly's
+// split and polynomial without its range handling. Bitwise equal to exp2_poly for x in [-126, 0];
+// x < -126 gives 0 (results below 2^-126 are flushed, as the GPU's ex2.approx.ftz does); NaN in gives
+// NaN out. x > 0 is outside its contract.
+PG_VEC_INLINE float exp2_neg(float x) {
+  PG_FP_STRICT
+  const float xc = x < -126.f ? -126.f : x;  // NaN stays NaN
+  const float t = xc + 12582912.f;           // 1.5 * 2^23 + n: n = rint(xc) in t's low bits
+  const float n = t - 12582912.f;
+  const float f = xc - n;  // exact, in [-0.5, 0.5]
+  float p = 1.535336196e-04f;
+  p = p * f + 1.339887502e-03f;
+  p = p * f + 9.618436918e-03f;
+  p = p * f + 5.550332367e-02f;
+  p = p * f + 2.402264774e-01f;
+  p = p * f + 6.931471825e-01f;
+  p = p * f + 1.f;
+  const float two_n = u2f((f2u(t) - 0x4B400000u + 127u) << 23);  // 2^n, n in [-126, 0]
+  const float r = p * two_n;
+  return x < -126.f ? 0.f : r;
+}
+
 // log2(x). A subnormal x is first scaled by 2^23. x = m 2^e with m in [sqrt(1/2), sqrt(2)),
 // log2 m = t P(t^2) with t = (m - 1) / (m + 1) (|t| <= 0.1716), P of degree 3 in t^2 (fitted,
 // relative error 7e-10 before fp32 rounding).
@@ -172,6 +195,27 @@ PG_VEC_INLINE float log2_poly(float x) {
   out = x < 0.f ? u2f(0x7FC00000u) : out;
   out = x == inf ? inf : out;
   return x != x ? x : out;
+}
+
+// tanh(x), for the softcap of docs/design.md §2.5. |x| < 0.625: x + x u P(u) with u = x^2, P of
+// degree 4 (fitted for relative error, 4.4e-9 before fp32 rounding); otherwise
+// sign(x) (1 - 2 / (2^(2 |x| log2 e) + 1)) with exp2_poly, |x| clamped to 10 (tanh(10) rounds to 1).
+// Within 4 ulp over the whole fp32 range (tests/test_host_parallel.cpp); tanh(+-inf) = +-1, NaN in
+// gives NaN out, tanh(-0) = -0.
+PG_VEC_INLINE float tanh_poly(float x) {
+  PG_FP_STRICT
+  const float a = abs_f(x);
+  const float u = x * x;
+  float p = -5.704991985e-03f;
+  p = p * u + 2.063909173e-02f;
+  p = p * u - 5.373971537e-02f;
+  p = p * u + 1.333144158e-01f;
+  p = p * u - 3.333328068e-01f;
+  const float small = x + x * (u * p);
+  const float ac = a > 10.f ? 10.f : a;
+  const float big = 1.f - 2.f / (exp2_poly(ac * 2.885390082f) + 1.f);
+  const float r = a < 0.625f ? small : copysign_f(big, x);
+  return x != x || a == 0.f ? x : r;  // NaN, and the sign of a zero
 }
 
 // ---- 16-bit storage <-> fp32, per lane (bitwise equal to math/dtype.hpp's scalar conversions) ----
@@ -212,6 +256,14 @@ PG_VEC_INLINE uint16_t f32_to_f16(float f) {
   r = a > 0x7F800000u ? nan : r;
   return static_cast<uint16_t>(r | sign);
 }
+
+// Loads and stores of the three storage types, through the conversions above.
+PG_VEC_INLINE float load_f(const float* p, int64_t i) { return p[i]; }
+PG_VEC_INLINE float load_f(const half_t* p, int64_t i) { return f16_to_f32(p[i].bits); }
+PG_VEC_INLINE float load_f(const bfloat16_t* p, int64_t i) { return bf16_to_f32(p[i].bits); }
+PG_VEC_INLINE void store_f(float* p, int64_t i, float v) { p[i] = v; }
+PG_VEC_INLINE void store_f(half_t* p, int64_t i, float v) { p[i].bits = f32_to_f16(v); }
+PG_VEC_INLINE void store_f(bfloat16_t* p, int64_t i, float v) { p[i].bits = f32_to_bf16(v); }
 
 PG_HOST_LOOPS_END
 
