@@ -572,7 +572,7 @@ std::vector<BadCase> bad_cases() {
 TEST(XentApi, WorkspaceBytesDoNotWrap) {
   EXPECT_EQ(pg::xent_workspace_bytes(INT64_MAX, pg::Reduction::kMean), SIZE_MAX);
   EXPECT_EQ(pg::xent_workspace_bytes(int64_t{1} << 62, pg::Reduction::kSum), SIZE_MAX);
-  EXPECT_EQ(pg::xent_workspace_bytes(1000, pg::Reduction::kMean), size_t{16 + 4000});
+  EXPECT_EQ(pg::xent_workspace_bytes(1000, pg::Reduction::kMean), size_t{16 + 2 * 4000});
   EXPECT_EQ(pg::xent_workspace_bytes(INT64_MAX, pg::Reduction::kNone), size_t{0});
 }
 
