@@ -12,10 +12,10 @@
 //   copy              cudaMemcpyAsync D2D of N bytes (reads N, writes N): the reference
 //   fwd_bwd_inplace   loss + gradient written over the logits (needs xent_workspace_bytes)
 //   fwd_bwd_out       loss + gradient into a separate buffer
-//   fwd_bwd_options   fwd_bwd_inplace with every option of docs/design.md §2.5 on: class weights,
-//                     z-loss (1e-4) with its z_loss output, softcap 30, argmax and correct; its
-//                     counter options_over_plain is its time over the same run's fwd_bwd_inplace
-//                     of the same dtype and shape (registered just before it)
+//   fwd_bwd_inplace_options   [xent-options] fwd_bwd_inplace with every option of docs/design.md
+//                     §2.5 on: class weights, z-loss (1e-4) with its z_loss output, softcap 30,
+//                     argmax and correct; the counter options_over_plain is its time over the same
+//                     run's fwd_bwd_inplace of the same dtype and shape (registered just before it)
 //   bwd_saved         xent_backward with a saved lse_alpha, in place: one read + one write
 //   hook              xent_hook, in place over an existing gradient p - q (scale 1)
 //   unfused           softmax -> pow -> normalise -> subtract as five plain kernels (unfused_xent.cuh)
@@ -69,7 +69,7 @@ const char* op_name(Op op) {
     case Op::kBwdSaved: return "bwd_saved";
     case Op::kHook: return "hook";
     case Op::kUnfused: return "unfused";
-    case Op::kFwdBwdOptions: return "fwd_bwd_options";
+    case Op::kFwdBwdOptions: return "fwd_bwd_inplace_options";
   }
   return "?";
 }
@@ -120,7 +120,7 @@ struct Bench {
   uint64_t stride = 0;  // bytes between two sets (n rounded up to 256)
   int sets = 1;
   DevMem in, out, targets, lse_alpha, loss, ws, lse_tmp, row_loss_tmp;
-  DevMem weight, z_loss, argmax, correct;  // fwd_bwd_options
+  DevMem weight, z_loss, argmax, correct;  // fwd_bwd_inplace_options
   size_t ws_bytes = 0;
   std::string error;
 
