@@ -917,13 +917,25 @@ PG_HD constexpr int64_t row_vecs(int64_t cols) {
   return cols / Vec<T>::kSize + 1;
 }
 
+// The policy of the kernels with options (OPT) in a band: the band's threads and blocks, nothing
+// cached in registers and half the loads in flight (at least one). The options' per-element work (a
+// tanh, the weights, one more exp2) needs the registers: with the plain policy most OPT kernels spill
+// (bf16, sm_90: stack frames of 32-144 bytes); with this one none of the bf16 class-target kernels
+// does (docs/performance.md). Not tuned on a GPU.
+constexpr RowPolicy options_policy(RowPolicy p) {
+  p.reg_vecs = 0;
+  p.smem_vecs = 0;
+  p.loads_in_flight = p.loads_in_flight > 1 ? p.loads_in_flight / 2 : 1;
+  return p;
+}
+
 // Launches the policy of the first band (from BAND on) that holds rows of `vecs` vectors.
 template <class T, class Tg, XentMode MODE, bool OPT = false, int BAND = 0>
 Status launch_rows_band(const XentJob<T, Tg>& j, int64_t vecs, float* ws, stream_t stream) {
   if constexpr (BAND + 1 < kNumRowBands) {
     if (vecs > kRowBands[BAND].max_vecs) return launch_rows_band<T, Tg, MODE, OPT, BAND + 1>(j, vecs, ws, stream);
   }
-  constexpr RowPolicy P = row_policy<MODE>(BAND);
+  constexpr RowPolicy P = OPT ? options_policy(row_policy<MODE>(BAND)) : row_policy<MODE>(BAND);
   return launch_rows_config<T, Tg, MODE, P.threads_per_row, P.reg_vecs, P.min_blocks, P.smem_vecs,
                             P.loads_in_flight, OPT>(j, ws, stream);
 }
