@@ -12,6 +12,10 @@
 //   copy              cudaMemcpyAsync D2D of N bytes (reads N, writes N): the reference
 //   fwd_bwd_inplace   loss + gradient written over the logits (needs xent_workspace_bytes)
 //   fwd_bwd_out       loss + gradient into a separate buffer
+//   fwd_bwd_inplace_options   [xent-options] fwd_bwd_inplace with every option of docs/design.md
+//                     §2.5 on: class weights, z-loss (1e-4) with its z_loss output, softcap 30,
+//                     argmax and correct; the counter options_over_plain is its time over the same
+//                     run's fwd_bwd_inplace of the same dtype and shape (registered just before it)
 //   bwd_saved         xent_backward with a saved lse_alpha, in place: one read + one write
 //   hook              xent_hook, in place over an existing gradient p - q (scale 1)
 //   unfused           softmax -> pow -> normalise -> subtract as five plain kernels (unfused_xent.cuh)
@@ -26,6 +30,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -54,7 +59,7 @@ constexpr int kReplaysPerBenchmark = 20;
 float g_alpha = 0.7f;
 cudaStream_t g_stream = nullptr;
 
-enum class Op { kCopy, kFwdBwdInPlace, kFwdBwdOut, kBwdSaved, kHook, kUnfused };
+enum class Op { kCopy, kFwdBwdInPlace, kFwdBwdOut, kBwdSaved, kHook, kUnfused, kFwdBwdOptions };
 
 const char* op_name(Op op) {
   switch (op) {
@@ -64,6 +69,7 @@ const char* op_name(Op op) {
     case Op::kBwdSaved: return "bwd_saved";
     case Op::kHook: return "hook";
     case Op::kUnfused: return "unfused";
+    case Op::kFwdBwdOptions: return "fwd_bwd_inplace_options";
   }
   return "?";
 }
@@ -91,6 +97,12 @@ __global__ void fill_logits(T* x, uint64_t n, uint64_t seed) {
     x[i] = powergrad::from_float<T>(pgbench::logit_at(seed, i));
 }
 
+// Class weights in [0.5, 1.375], none 0 (multiples of 1/8).
+__global__ void fill_weights(float* w, int64_t cols) {
+  for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < cols; c += int64_t(gridDim.x) * blockDim.x)
+    w[c] = 0.5f + static_cast<float>(c % 8) / 8.f;
+}
+
 __global__ void fill_targets(int64_t* y, int64_t rows, int64_t cols, uint64_t seed) {
   for (int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; r < rows; r += int64_t(gridDim.x) * blockDim.x)
     y[r] = static_cast<int64_t>(pgbench::mix64(seed + static_cast<uint64_t>(r)) % static_cast<uint64_t>(cols));
@@ -108,6 +120,7 @@ struct Bench {
   uint64_t stride = 0;  // bytes between two sets (n rounded up to 256)
   int sets = 1;
   DevMem in, out, targets, lse_alpha, loss, ws, lse_tmp, row_loss_tmp;
+  DevMem weight, z_loss, argmax, correct;  // fwd_bwd_inplace_options
   size_t ws_bytes = 0;
   std::string error;
 
@@ -139,6 +152,11 @@ struct Bench {
     p.targets.index = targets.as<int64_t>();
     p.alpha = g_alpha;
     p.reduction = Reduction::kMean;
+    if (op == Op::kFwdBwdOptions) {
+      p.weight = weight.as<float>();
+      p.z_loss_scale = 1e-4f;
+      p.softcap = 30.f;
+    }
     return p;
   }
 
@@ -161,6 +179,14 @@ struct Bench {
       if (out_of_place(op)) fill_logits<T><<<1024, 256, 0, g_stream>>>(grad_out(k), elems, 5000 + k);
     }
     fill_targets<<<256, 256, 0, g_stream>>>(targets.as<int64_t>(), s.rows, s.cols, 3);
+    if (op == Op::kFwdBwdOptions) {
+      if (!check(weight.alloc(static_cast<size_t>(s.cols) * sizeof(float)), "cudaMalloc(weight)") ||
+          !check(z_loss.alloc(sizeof(float)), "cudaMalloc(z_loss)") ||
+          !check(argmax.alloc(rows * sizeof(int64_t)), "cudaMalloc(argmax)") ||
+          !check(correct.alloc(rows * sizeof(int32_t)), "cudaMalloc(correct)"))
+        return false;
+      fill_weights<<<256, 256, 0, g_stream>>>(weight.as<float>(), s.cols);
+    }
     if (!check(cudaGetLastError(), "fill kernels")) return false;
 
     if (op == Op::kBwdSaved) {  // the forward pass that a real backward follows: saves lse_alpha
@@ -195,10 +221,16 @@ struct Bench {
         return check(cudaMemcpyAsync(grad_out(set), logits(set), n, cudaMemcpyDeviceToDevice, g_stream),
                      "cudaMemcpyAsync");
       case Op::kFwdBwdInPlace:
+      case Op::kFwdBwdOptions:
       case Op::kFwdBwdOut: {
         powergrad::XentOutputs<T> o;
         o.loss = loss.as<float>();
-        o.dlogits = op == Op::kFwdBwdInPlace ? logits(set) : grad_out(set);
+        o.dlogits = op == Op::kFwdBwdOut ? grad_out(set) : logits(set);
+        if (op == Op::kFwdBwdOptions) {
+          o.z_loss = z_loss.as<float>();
+          o.argmax = argmax.as<int64_t>();
+          o.correct = correct.as<int32_t>();
+        }
         return check(powergrad::xent_forward_backward(Backend::kCuda, problem(set), powergrad::Upstream{}, o, ws.p,
                                                       ws_bytes, g_stream),
                      "xent_forward_backward");
@@ -358,6 +390,17 @@ void bm_device(benchmark::State& state, Shape s, Op op, double goal, const char*
   if (op == Op::kCopy) pgbench::copy_seconds_by_bytes()[b.n] = mean;
   const double copy = op == Op::kCopy ? mean : copy_seconds_for<T>(b.n, s);
   pgbench::report(state, 2 * b.n, mean, copy, goal > 0 ? goal_name : nullptr, goal);
+  // The cost of the options: against the same run's fwd_bwd_inplace of this dtype and shape.
+  static std::map<std::string, double> plain_seconds;
+  const std::string key = std::string(pgbench::dtype_name<T>()) + "/" + pgbench::shape_name(s);
+  if (op == Op::kFwdBwdInPlace) plain_seconds[key] = mean;
+  if (op == Op::kFwdBwdOptions) {
+    const auto it = plain_seconds.find(key);
+    if (it != plain_seconds.end() && it->second > 0) {
+      const double over = mean / it->second;
+      state.counters["options_over_plain"] = benchmark::Counter(over);
+    }
+  }
   state.counters["sets"] = benchmark::Counter(b.sets);
   state.counters["launches_per_replay"] = benchmark::Counter(r.K);
   state.counters["graph"] = benchmark::Counter(r.graph ? 1 : 0);
@@ -392,6 +435,7 @@ void register_all(bool full) {
   // The goal shape first, so that a run cut short still has the numbers that matter most.
   add<bf16>(goal, Op::kCopy);
   add<bf16>(goal, Op::kFwdBwdInPlace, 0.85, "fwd_bwd_inplace");
+  add<bf16>(goal, Op::kFwdBwdOptions);  // [xent-options]: every option on, against the line above
   add<bf16>(goal, Op::kBwdSaved, 0.90, "bwd_saved");
   add<bf16>(goal, Op::kFwdBwdOut);
   add<bf16>(goal, Op::kHook);

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -146,10 +147,9 @@ TYPED_TEST(XentDevice, BadTargetsAreCountedAndPoisonOnlyTheirRow) {
   for_cases(v, [](const Case& c) { check_fused_case<TypeParam, DeviceMem>(c); });
 }
 
-// The workspace size query is honoured: one byte less is rejected before anything is written.
 // Dense target rows that do not sum to 1 (mass 2, 0.5, rows of zeros): the A = sum q rule of
-// docs/design.md §2.5 in the fused, saved-statistics and split kernels (options off: the CUDA
-// backend does not implement them yet).
+// docs/design.md §2.5 in the fused, saved-statistics and split kernels without options (the kernels
+// with options run in the Options tests below).
 std::vector<Case> device_mass_cases() {
   std::vector<Case> v;
   for (Case c : option_cases())
@@ -168,45 +168,131 @@ TYPED_TEST(XentDevice, DenseTargetMassRule) {
   });
 }
 
-// The options are host-only for now: the CUDA backend refuses each one with kUnsupported, naming
-// it, and writes nothing.
-TEST(XentDeviceApi, OptionsAreRefusedAndNothingIsWritten) {
-  PG_REQUIRE_GPU();
-  Case c;
-  c.rows = 3;
-  c.cols = 40;
-  c.red = Reduction::kNone;
-  CaseData<float> d = make_case<float>(c);
-  DeviceMem mem;
-  std::vector<float> loss(3), grad(d.logits.size()), weight(c.cols, 1.f), zl(3);
-  std::vector<int64_t> argmax(3);
-  for (int which = 0; which < 5; ++which) {
-    pg::XentProblem<float, pg::ClassTargets<int32_t>> p;
-    p.logits = mem.in(d.logits);
-    p.rows = c.rows;
-    p.cols = c.cols;
-    p.targets.index = mem.in(d.y32);
-    p.reduction = c.red;
-    pg::XentOutputs<float> o;
-    o.loss = mem.out(loss);
-    o.dlogits = mem.out(grad);
-    const char* name = "";
-    switch (which) {
-      case 0: p.weight = mem.in(weight); name = "problem.weight"; break;
-      case 1: p.z_loss_scale = 0.1f; name = "problem.z_loss_scale"; break;
-      case 2: p.softcap = 30.f; name = "problem.softcap"; break;
-      case 3: o.z_loss = mem.out(zl); name = "out.z_loss"; break;
-      case 4: o.argmax = mem.out(argmax); name = "out.argmax"; break;
-    }
-    EXPECT_EQ(pg::xent_forward_backward(Backend::kCuda, p, pg::Upstream{}, o), Status::kUnsupported) << name;
-    EXPECT_NE(std::string(pg::last_error_message()).find(name), std::string::npos) << pg::last_error_message();
-    mem.fetch(loss, o.loss);
-    mem.fetch(grad, o.dlogits);
-    for (float v : loss) EXPECT_TRUE(is_poison(v));
-    for (float v : grad) EXPECT_TRUE(is_poison(v));
-  }
+// docs/design.md §2.5 on the CUDA backend: class weights, z-loss, softcapping and the accuracy
+// outputs, alone and combined, over every target kind, reduction, alpha in {0, 0.3, 1}, in place and
+// out of place (the host tests' table, option_cases()).
+TYPED_TEST(XentDevice, ForwardBackwardOptions) {
+  for_cases(option_cases(), [](const Case& c) { check_fused_case<TypeParam, DeviceMem>(c); });
 }
 
+// Backward with a saved lse_alpha (the target mass from the targets and weights; with a z-loss the
+// statistics are recomputed) and without saved statistics.
+TYPED_TEST(XentDevice, BackwardOptionsSavedAndRecomputed) {
+  for_cases(option_cases(), [](const Case& c) {
+    check_backward_case<TypeParam, DeviceMem>(c, true, false);
+    check_backward_case<TypeParam, DeviceMem>(c, false, false);
+  });
+}
+
+// The split form with the weights sharded like the logits (statistics with t, a, w and argmax; the
+// weighted kMean denominator from the merged statistics' w).
+TYPED_TEST(XentDevice, SplitFormOptionsEqualsUnsplit) {
+  for_cases(shard_option_cases(), [](const std::pair<Case, std::vector<int64_t>>& cw) {
+    check_shard_case<TypeParam, DeviceMem>(cw.first, cw.second);
+  });
+}
+
+// Determinism with options on: no floating-point atomics, fixed reduction order.
+TYPED_TEST(XentDevice, OptionsTwoRunsAreBitwiseEqual) {
+  std::vector<Case> v;
+  int i = 0;
+  for (const Case& c : option_cases())
+    if (i++ % 4 == 0) v.push_back(c);
+  for_cases(v, [](const Case& c) { check_fused_case<TypeParam, DeviceMem>(c, true); });
+}
+
+// A bad class weight (NaN, infinite or negative) cannot be rejected without reading device memory
+// from the host: every row that uses it gets a NaN loss and gradient and is counted in
+// bad_target_count (docs/design.md §8); with kMean the denominator is NaN, so every row is NaN. Rows
+// that do not use it are exact. Never a finite wrong answer.
+TEST(XentDeviceApi, BadWeightsPoisonTheRowsThatUseThemAndAreCounted) {
+  PG_REQUIRE_GPU();
+  const float bads[] = {-1.f, std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()};
+  int k = 0;
+  for (float bad : bads)
+    for (Reduction red : {Reduction::kNone, Reduction::kMean})
+      for (float eps : {0.f, 0.1f}) {
+        Case c;
+        c.rows = 6;
+        c.cols = 50 + 517 * (k % 2);  // a warp per row and a block per row
+        c.red = red;
+        c.eps = eps;
+        c.alpha = 0.3f;
+        c.weights = true;
+        c.targets = TargetKind::kInt32;
+        c.seed = 9500 + k++;
+        CaseData<float> d = make_case<float>(c);
+        // Rows 1 and 3 have the target class whose weight is bad; row 4 is ignored.
+        const int32_t ybad = d.y32[1];
+        d.y32[3] = ybad;
+        d.ref.y[3] = ybad;
+        d.y32[4] = static_cast<int32_t>(c.ignore_index);
+        d.ref.y[4] = c.ignore_index;
+        for (int64_t r : {0, 2, 5})
+          if (d.y32[r] == ybad) {
+            d.y32[r] = (ybad + 1) % static_cast<int32_t>(c.cols);
+            d.ref.y[r] = d.y32[r];
+          }
+        if (d.weight[(ybad + 1) % c.cols] == 0.f) d.weight[(ybad + 1) % c.cols] = 0.5f;
+        for (int64_t j = 0; j < c.cols; ++j) d.ref.w[j] = d.weight[j];
+        d.ref.w[ybad] = 1.0;  // the reference of the rows that do not use the bad weight
+        const pgref::Result R = pgref::compute(d.ref);
+        d.weight[ybad] = bad;
+
+        DeviceMem mem;
+        std::vector<float> loss(c.red == Reduction::kNone ? c.rows : 1), grad(d.logits.size());
+        std::vector<int32_t> count(1, 0);
+        pg::XentProblem<float, pg::ClassTargets<int32_t>> p;
+        p.logits = mem.in(d.logits);
+        p.rows = c.rows;
+        p.cols = c.cols;
+        p.targets.index = mem.in(d.y32);
+        p.targets.ignore_index = c.ignore_index;
+        p.alpha = c.alpha;
+        p.label_smoothing = c.eps;
+        p.reduction = c.red;
+        p.weight = mem.in(d.weight);
+        p.bad_target_count = mem.in(count);
+        pg::XentOutputs<float> o;
+        o.loss = mem.out(loss);
+        o.dlogits = mem.out(grad);
+        const size_t wsb = pg::xent_workspace_bytes(c.rows, c.red);
+        void* ws = wsb ? mem.workspace(wsb) : nullptr;
+        ASSERT_EQ(pg::xent_forward_backward(Backend::kCuda, p, pg::Upstream{}, o, ws, wsb), Status::kSuccess)
+            << pg::last_error_message();
+        mem.fetch(loss, o.loss);
+        mem.fetch(grad, o.dlogits);
+        mem.fetch(count, p.bad_target_count);
+        const std::string what = std::string("bad weight ") + std::to_string(bad) + " " + c.str();
+        // With smoothing every non-ignored row uses every weight.
+        const auto uses_bad = [&](int64_t r) { return r != 4 && (eps != 0.f || r == 1 || r == 3); };
+        int expect_count = 0;
+        for (int64_t r = 0; r < c.rows; ++r) expect_count += uses_bad(r) ? 1 : 0;
+        EXPECT_EQ(count[0], expect_count) << what;
+        const bool all_nan = red == Reduction::kMean;
+        for (int64_t r = 0; r < c.rows; ++r) {
+          for (int64_t j = 0; j < c.cols; ++j) {
+            const float g = grad[r * c.cols + j];
+            if (r == 4) {
+              EXPECT_EQ(g, 0.f) << what << " ignored row " << j;
+            } else if (all_nan || uses_bad(r)) {
+              EXPECT_TRUE(std::isnan(g)) << what << " row " << r << " col " << j << " = " << g;
+            } else {
+              const double ref = R.grad[r * c.cols + j];
+              EXPECT_NEAR(g, ref, 1e-5 * (1.0 + std::fabs(ref))) << what << " row " << r << " col " << j;
+            }
+          }
+          if (red == Reduction::kNone) {
+            if (r == 4) EXPECT_EQ(loss[r], 0.f) << what;
+            else if (uses_bad(r)) EXPECT_TRUE(std::isnan(loss[r])) << what << " loss row " << r << " = " << loss[r];
+            else EXPECT_NEAR(loss[r], R.loss_row[r], 1e-5 * (1.0 + std::fabs(R.loss_row[r]))) << what << " row " << r;
+          }
+        }
+        if (red == Reduction::kMean) EXPECT_TRUE(std::isnan(loss[0])) << what << " loss = " << loss[0];
+      }
+}
+
+// The workspace size query is honoured: one byte less is rejected before anything is written.
 TEST(XentDeviceApi, WorkspaceTooSmallIsRejected) {
   PG_REQUIRE_GPU();
   for (Reduction red : {Reduction::kMean, Reduction::kSum}) {

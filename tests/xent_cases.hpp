@@ -1402,4 +1402,20 @@ inline std::vector<std::vector<int64_t>> shard_layouts(int64_t C) {
   return v;
 }
 
+// option_cases() in the split form, with the weights sharded like the logits: one shard layout of
+// several columns per case (the host and the device tests share this table).
+inline std::vector<std::pair<Case, std::vector<int64_t>>> shard_option_cases() {
+  std::vector<std::pair<Case, std::vector<int64_t>>> v;
+  int i = 0;
+  for (Case c : option_cases()) {
+    if (c.cols < 10 && i++ % 2) continue;
+    const auto layouts = shard_layouts(c.cols);
+    const auto& w = layouts[1 + (i++ % (layouts.size() - 1))];
+    if (c.rows < static_cast<int64_t>(w.size())) c.rows = static_cast<int64_t>(w.size());
+    c.target_shards = w;
+    v.push_back({c, w});
+  }
+  return v;
+}
+
 }  // namespace pgtest

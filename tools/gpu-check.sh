@@ -450,8 +450,10 @@ step_linear_tests() { gtest_step powergrad_tests_linear_device tests_linear_devi
 SAN_SMALL='XentDevice/bf16.ForwardBackwardEdgeSemantics:XentDevice/bf16.HookFromIncomingGradient'
 SAN_SMALL+=':XentDevice/bf16.SplitFormEqualsUnsplit:XentDevice/bf16.BackwardWithSavedLseAlpha'
 SAN_SMALL+=':BucketDevice/bf16.NonFinite:BucketDevice/bf16.ManyTinyTensors:BucketDeviceApi.StalePlanWritesNothing'
+SAN_SMALL+=':XentDevice/bf16.ForwardBackwardOptions'  # the kernels with options (small shapes, in place too)
 SAN_MEMCHECK="$SAN_SMALL:XentDevice/fp32.ForwardBackwardEdgeSemantics:XentDevice/fp16.HookFromIncomingGradient"
 SAN_MEMCHECK+=':XentDevice/bf16.BadTargetsAreCountedAndPoisonOnlyTheirRow:XentDeviceApi.CudaGraphCaptureReplays'
+SAN_MEMCHECK+=':XentDevice/fp32.SplitFormOptionsEqualsUnsplit:XentDeviceApi.BadWeightsPoisonTheRowsThatUseThemAndAreCounted'
 
 find_sanitizer() {
   local s d

@@ -54,21 +54,23 @@ def short(name):
     name = strip_params(name)
     if name.startswith("void "):
         name = name[5:]
-    # xent_rows_kernel<T, Targets, G, CACHE, SMEM, BATCH, MIN_BLOCKS, MODE>
+    # xent_rows_kernel<T, Targets, G, CACHE, SMEM, BATCH, MIN_BLOCKS, MODE, OPT>; OPT = true (the
+    # options of docs/design.md §2.5 compiled in) is shown as ", opt"
     num = r"(\d+), (\d+), (\d+), (\d+), (\d+)"
+    opt = r"(?:, (true|false))?>"
     m = re.match(r"device::xent_rows_kernel<(\w+), ClassTargets<(\w+(?: \w+)?)>, " + num +
-                 r", \(detail::XentMode\)(\d)>", name)
+                 r", \(detail::XentMode\)(\d)" + opt, name)
     if m:
-        dt, idx, g, cache, smem, batch, mb, mode = m.groups()
+        dt, idx, g, cache, smem, batch, mb, mode, o = m.groups()
         idx = {"int": "i32", "long": "i64", "long long": "i64"}.get(idx, idx)
         return (f"xent_rows<{DTYPES.get(dt, dt)}, {idx}, {MODES.get(mode, mode)}, G={g}, CACHE={cache}, "
-                f"SMEM={smem}, BATCH={batch}, MINB={mb}>")
-    m = re.match(r"device::xent_rows_kernel<(\w+), DenseTargets<\w+>, " + num + r", \(detail::XentMode\)(\d)>",
+                f"SMEM={smem}, BATCH={batch}, MINB={mb}{', opt' if o == 'true' else ''}>")
+    m = re.match(r"device::xent_rows_kernel<(\w+), DenseTargets<\w+>, " + num + r", \(detail::XentMode\)(\d)" + opt,
                  name)
     if m:
-        dt, g, cache, smem, batch, mb, mode = m.groups()
+        dt, g, cache, smem, batch, mb, mode, o = m.groups()
         return (f"xent_rows<{DTYPES.get(dt, dt)}, dense, {MODES.get(mode, mode)}, G={g}, CACHE={cache}, "
-                f"SMEM={smem}, BATCH={batch}, MINB={mb}>")
+                f"SMEM={smem}, BATCH={batch}, MINB={mb}{', opt' if o == 'true' else ''}>")
     return name
 
 

@@ -236,7 +236,7 @@ def merge_bench(out_path, paths):
 # ------------------------------------------------------------------------------------------------
 # run-summary: summary.md of tools/gpu-check.sh run
 
-XENT_OPS = ["fwd_bwd_inplace", "fwd_bwd_out", "bwd_saved", "hook", "unfused"]
+XENT_OPS = ["fwd_bwd_inplace", "fwd_bwd_inplace_options", "fwd_bwd_out", "bwd_saved", "hook", "unfused"]
 
 
 def read_text(path):
@@ -372,6 +372,14 @@ def pivot_xent(rows, out):
         print("| %s | %s | %s | " % (key[0], key[1], "%.0f" % (bps / 1e9) if bps else "-")
               + " | ".join(cells.get((key, op), "") for op in ops) + " |", file=out)
     print("", file=out)
+    # fwd_bwd_inplace_options: every option of docs/design.md §2.5 on, timed against fwd_bwd_inplace.
+    over = [b for b in rows if b.get("options_over_plain") is not None and not b.get("error_occurred")]
+    for b in over:
+        parts = b["name"].split("/")
+        print("- options cost (%s %s): fwd_bwd_inplace_options / fwd_bwd_inplace time = %.3f"
+              % (parts[2], parts[3], b["options_over_plain"]), file=out)
+    if over:
+        print("", file=out)
 
 
 def bucket_table(rows, out):

@@ -78,7 +78,7 @@ typedef struct pg_xent_problem_t {
   pg_reduction_t reduction;
   int64_t col_offset;          /* split form: these cols are [col_offset, col_offset+cols) of total_cols; 0 */
   int64_t total_cols;          /* 0 means cols (required when col_offset > 0) */
-  int32_t* bad_target_count;   /* optional, CUDA only: counts out-of-range class targets (docs/design.md §8) */
+  int32_t* bad_target_count;   /* optional, CUDA only: counts rows with an out-of-range class target or a bad class weight (docs/design.md §8) */
   /* Options (docs/design.md §2.5), appended to the first layout; a struct_size of the first layout
    * (ending above) is still accepted, with every option off. */
   const float* weight;         /* optional class weights of these cols columns (float, same memory), finite, >= 0 */

@@ -296,8 +296,8 @@ void init_job(XentJob<T, Tg>& j) {
 }
 
 // Host backend: every class index is ignore_index or in [0, total_cols), and every class weight is
-// finite and >= 0 (the CUDA backend cannot check either without a host synchronisation: it counts
-// bad rows instead, docs/design.md §8, and lets a bad weight propagate).
+// finite and >= 0 (the CUDA backend cannot check either without a host synchronisation: it makes
+// the rows concerned NaN and counts them instead, docs/design.md §8).
 template <class T, class Tg>
 Status check_host_inputs(const XentArgNames& n, const XentJob<T, Tg>& j) {
   if constexpr (target_traits<Tg>::hard) {
@@ -318,21 +318,6 @@ Status check_host_inputs(const XentArgNames& n, const XentJob<T, Tg>& j) {
   return Status::kSuccess;
 }
 
-// The CUDA backend does not implement the options of docs/design.md §2.5 yet: it refuses them.
-template <class T, class Tg>
-Status check_device_options(const XentArgNames& n, const XentJob<T, Tg>& j) {
-  const char* what = j.p.weight ? n.weight
-                     : j.p.z_loss_scale != 0.f ? n.z_loss_scale
-                     : j.p.softcap != 0.f ? n.softcap
-                     : j.out.z_loss ? n.z_loss
-                     : j.out.argmax ? n.argmax
-                     : j.out.correct ? n.correct
-                                     : nullptr;
-  POWERGRAD_REQUIRE(what == nullptr, Status::kUnsupported, "%s is not implemented by the CUDA backend yet (host only)",
-                    what);
-  return Status::kSuccess;
-}
-
 template <XentMode MODE, class T, class Tg>
 Status dispatch(const XentArgNames& n, Backend b, const XentJob<T, Tg>& j, void* ws, size_t ws_bytes,
                 stream_t stream) {
@@ -341,7 +326,6 @@ Status dispatch(const XentArgNames& n, Backend b, const XentJob<T, Tg>& j, void*
     return host::xent_run(j);
   }
 #if defined(__CUDACC__)
-  POWERGRAD_TRY(check_device_options(n, j));
   return device::xent_run<MODE>(j, ws, ws_bytes, stream);
 #else
   (void)ws;

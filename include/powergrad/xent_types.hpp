@@ -43,8 +43,9 @@ struct XentProblem {
   int64_t col_offset = 0;
   int64_t total_cols = 0;  // 0 means total_cols = cols
   // Optional, CUDA backend only: incremented (integer atomics) once per row whose class index is
-  // neither ignore_index nor in [0, total_cols); such a row's loss and gradient are NaN. The host
-  // backend instead rejects the call with kInvalidTarget before writing anything.
+  // neither ignore_index nor in [0, total_cols), or that uses a bad class weight (NaN, infinite or
+  // negative: docs/design.md §8); such a row's loss and gradient are NaN. The host backend instead
+  // rejects the call (kInvalidTarget, kInvalidValue) before writing anything.
   int32_t* bad_target_count = nullptr;
   // Options (docs/design.md §2.5), off by default.
   const float* weight = nullptr;  // class weights of these `cols` columns (same memory), finite and >= 0

@@ -36,13 +36,14 @@ struct XentJob {
   const float* lse_alpha_in = nullptr;   // kApplySaved: a saved lse_alpha
 };
 
-// Whether a job needs the reduction workspace: a reduced loss is written, or kMean scales the
-// gradient by 1/n_valid.
+// Whether a job needs the reduction workspace: a reduced loss or z-loss is written, or kMean scales
+// the gradient by 1/n_valid (or 1/D with class weights).
 template <class T, class Tg>
 bool xent_job_needs_workspace(const XentJob<T, Tg>& j) {
   if (j.mode != XentMode::kFused && j.mode != XentMode::kApplyMerged && j.mode != XentMode::kApplySaved) return false;
   if (j.p.reduction == Reduction::kNone) return false;
-  return j.out.loss != nullptr || (j.p.reduction == Reduction::kMean && j.out.dlogits != nullptr);
+  return j.out.loss != nullptr || j.out.z_loss != nullptr ||
+         (j.p.reduction == Reduction::kMean && j.out.dlogits != nullptr);
 }
 
 template <class Tg>

@@ -1,15 +1,19 @@
 // powergrad internal: the device workspace of the reduced cross-entropy ops, in one place. The size
 // query (xent_workspace_bytes), the argument check and the CUDA kernels all read this layout.
 //
-// One caller buffer, 16-byte aligned, used only when a call reduces the loss (kMean / kSum) and
-// writes it, or scales the gradient by 1/n_valid (kMean):
-//   byte  0  float         mean divisor: n_valid converted to float once, by the count kernel; what
-//                          the row kernels divide the upstream gradient by for kMean
+// One caller buffer, 16-byte aligned, used only when a call reduces the loss or the z-loss
+// (kMean / kSum) and writes it, or scales the gradient by 1/n_valid (kMean):
+//   byte  0  float         mean divisor: the kMean denominator converted to float once, by the count
+//                          kernel; what the row kernels divide the upstream gradient by for kMean
 //   byte  4  (4 bytes of padding)
-//   byte  8  int64         n_valid: rows whose target is not ignore_index, counted exactly (an
-//                          int64 holds any row count; a float count is exact only up to 2^24)
+//   byte  8  the kMean denominator, one of (the op knows which from its arguments):
+//            int64         n_valid: rows whose target is not ignore_index, counted exactly (an
+//                          int64 holds any row count; a float count is exact only up to 2^24), or
+//            double        D = sum of w_y over those rows (class targets with class weights,
+//                          docs/design.md §2.5)
 //   byte 16  float[rows]   per-row losses of the row kernels, summed in a fixed order by the
 //                          loss-reduction kernel
+//   byte 16 + 4 rows  float[rows]   per-row z-losses (the `z_loss` output, reduced the same way)
 #pragma once
 
 #include <cstddef>
@@ -39,7 +43,7 @@ struct XentWorkspace {
   static constexpr size_t bytes(int64_t rows, Reduction r) {
     if (r == Reduction::kNone || rows <= 0) return 0;
     if (rows > kXentMaxRows) return SIZE_MAX;
-    return kHeaderBytes + static_cast<size_t>(rows) * sizeof(float);
+    return kHeaderBytes + 2 * static_cast<size_t>(rows) * sizeof(float);
   }
 
   // Typed views of a workspace base pointer (the kernels receive it as float*).
@@ -51,11 +55,19 @@ struct XentWorkspace {
   PG_HD static const int64_t* valid_count(const float* ws) {
     return reinterpret_cast<const int64_t*>(reinterpret_cast<const unsigned char*>(ws) + kValidCountOffset);
   }
+  PG_HD static double* weight_sum(float* ws) {
+    return reinterpret_cast<double*>(reinterpret_cast<unsigned char*>(ws) + kValidCountOffset);
+  }
+  PG_HD static const double* weight_sum(const float* ws) {
+    return reinterpret_cast<const double*>(reinterpret_cast<const unsigned char*>(ws) + kValidCountOffset);
+  }
   PG_HD static float* row_loss(float* ws) { return ws + kRowLossIndex; }
+  PG_HD static float* row_z_loss(float* ws, int64_t rows) { return ws + kRowLossIndex + rows; }
 };
 
 static_assert(XentWorkspace::kMeanDivisorOffset + sizeof(float) <= XentWorkspace::kValidCountOffset &&
                   XentWorkspace::kValidCountOffset % alignof(int64_t) == 0 &&
+                  XentWorkspace::kValidCountOffset % alignof(double) == 0 && sizeof(double) == sizeof(int64_t) &&
                   XentWorkspace::kValidCountOffset + sizeof(int64_t) <= XentWorkspace::kRowLossOffset &&
                   XentWorkspace::kRowLossOffset % XentWorkspace::kAlign == 0,
               "xent workspace fields overlap or are misaligned");

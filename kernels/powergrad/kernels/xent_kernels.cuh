@@ -194,17 +194,29 @@ constexpr bool kHardTargets = powergrad::detail::target_traits<Tg>::hard;
 
 // ---------------------------------------------------------------------------------------------
 // The row worker: everything one group does for one row.
-template <class T, class Tg, int G, int CACHE, int SMEM, int BATCH, XentMode MODE>
+// A class weight as the kernels use it: a negative, infinite or NaN weight becomes NaN, so that every
+// row using it gets a NaN target mass, loss and gradient and is counted (docs/design.md §8).
+PG_DEVICE float checked_weight(float w) { return (w >= 0.f && w <= 3.402823466e38f) ? w : __int_as_float(0x7fffffff); }
+
+// OPT: the options of docs/design.md §2.5 (class weights, z-loss, softcap, argmax / correct / z_loss
+// outputs) are compiled in. A kernel without them (OPT = false) is the plain one, instruction for
+// instruction; the launcher picks OPT = true only when some option of the call is on.
+template <class T, class Tg, int G, int CACHE, int SMEM, int BATCH, XentMode MODE, bool OPT = false>
 struct RowWorker {
   static constexpr int V = Vec<T>::kSize;
   static constexpr int kBatch = BATCH;  // independent 16-byte loads in flight per thread (streamed part)
-  static constexpr bool kNeedQInPass1 = (MODE == XentMode::kHook) || !kHardTargets<Tg>;
-  // The target mass A = sum q (docs/design.md §2.5): 1 for class targets, summed per element for
-  // dense targets (a row need not sum to 1); the shard statistics also carry w and the argmax.
+  static constexpr bool kOpt = OPT && MODE != XentMode::kHook;
+  // Pass 1 reads a per-element value besides the logit: q (hook), the weighted target b (dense
+  // targets), or, with options and class targets, the column's weight (1 without weights).
+  static constexpr bool kNeedQInPass1 = (MODE == XentMode::kHook) || !kHardTargets<Tg> || kOpt;
+  // The target mass A = sum b (docs/design.md §2.5): 1 for class targets, summed per element for
+  // dense targets (a row need not sum to 1) and for weighted rows; the shard statistics also carry
+  // w and the argmax, and so does every kernel with options (the argmax outputs).
   static constexpr bool kDenseMass = !kHardTargets<Tg> && MODE != XentMode::kHook;
-  static constexpr MergeFields kFields =
-      MODE == XentMode::kStats ? MergeFields::kAll : (kDenseMass ? MergeFields::kMass : MergeFields::kCore);
-  static constexpr bool kArgmax = MODE == XentMode::kStats;
+  static constexpr MergeFields kFields = (MODE == XentMode::kStats || kOpt)
+                                             ? MergeFields::kAll
+                                             : (kDenseMass ? MergeFields::kMass : MergeFields::kCore);
+  static constexpr bool kArgmax = MODE == XentMode::kStats || kOpt;
 
   const XentJob<T, Tg>& j;
   const int tid;  // thread index within the group
@@ -217,6 +229,9 @@ struct RowWorker {
   bool out_vec;         // output shares the input's alignment
   float s_r;            // hook form: the incoming gradient's scale
   float mass = 1.f;     // dense targets: the row's target mass A (the gradient is g (A p' - q))
+  float wy = 1.f;       // kOpt, class targets: the target column's checked weight when it is in this shard, else 0
+  float lse = 0.f;      // kOpt: the row's lse (the z-loss gradient's ordinary softmax)
+  float zl2 = 0.f;      // kOpt: 2 lambda lse (0 without a z-loss)
   uint4 cache[CACHE > 0 ? CACHE : 1];
   uint4* stage;         // SMEM > 0: this group's shared-memory slots (SMEM vectors per thread)
 
@@ -251,14 +266,60 @@ struct RowWorker {
       return __log2f(p) * math::kLn2;  // one MUFU.LG2; log(0) = -inf: a masked class
     } else {
       (void)q;
+      if constexpr (kOpt) return j.k.softcap > 0.f ? math::softcapped(v, j.k) : v;
       return v;
+    }
+  }
+
+  // Weight of local column c as the kernels use it (kOpt, weights given).
+  PG_DEVICE float wcol(int64_t c) const { return checked_weight(j.p.weight[c]); }
+  // Whether pass 1 of a class-target row needs each column's weight: the uniform part of b is
+  // (eps / C) w_j, so only with weights and label smoothing.
+  PG_DEVICE bool weights_per_column() const { return j.p.weight != nullptr && j.k.smooth_off != 0.f; }
+
+  // The per-element value of pass 1 (kNeedQInPass1): q for the hook form; b = w q' for dense
+  // targets; for class targets with options the column's weight (or 1), which pass 1 sums into
+  // a and t and scales by eps / C once per thread.
+  PG_DEVICE void p1vec(int64_t c0, const DevRowTarget<Tg>& tg, float (&q)[V]) const {
+    if constexpr (kOpt && kHardTargets<Tg>) {
+      const bool wpc = weights_per_column();
+#pragma unroll
+      for (int e = 0; e < V; ++e) q[e] = wpc ? wcol(c0 + e) : 1.f;
+    } else {
+      tg.template qvec<T, V>(j, c0, q);
+      if constexpr (kOpt) {
+        if (j.p.weight) {
+#pragma unroll
+          for (int e = 0; e < V; ++e) q[e] *= wcol(c0 + e);
+        }
+      }
+    }
+  }
+  PG_DEVICE float p1scalar(int64_t c, const DevRowTarget<Tg>& tg) const {
+    if constexpr (kOpt && kHardTargets<Tg>) {
+      return weights_per_column() ? wcol(c) : 1.f;
+    } else {
+      const float q = tg.q(j, c);
+      if constexpr (kOpt) {
+        if (j.p.weight) return q * wcol(c);
+      }
+      return q;
+    }
+  }
+  // kOpt, pass 2: the weighted target b of column c (docs/design.md §2.5).
+  PG_DEVICE float b_of(int64_t c, const DevRowTarget<Tg>& tg) const {
+    if constexpr (kHardTargets<Tg>) {
+      const float off = j.k.smooth_off == 0.f ? 0.f : (j.p.weight ? j.k.smooth_off * wcol(c) : j.k.smooth_off);
+      return (c == tg.yl ? j.k.smooth_on * wy : 0.f) + off;
+    } else {
+      return p1scalar(c, tg);
     }
   }
 
   // Pass 1 on V values already converted to fp32.
   PG_DEVICE void stats_vec(RowStats& st, const float (&v)[V], int64_t c0, const DevRowTarget<Tg>& tg) const {
     float q[V];
-    if constexpr (kNeedQInPass1) tg.template qvec<T, V>(j, c0, q);
+    if constexpr (kNeedQInPass1) p1vec(c0, tg, q);
     float z[V];
     float bm = math::neg_inf();
     int be = 0;
@@ -281,10 +342,11 @@ struct RowWorker {
 
   // Target dot product: dense targets add q z; hard targets add plain z here (the uniform eps/C
   // part is applied once per thread in pass1, which saves a multiply and a select per element).
+  // With options, class targets sum w_j z_j and w_j (q = w_j, or 1 without weights) like dense ones.
   PG_DEVICE static void add_t(RowStats& st, float z, float q) {
     if constexpr (MODE == XentMode::kHook) {
       return;
-    } else if constexpr (kHardTargets<Tg>) {
+    } else if constexpr (kHardTargets<Tg> && !kOpt) {
       st.t += z;
     } else {
       st.t += math::q_times_z(q, z);
@@ -301,7 +363,7 @@ struct RowWorker {
   }
 
   PG_DEVICE void stats_scalar(RowStats& st, int64_t c, const DevRowTarget<Tg>& tg) const {
-    const float q = kNeedQInPass1 ? tg.q(j, c) : 0.f;
+    const float q = kNeedQInPass1 ? p1scalar(c, tg) : 0.f;
     const float z = zval(to_float(x[c]), q);
     if constexpr (kArgmax) note_max(st, z, c);
     const float ref = math::rescale_to(st, z, j.k);
@@ -347,10 +409,20 @@ struct RowWorker {
     for (int64_t i = tid; i < n_scalar(); i += G) stats_scalar(st, scalar_col(i), tg);
     // The target column's (1 - eps) z_y, read here, before the group's barrier: an in-place pass 2
     // of another thread may overwrite it right after.
-    if constexpr (kHardTargets<Tg> && MODE != XentMode::kHook) {
+    if constexpr (kHardTargets<Tg> && MODE != XentMode::kHook && !kOpt) {
       st.t = math::q_times_z(j.k.smooth_off, st.t);  // eps/C * sum z (0 when eps = 0, even if -inf)
       if (tid == 0 && !tg.ignored && !tg.bad && tg.yl >= 0 && tg.yl < j.p.cols)
         st.t += math::q_times_z(j.k.smooth_on, to_float(x[tg.yl]));
+    } else if constexpr (kHardTargets<Tg> && kOpt) {
+      // t = (eps/C) sum w_j zc_j + (1 - eps) w_y zc_y and a = (eps/C) sum w_j + (1 - eps) w_y
+      // (w = 1 without weights; wy = 0 when the target is not in this shard).
+      st.t = math::q_times_z(j.k.smooth_off, st.t);
+      st.a *= j.k.smooth_off;
+      if (tid == 0 && !tg.ignored && !tg.bad && tg.yl >= 0 && tg.yl < j.p.cols) {
+        const float on = j.k.smooth_on * wy;
+        st.t += math::q_times_z(on, zval(to_float(x[tg.yl]), 0.f));
+        st.a += on;
+      }
     }
     return st;
   }
@@ -367,11 +439,28 @@ struct RowWorker {
     }
   }
 
+  // kOpt, pass 2 element (docs/design.md §2.5): g (A p'_j - b_j + 2 lambda lse p_j) (1 - tanh^2(z_j / c)),
+  // formed in fp32 before the single final rounding; p (the ordinary softmax) only with a z-loss.
+  PG_DEVICE float opt_elem(float v, float b, float g, float ref, float c2) const {
+    float zc = v, slope = 1.f;
+    const bool capped = j.k.softcap > 0.f;
+    if (capped) math::softcap_with_slope(v, j.k, zc, slope);
+    const float pp = math::pgt_prob(zc, j.k.alpha_log2e, ref, c2);
+    float p = 0.f;
+    if (zl2 != 0.f) p = zc == math::neg_inf() ? 0.f : math::fast_exp2((zc - lse) * math::kLog2e);
+    float d = math::option_grad(mass, pp, b, zl2, p);
+    if (capped) d *= slope;
+    return g * d;
+  }
+
   PG_DEVICE void write_vec(const uint4& raw, int64_t k, float g, float ref, float c2, const DevRowTarget<Tg>& tg) {
     float v[V];
     unpack(raw, v, T{});
     const int64_t c0 = head + k * V;
-    if constexpr (kHardTargets<Tg> && MODE != XentMode::kHook) {
+    if constexpr (kOpt) {
+#pragma unroll
+      for (int e = 0; e < V; ++e) v[e] = opt_elem(v[e], b_of(c0 + e, tg), g, ref, c2);
+    } else if constexpr (kHardTargets<Tg> && MODE != XentMode::kHook) {
       // Hard targets: q = eps/C everywhere but the target column. One FFMA per element; the target
       // column (in at most one vector of the row) is formed as g (p' - q_y) in fp32, so that
       // p'_y - q_y does not cancel after rounding as p'_y -> 1.
@@ -433,9 +522,21 @@ struct RowWorker {
     }
     for (int64_t i = tid; i < n_scalar(); i += G) {
       const int64_t c = scalar_col(i);
-      const float q = tg.q(j, c);
-      out[c] = from_float<T>(out_elem(to_float(x[c]), q, g, ref, c2));
+      if constexpr (kOpt) {
+        out[c] = from_float<T>(opt_elem(to_float(x[c]), b_of(c, tg), g, ref, c2));
+      } else {
+        const float q = tg.q(j, c);
+        out[c] = from_float<T>(out_elem(to_float(x[c]), q, g, ref, c2));
+      }
     }
+  }
+
+  // kOpt with weights: a row whose target mass A is NaN used a bad weight (checked_weight made it
+  // NaN, and with it the row's loss and gradient); it is counted with the bad targets
+  // (docs/design.md §8), once per row and kernel.
+  PG_DEVICE void count_bad_weight(const DevRowTarget<Tg>& tg, float A) const {
+    if (j.p.weight && tid == 0 && j.p.bad_target_count && !tg.ignored && !tg.bad && isnan(A))
+      atomicAdd(j.p.bad_target_count, 1);
   }
 
   // Writes `value` to every column of the output row (ignored rows: 0; invalid rows: NaN).
@@ -446,7 +547,7 @@ struct RowWorker {
 };
 
 // ---------------------------------------------------------------------------------------------
-template <class T, class Tg, int G, int CACHE, int SMEM, int BATCH, int MIN_BLOCKS, XentMode MODE>
+template <class T, class Tg, int G, int CACHE, int SMEM, int BATCH, int MIN_BLOCKS, XentMode MODE, bool OPT = false>
 __global__ void __launch_bounds__(block_threads(G), MIN_BLOCKS)
     PG_KERNEL_VISIBILITY xent_rows_kernel(const __grid_constant__ XentJob<T, Tg> j, float* __restrict__ ws) {
   constexpr int kRowsPerBlock = rows_per_block(G);
@@ -461,13 +562,17 @@ __global__ void __launch_bounds__(block_threads(G), MIN_BLOCKS)
 
   extern __shared__ uint4 stage_smem[];  // SMEM vectors per thread (dynamic; 0 bytes when SMEM = 0)
   uint4* stage = SMEM > 0 ? stage_smem + (G <= 32 ? (threadIdx.x / G) * G * SMEM : 0) : nullptr;
-  using W = RowWorker<T, Tg, G, CACHE, SMEM, BATCH, MODE>;
+  using W = RowWorker<T, Tg, G, CACHE, SMEM, BATCH, MODE, OPT>;
   W w(j, tid, stage);
   for (int64_t r = first; r < j.p.rows; r += stride) {
     w.setup(r);
     const DevRowTarget<Tg> tg(j, r);
     if (tg.bad && tid == 0 && j.p.bad_target_count) atomicAdd(j.p.bad_target_count, 1);
     const float nan = __int_as_float(0x7fffffff);
+    if constexpr (W::kOpt && kHardTargets<Tg>) {
+      const bool in_shard = !tg.ignored && !tg.bad && tg.yl >= 0 && tg.yl < j.p.cols;
+      w.wy = !in_shard ? 0.f : (j.p.weight ? checked_weight(j.p.weight[tg.yl]) : 1.f);
+    }
 
     if constexpr (MODE == XentMode::kHook) {
       w.s_r = j.hook_scale.scale * (j.hook_scale.row_scale ? j.hook_scale.row_scale[r] : 1.f);
@@ -487,7 +592,26 @@ __global__ void __launch_bounds__(block_threads(G), MIN_BLOCKS)
       bool cached = false;
       if constexpr (MODE == XentMode::kApplySaved) {
         c2 = j.lse_alpha_in[r] * math::kLog2e;
-        if constexpr (W::kDenseMass) {
+        if constexpr (W::kOpt) {
+          // The target mass from the targets and weights (docs/design.md §2.5; the API runs kFused
+          // with a z-loss, so zl2 stays 0): dense targets sum b = w q'; weighted class targets
+          // (1 - eps) w_y + (eps / C) sum_j w_j; class targets without weights 1.
+          float A = 1.f;
+          if constexpr (!kHardTargets<Tg>) {
+            RowStats part = with_fields<MergeFields::kMass>(math::empty_stats());
+            for (int64_t c = tid; c < j.p.cols; c += G) part.a += w.p1scalar(c, tg);
+            A = group_merge<G, MergeFields::kMass>(part, a2, smem).a;
+          } else if (j.p.weight) {
+            A = j.k.smooth_on * w.wy;
+            if (w.weights_per_column()) {
+              RowStats part = with_fields<MergeFields::kMass>(math::empty_stats());
+              for (int64_t c = tid; c < j.p.cols; c += G) part.a += w.wcol(c);
+              A += j.k.smooth_off * group_merge<G, MergeFields::kMass>(part, a2, smem).a;
+            }
+          }
+          w.mass = A;
+          w.count_bad_weight(tg, A);
+        } else if constexpr (W::kDenseMass) {
           // Dense targets: A = sum q before the write (one read of the target row; the fused op
           // gets it from its statistics pass). Summed through the group merge's target mass.
           RowStats part = with_fields<MergeFields::kMass>(math::empty_stats());
@@ -501,10 +625,21 @@ __global__ void __launch_bounds__(block_threads(G), MIN_BLOCKS)
         } else {
           st = group_merge<G, W::kFields>(w.pass1(tg), a2, smem);
           cached = true;
+          if constexpr (W::kOpt) {
+            if (tg.ignored) st.a = 0.f;  // an ignored row has no target (docs/design.md §2.3)
+          }
         }
         if constexpr (MODE == XentMode::kStats) {
           if (tid == 0) {
-            if constexpr (kHardTargets<Tg>) {
+            if constexpr (W::kOpt) {
+              // a and t as pass 1 summed them (weights, softcap); w = the target's weight when the
+              // target column is in this shard.
+              if constexpr (kHardTargets<Tg>) {
+                st.w = w.wy;
+              } else {
+                st.w = 0.f;
+              }
+            } else if constexpr (kHardTargets<Tg>) {
               // Class targets: a = (1 - eps) [y in shard] + (eps / C) cols, w = [y in shard]; an
               // ignored row has no target (docs/design.md §2.3).
               const bool in_shard = !tg.ignored && !tg.bad && tg.yl >= 0 && tg.yl < j.p.cols;
@@ -516,17 +651,37 @@ __global__ void __launch_bounds__(block_threads(G), MIN_BLOCKS)
             }
             j.stats_out[r] = st;
           }
+          if constexpr (W::kOpt) w.count_bad_weight(tg, st.a);
           continue;
         }
         ref = math::safe_ref(st.m);
         c2 = math::fast_log2(st.sa);
-        if constexpr (W::kDenseMass) w.mass = st.a;
+        if constexpr (W::kOpt) {
+          // A = 1 exactly for class targets without weights (the statistics' a is 1 up to rounding).
+          w.mass = (!kHardTargets<Tg> || j.p.weight) ? st.a : 1.f;
+          w.lse = math::lse_of(st);
+          w.zl2 = 2.f * j.k.z_loss_scale * w.lse;
+          w.count_bad_weight(tg, w.mass);
+        } else if constexpr (W::kDenseMass) {
+          w.mass = st.a;
+        }
         if (tid == 0) {
           const float lse = math::lse_of(st);
           if (j.out.lse) j.out.lse[r] = lse;
           if (j.out.lse_alpha) j.out.lse_alpha[r] = math::lse_alpha_of(st, j.k.alpha);
           float loss_r;
-          if constexpr (W::kDenseMass) {
+          if constexpr (W::kOpt) {
+            const float lambda = j.k.z_loss_scale;
+            const float zrow = lambda == 0.f ? 0.f : lambda * lse * lse;
+            loss_r = math::row_loss_mass(lse, w.mass, st) + zrow;
+            float* zl = reduced ? (j.out.z_loss ? XentWorkspace::row_z_loss(ws, j.p.rows) : nullptr) : j.out.z_loss;
+            if (zl) zl[r] = tg.ignored ? 0.f : (tg.bad ? nan : zrow);
+            if (j.out.argmax) j.out.argmax[r] = st.argmax;
+            if constexpr (kHardTargets<Tg>) {
+              if (j.out.correct)
+                j.out.correct[r] = (!tg.ignored && !tg.bad && st.argmax == tg.yl + j.p.col_offset) ? 1 : 0;
+            }
+          } else if constexpr (W::kDenseMass) {
             loss_r = math::row_loss_mass(lse, st.a, st);
           } else {
             loss_r = math::row_loss_of(lse, st);
@@ -542,7 +697,12 @@ __global__ void __launch_bounds__(block_threads(G), MIN_BLOCKS)
       float g = j.up.scale * (j.up.values ? j.up.values[reduced ? 0 : r] : 1.f);
       if (j.p.reduction == Reduction::kMean) {
         const float n_valid = *XentWorkspace::mean_divisor(ws);
-        g = n_valid > 0.f ? g / n_valid : 0.f;
+        if constexpr (W::kOpt) {
+          // A weighted denominator that a bad weight made NaN makes every row NaN.
+          g = n_valid > 0.f ? g / n_valid : (n_valid == 0.f ? 0.f : nan);
+        } else {
+          g = n_valid > 0.f ? g / n_valid : 0.f;
+        }
       }
       w.pass2(cached, g, ref, c2, tg);
     }
@@ -573,25 +733,63 @@ __global__ void __launch_bounds__(1024) PG_KERNEL_VISIBILITY xent_count_valid_ke
   }
 }
 
+// The weighted kMean denominator D = sum of w_y over the non-ignored rows (class targets with
+// weights, docs/design.md §2.5), in one block and in double: from the weights of whole rows, or from
+// the merged statistics' w in the split form. Writes D (double) and its one conversion to float (the
+// divisor of the row kernels). A bad weight (checked_weight) makes D NaN, and so every row of a
+// weighted mean NaN; a row whose class index is out of range adds nothing (it is NaN and counted).
+template <class Tg>
+__global__ void __launch_bounds__(1024) PG_KERNEL_VISIBILITY xent_weight_sum_kernel(Tg targets, int64_t rows,
+                                                                                     int64_t cols,
+                                                                                     const float* weight,
+                                                                                     const RowStats* merged, float* ws) {
+  double d = 0.0;
+#pragma unroll 4
+  for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) {
+    const int64_t y = static_cast<int64_t>(targets.index[r]);
+    if (y == targets.ignore_index) continue;
+    if (merged) {
+      d += static_cast<double>(merged[r].w);
+    } else if (y >= 0 && y < cols) {
+      d += static_cast<double>(checked_weight(weight[y]));
+    }
+  }
+  using Reduce = cub::BlockReduce<double, 1024>;
+  __shared__ typename Reduce::TempStorage tmp;
+  const double total = Reduce(tmp).Sum(d);
+  if (threadIdx.x == 0) {
+    *XentWorkspace::weight_sum(ws) = total;
+    *XentWorkspace::mean_divisor(ws) = static_cast<float>(total);
+  }
+}
+
 // Sum of the workspace's row losses in a fixed order; loss = sum (kSum) or sum / n_valid (kMean: the
-// exact int64 count, the division in double as on the host).
+// exact int64 count, the division in double as on the host). KIND bit 0: divide by the weighted
+// denominator D (double) instead; bit 1: sum the row z-losses instead of the row losses.
 // (Kernels in this header are templates, even where nothing varies, so that several translation
 // units can include it without multiple definitions.)
-template <int kUnused = 0>
+template <int KIND = 0>
 __global__ void __launch_bounds__(1024) PG_KERNEL_VISIBILITY xent_reduce_loss_kernel(const float* ws, int64_t rows,
                                                                                       bool mean, float* loss) {
+  const float* vals = ws + XentWorkspace::kRowLossIndex + ((KIND & 2) ? rows : 0);
   float acc = 0.f;
   // Unrolled for loads in flight; the additions stay in the same (fixed) order.
 #pragma unroll 8
-  for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) acc += ws[XentWorkspace::kRowLossIndex + r];
+  for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) acc += vals[r];
   using Reduce = cub::BlockReduce<float, 1024>;
   __shared__ typename Reduce::TempStorage tmp;
   const float total = Reduce(tmp).Sum(acc);
   if (threadIdx.x == 0) {
     float l = total;
     if (mean) {
-      const int64_t n_valid = *XentWorkspace::valid_count(ws);
-      l = n_valid > 0 ? static_cast<float>(static_cast<double>(total) / static_cast<double>(n_valid)) : 0.f;
+      if constexpr ((KIND & 1) != 0) {
+        const double d = *XentWorkspace::weight_sum(ws);
+        // NaN (a bad weight) stays NaN; D = 0 gives 0 (docs/design.md §2.5).
+        l = d > 0.0 ? static_cast<float>(static_cast<double>(total) / d) : (d == 0.0 ? 0.f : __int_as_float(0x7fffffff));
+      } else {
+        const int64_t n_valid = *XentWorkspace::valid_count(ws);
+        l = n_valid > 0 ? static_cast<float>(static_cast<double>(total) / static_cast<double>(n_valid)) : 0.f;
+      }
     }
     loss[0] = l;
   }
@@ -626,11 +824,11 @@ constexpr int64_t kMaxGrid = int64_t(1) << 20;  // rows beyond this are walked b
 // default 2 where the register budget is 64 per thread, else 4). The tuning sandbox (dev/)
 // calls this directly.
 template <class T, class Tg, XentMode MODE, int G, int CACHE, int MIN_BLOCKS, int SMEM = 0,
-          int BATCH = (block_threads(G) * MIN_BLOCKS >= 1024 ? 2 : 4)>
+          int BATCH = (block_threads(G) * MIN_BLOCKS >= 1024 ? 2 : 4), bool OPT = false>
 Status launch_rows_config(const XentJob<T, Tg>& j, float* ws, stream_t stream) {
   constexpr int kThreads = block_threads(G);
   constexpr size_t kSmemBytes = static_cast<size_t>(SMEM) * kThreads * sizeof(uint4);
-  auto kernel = xent_rows_kernel<T, Tg, G, CACHE, SMEM, BATCH, MIN_BLOCKS, MODE>;
+  auto kernel = xent_rows_kernel<T, Tg, G, CACHE, SMEM, BATCH, MIN_BLOCKS, MODE, OPT>;
   if constexpr (kSmemBytes > 48 * 1024) {
     // Raising the dynamic shared-memory limit is a function attribute (per device), not a stream
     // operation: legal while a graph is being captured. Only tuning configurations use it.
@@ -719,19 +917,43 @@ PG_HD constexpr int64_t row_vecs(int64_t cols) {
   return cols / Vec<T>::kSize + 1;
 }
 
+// The policy of the kernels with options (OPT) in a band: the band's threads and blocks, nothing
+// cached in registers and half the loads in flight (at least one). The options' per-element work (a
+// tanh, the weights, one more exp2) needs the registers: with the plain policy most OPT kernels spill
+// (bf16, sm_90: stack frames of 32-144 bytes); with this one none of the bf16 class-target kernels
+// does (docs/performance.md). Not tuned on a GPU.
+constexpr RowPolicy options_policy(RowPolicy p) {
+  p.reg_vecs = 0;
+  p.smem_vecs = 0;
+  p.loads_in_flight = p.loads_in_flight > 1 ? p.loads_in_flight / 2 : 1;
+  return p;
+}
+
 // Launches the policy of the first band (from BAND on) that holds rows of `vecs` vectors.
-template <class T, class Tg, XentMode MODE, int BAND = 0>
+template <class T, class Tg, XentMode MODE, bool OPT = false, int BAND = 0>
 Status launch_rows_band(const XentJob<T, Tg>& j, int64_t vecs, float* ws, stream_t stream) {
   if constexpr (BAND + 1 < kNumRowBands) {
-    if (vecs > kRowBands[BAND].max_vecs) return launch_rows_band<T, Tg, MODE, BAND + 1>(j, vecs, ws, stream);
+    if (vecs > kRowBands[BAND].max_vecs) return launch_rows_band<T, Tg, MODE, OPT, BAND + 1>(j, vecs, ws, stream);
   }
-  constexpr RowPolicy P = row_policy<MODE>(BAND);
+  constexpr RowPolicy P = OPT ? options_policy(row_policy<MODE>(BAND)) : row_policy<MODE>(BAND);
   return launch_rows_config<T, Tg, MODE, P.threads_per_row, P.reg_vecs, P.min_blocks, P.smem_vecs,
-                            P.loads_in_flight>(j, ws, stream);
+                            P.loads_in_flight, OPT>(j, ws, stream);
+}
+
+// Whether a job uses any option of docs/design.md §2.5 (then the kernels with OPT = true run; the
+// hook form has none: the API refuses them). The statistics kernels ignore the z-loss.
+template <XentMode MODE, class T, class Tg>
+bool xent_job_uses_options(const XentJob<T, Tg>& j) {
+  if (MODE == XentMode::kHook) return false;
+  return j.p.weight != nullptr || j.k.softcap > 0.f || (MODE != XentMode::kStats && j.k.z_loss_scale != 0.f) ||
+         j.out.z_loss != nullptr || j.out.argmax != nullptr || j.out.correct != nullptr;
 }
 
 template <class T, class Tg, XentMode MODE>
 Status launch_rows(const XentJob<T, Tg>& j, float* ws, stream_t stream) {
+  if constexpr (MODE != XentMode::kHook) {
+    if (xent_job_uses_options<MODE>(j)) return launch_rows_band<T, Tg, MODE, true>(j, row_vecs<T>(j.p.cols), ws, stream);
+  }
   return launch_rows_band<T, Tg, MODE>(j, row_vecs<T>(j.p.cols), ws, stream);
 }
 
@@ -741,16 +963,35 @@ Status xent_run(const XentJob<T, Tg>& j, void* workspace, size_t, stream_t strea
   float* ws = static_cast<float*>(workspace);
   const bool use_ws = powergrad::detail::xent_job_needs_workspace(j);
   const bool mean = j.p.reduction == Reduction::kMean;
+  // Class weights with class targets: kMean divides by D = sum w_y (docs/design.md §2.5).
+  const bool weighted_mean = kHardTargets<Tg> && mean && j.p.weight != nullptr;
   if (use_ws && mean) {
-    xent_count_valid_kernel<Tg><<<1, 1024, 0, stream>>>(j.p.targets, j.p.rows, ws);
-    const Status s = check_launch("xent_count_valid_kernel");
-    if (s != Status::kSuccess) return s;
+    if constexpr (kHardTargets<Tg>) {
+      if (weighted_mean) {
+        xent_weight_sum_kernel<Tg><<<1, 1024, 0, stream>>>(
+            j.p.targets, j.p.rows, j.p.cols, j.p.weight, MODE == XentMode::kApplyMerged ? j.stats_in : nullptr, ws);
+        const Status s = check_launch("xent_weight_sum_kernel");
+        if (s != Status::kSuccess) return s;
+      }
+    }
+    if (!weighted_mean) {
+      xent_count_valid_kernel<Tg><<<1, 1024, 0, stream>>>(j.p.targets, j.p.rows, ws);
+      const Status s = check_launch("xent_count_valid_kernel");
+      if (s != Status::kSuccess) return s;
+    }
   }
   const Status s = launch_rows<T, Tg, MODE>(j, ws, stream);
   if (s != Status::kSuccess) return s;
   constexpr bool kWritesLoss = MODE == XentMode::kFused || MODE == XentMode::kApplyMerged;
   if (kWritesLoss && j.out.loss && j.p.reduction != Reduction::kNone) {
-    xent_reduce_loss_kernel<><<<1, 1024, 0, stream>>>(ws, j.p.rows, mean, j.out.loss);
+    if (weighted_mean) xent_reduce_loss_kernel<1><<<1, 1024, 0, stream>>>(ws, j.p.rows, mean, j.out.loss);
+    else xent_reduce_loss_kernel<><<<1, 1024, 0, stream>>>(ws, j.p.rows, mean, j.out.loss);
+    const Status r = check_launch("xent_reduce_loss_kernel");
+    if (r != Status::kSuccess) return r;
+  }
+  if (kWritesLoss && j.out.z_loss && j.p.reduction != Reduction::kNone) {
+    if (weighted_mean) xent_reduce_loss_kernel<3><<<1, 1024, 0, stream>>>(ws, j.p.rows, mean, j.out.z_loss);
+    else xent_reduce_loss_kernel<2><<<1, 1024, 0, stream>>>(ws, j.p.rows, mean, j.out.z_loss);
     return check_launch("xent_reduce_loss_kernel");
   }
   return Status::kSuccess;
