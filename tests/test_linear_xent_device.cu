@@ -153,41 +153,26 @@ TEST(LinearXentDevice, GraphCapture) {
 }
 
 // The options of docs/design.md §2.5 reach the CUDA cross-entropy kernels through each chunk's row
-// op. Where those kernels accept an option the result matches the float64 reference; where they do
-// not, the call is refused with kUnsupported naming the linear problem's field, and writes nothing.
-TEST(LinearXentDevice, OptionsRunOrAreRefusedByName) {
+// op: the result matches the float64 reference.
+TEST(LinearXentDevice, OptionsMatchTheReference) {
   PG_LINEAR_REQUIRE_GPU();
   LinearDeviceMem mem;
-  const char* names[] = {"problem.class_weight", "problem.z_loss_scale", "problem.softcap", "out.z_loss",
-                         "out.argmax", "out.correct"};
   for (const LCase& c : option_cases()) {
     const LData<float> d = make_data<float>(c);
     LOut<float> before;
     const LOut<float> o = run_case<float>(mem, d, before);
-    if (o.st == Status::kUnsupported) {
-      bool named = false;
-      for (const char* n : names) named = named || o.msg.find(n) != std::string::npos;
-      EXPECT_TRUE(named) << o.msg;
-      EXPECT_TRUE(o.loss.v == before.loss.v || std::memcmp(o.loss.v.data(), before.loss.v.data(), o.loss.v.size() * 4) == 0);
-      EXPECT_EQ(0, std::memcmp(o.dh.v.data(), before.dh.v.data(), o.dh.v.size() * sizeof(float))) << c.name();
-      EXPECT_EQ(0, std::memcmp(o.dw_t.v.data(), before.dw_t.v.data(), o.dw_t.v.size() * sizeof(float))) << c.name();
-      EXPECT_EQ(0, std::memcmp(o.db_t.v.data(), before.db_t.v.data(), o.db_t.v.size() * sizeof(float))) << c.name();
-      continue;
-    }
+    ASSERT_EQ(o.st, Status::kSuccess) << c.name() << ": " << o.msg;
     EXPECT_TRUE(check_case<float>(d, o, before)) << c.name();
   }
 }
 
 // The split form on the CUDA backend (shards emulated on one device, merged by xent_merge_stats on
-// the device): the host suite's split cases without options (which the CUDA cross-entropy kernels
-// refuse today; OptionsRunOrAreRefusedByName covers them).
+// the device): the host suite's split cases, options included.
 template <class T>
 void run_split_device() {
   LinearDeviceMem mem;
-  for (LCase c : split_cases()) {
-    if (c.cw || c.lambda != 0.f || c.cap != 0.f || c.want_z || c.want_am || c.want_cor) continue;
+  for (LCase c : split_cases())
     for (int shards : {1, 2, 3}) EXPECT_TRUE((run_split_and_check<T, LinearDeviceMem>(mem, c, shards)));
-  }
 }
 TEST(LinearXentDevice, SplitFp32) {
   PG_LINEAR_REQUIRE_GPU();

@@ -565,40 +565,6 @@ Status linear_host_run(const LinearXentProblem<T, Tg>& p, const Upstream& up, co
 }
 
 #if defined(__CUDACC__)
-// The options of docs/design.md §2.5 reach the CUDA backend's cross-entropy kernels through the
-// chunk's row op; an option those kernels refuse (detail::check_device_options) is refused here,
-// before anything is launched, under the linear problem's own name.
-template <class T, class Tg>
-Status check_linear_device_options(const LinearXentArgNames& n, const LinearXentProblem<T, Tg>& p,
-                                   const LinearXentOutputs<T>& o) {
-  using XT = decltype(chunk_targets(p.targets, 0, static_cast<const float*>(nullptr), p.vocab));
-  struct Probe {
-    bool on;
-    const char* name;
-    void (*set)(XentJob<float, XT>&, const void*);
-  };
-  const void* any = &p;  // a non-null stand-in: the check reads no pointer
-  const Probe probes[] = {
-      {p.class_weight != nullptr, n.class_weight, [](XentJob<float, XT>& j, const void* a) { j.p.weight = static_cast<const float*>(a); }},
-      {p.z_loss_scale != 0.f, n.z_loss_scale, [](XentJob<float, XT>& j, const void*) { j.p.z_loss_scale = 1.f; }},
-      {p.softcap != 0.f, n.softcap, [](XentJob<float, XT>& j, const void*) { j.p.softcap = 1.f; }},
-      {o.z_loss != nullptr, n.z_loss, [](XentJob<float, XT>& j, const void* a) { j.out.z_loss = static_cast<float*>(const_cast<void*>(a)); }},
-      {o.argmax != nullptr, n.argmax, [](XentJob<float, XT>& j, const void* a) { j.out.argmax = static_cast<int64_t*>(const_cast<void*>(a)); }},
-      {o.correct != nullptr, n.correct, [](XentJob<float, XT>& j, const void* a) { j.out.correct = static_cast<int32_t*>(const_cast<void*>(a)); }},
-  };
-  for (const Probe& pr : probes) {
-    if (!pr.on) continue;
-    XentJob<float, XT> j;
-    pr.set(j, any);
-    if (check_device_options(kXentCppNames, j) != Status::kSuccess)
-      return fail(Status::kUnsupported,
-                  "%s is not implemented by the CUDA backend's cross-entropy kernels yet (the host backend has it)",
-                  pr.name);
-  }
-  clear_error();
-  return Status::kSuccess;
-}
-
 // The CUDA backend's chunk loop: the same steps as linear_host_run, each a cuBLAS call or a kernel on
 // `stream`; the upstream value of kMean / kSum (with its denominator) is computed on the device
 // before the first chunk.
@@ -754,7 +720,6 @@ Status linear_run(const LinearXentArgNames& n, Backend backend, LinearXentProble
 #if defined(__CUDACC__)
   POWERGRAD_REQUIRE(blas_handle != nullptr, Status::kNullPointer, "%s is null (the caller's cublasHandle_t)",
                     n.blas_handle);
-  POWERGRAD_TRY(check_linear_device_options(n, p, o));
   return linear_cuda_run<PASS>(p, up, o, ws, l, chunk_rows, blas_handle, stream, merged, stats);
 #else
   return fail(Status::kNoCudaSupport, "%s is kCuda but this build has no CUDA support", n.backend);
