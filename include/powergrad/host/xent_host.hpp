@@ -3,7 +3,8 @@
 // Threads take blocks of whole rows (a fixed function of the shape); every row writes its own
 // outputs and, for a reduced loss, its own loss slot, summed afterwards on the calling thread in row
 // order. Inside a row every pass is a loop of branch-free per-element code over kLanes interleaved
-// lanes (column k of a chunk goes to lane k % kLanes), compiled for three ISA paths
+// lanes (column k of a chunk's whole blocks of kLanes goes to lane k % kLanes, the chunk's last
+// columns to one tail accumulator), compiled for three ISA paths
 // (math/vec_host.hpp). The statistics are taken per chunk of kChunkCols columns (lanes summed by a
 // fixed tree) and the chunks summed in double, in column order. Neither the thread count nor the ISA
 // path can change a bit of any result.
@@ -237,12 +238,13 @@ PG_VEC_INLINE float chunk_exp_sum(const Src& src, int64_t c0, int n, float ref, 
       acc[l] += v;
       if (kStore) out[c0 + k + l] = v;
     }
-  for (int l = 0; k + l < n; ++l) {
-    const float v = exp_term<kZeroK2>(src(c0 + k + l), ref, k2);
-    acc[l] += v;
-    if (kStore) out[c0 + k + l] = v;
+  float tail = 0.f;
+  for (int c = k; c < n; ++c) {
+    const float v = exp_term<kZeroK2>(src(c0 + c), ref, k2);
+    tail += v;
+    if (kStore) out[c0 + c] = v;
   }
-  return tree16(acc);
+  return tree16(acc) + tail;
 }
 
 template <class Src>
@@ -265,14 +267,15 @@ PG_VEC_INLINE void chunk_dot(const Src& src, const B& b, int64_t c0, int n, floa
       tt[l] += bc == 0.f ? 0.f : bc * z;
       aa[l] += bc;
     }
-  for (int l = 0; k + l < n; ++l) {
-    const float bc = b(c0 + k + l);
-    const float z = src(c0 + k + l);
-    tt[l] += bc == 0.f ? 0.f : bc * z;
-    aa[l] += bc;
+  float t_tail = 0.f, a_tail = 0.f;
+  for (int c = k; c < n; ++c) {
+    const float bc = b(c0 + c);
+    const float z = src(c0 + c);
+    t_tail += bc == 0.f ? 0.f : bc * z;
+    a_tail += bc;
   }
-  t = tree16(tt);
-  a = tree16(aa);
+  t = tree16(tt) + t_tail;
+  a = tree16(aa) + a_tail;
 }
 
 // out[c] = p'_c = exp2(k2 (z - ref) - c2) for columns [0, n) from given statistics (the split
