@@ -3,7 +3,8 @@
 // Threads take blocks of whole rows (a fixed function of the shape); every row writes its own
 // outputs and, for a reduced loss, its own loss slot, summed afterwards on the calling thread in row
 // order. Inside a row every pass is a loop of branch-free per-element code over kLanes interleaved
-// lanes (column k of a chunk goes to lane k % kLanes), compiled for three ISA paths
+// lanes (column k of a chunk's whole blocks of kLanes goes to lane k % kLanes, the chunk's last
+// columns to one tail accumulator), compiled for three ISA paths
 // (math/vec_host.hpp). The statistics are taken per chunk of kChunkCols columns (lanes summed by a
 // fixed tree) and the chunks summed in double, in column order. Neither the thread count nor the ISA
 // path can change a bit of any result.
@@ -237,12 +238,13 @@ PG_VEC_INLINE float chunk_exp_sum(const Src& src, int64_t c0, int n, float ref, 
       acc[l] += v;
       if (kStore) out[c0 + k + l] = v;
     }
-  for (int l = 0; k + l < n; ++l) {
-    const float v = exp_term<kZeroK2>(src(c0 + k + l), ref, k2);
-    acc[l] += v;
-    if (kStore) out[c0 + k + l] = v;
+  float tail = 0.f;
+  for (int c = k; c < n; ++c) {
+    const float v = exp_term<kZeroK2>(src(c0 + c), ref, k2);
+    tail += v;
+    if (kStore) out[c0 + c] = v;
   }
-  return tree16(acc);
+  return tree16(acc) + tail;
 }
 
 template <class Src>
@@ -265,14 +267,15 @@ PG_VEC_INLINE void chunk_dot(const Src& src, const B& b, int64_t c0, int n, floa
       tt[l] += bc == 0.f ? 0.f : bc * z;
       aa[l] += bc;
     }
-  for (int l = 0; k + l < n; ++l) {
-    const float bc = b(c0 + k + l);
-    const float z = src(c0 + k + l);
-    tt[l] += bc == 0.f ? 0.f : bc * z;
-    aa[l] += bc;
+  float t_tail = 0.f, a_tail = 0.f;
+  for (int c = k; c < n; ++c) {
+    const float bc = b(c0 + c);
+    const float z = src(c0 + c);
+    t_tail += bc == 0.f ? 0.f : bc * z;
+    a_tail += bc;
   }
-  t = tree16(tt);
-  a = tree16(aa);
+  t = tree16(tt) + t_tail;
+  a = tree16(aa) + a_tail;
 }
 
 // out[c] = p'_c = exp2(k2 (z - ref) - c2) for columns [0, n) from given statistics (the split
@@ -351,10 +354,10 @@ PG_VEC_INLINE void row_widen(const T* x, int64_t n, float* z) {
 // The hook form's values: log p with p = G / s + q recovered from the incoming gradient and clamped
 // to [0, 1] (log 0 = -inf acts as a masked class); the class target's column is fixed by the caller.
 template <class T, class Q>
-PG_VEC_INLINE void hook_values(const T* x, int64_t n, float inv_s, const Q& q, float* z) {
+PG_VEC_INLINE void hook_values(const T* x, int64_t n, float s, const Q& q, float* z) {
   PG_FP_STRICT
   for (int64_t c = 0; c < n; ++c) {
-    float p = vec::load_f(x, c) * inv_s + q(c);
+    float p = vec::load_f(x, c) / s + q(c);  // a division: 1 / s overflows for s < 2.9e-39
     p = p < 0.f ? 0.f : (p > 1.f ? 1.f : p);  // comparisons keep NaN
     z[c] = vec::log2_poly(p) * math::kLn2;
   }
@@ -458,19 +461,18 @@ PG_VEC_INLINE void hook_row(const XentJob<T, Tg>& j, const RowTarget<Tg>& tg, co
   if (tg.ignored || s_r == 0.f) return row_fill(o, C, 0.f);
   if (!(s_r > 0.f) || !std::isfinite(s_r)) return row_fill(o, C, std::numeric_limits<float>::quiet_NaN());
   float* z = rb.z.data();
-  const float inv_s = 1.f / s_r;
   float qy = 0.f;  // the class target's q (its column's b in the write below)
   if constexpr (is_hard<Tg>()) {
-    hook_values(x, C, inv_s, BClass{j.k.smooth_off}, z);
+    hook_values(x, C, s_r, BClass{j.k.smooth_off}, z);
     if (tg.in_shard) {
       qy = j.k.smooth_on + j.k.smooth_off;
-      float p = vec::load_f(x, tg.yl) * inv_s + qy;
+      float p = vec::load_f(x, tg.yl) / s_r + qy;
       p = p < 0.f ? 0.f : (p > 1.f ? 1.f : p);
       z[tg.yl] = vec::log2_poly(p) * math::kLn2;
     }
   } else {
     using TT = Elem<std::remove_pointer_t<decltype(tg.row)>>;
-    hook_values(x, C, inv_s, BDense<TT>{tg.row, j.k.smooth_on, j.k.smooth_off}, z);
+    hook_values(x, C, s_r, BDense<TT>{tg.row, j.k.smooth_on, j.k.smooth_off}, z);
   }
   // Everything below reads the buffers only: the write may be in place.
   const RowStats st = row_sums(SrcBuffer{z}, C, j.k, rb.ea.data(), nullptr, true, false, false);
@@ -500,10 +502,11 @@ PG_VEC_INLINE void xent_row_from(const RowsCtx<T, Tg>& cx, int64_t r, RowBuffers
   const bool grad = j.out.dlogits != nullptr && j.mode != XentMode::kStats;
   float* ea = rb.ea.data();
   float* sl = rb.slope.data();
-  // With z-loss (kFused only: the API runs kFused whenever lambda > 0), exp(z - m) is kept too; at
+  // With z-loss (the fused op and the split form's apply step), exp(z - m) is kept too; at
   // alpha = 1 those are the ea terms.
   const bool one = j.k.alpha_log2e == math::kLog2e;
-  const bool zl = kOpt && lambda != 0.f && grad;
+  // (kApplySaved never has a z-loss: xent_backward runs the fused path whenever lambda > 0.)
+  const bool zl = kOpt && lambda != 0.f && grad && j.mode != XentMode::kApplySaved;
   float* e = zl && (!one || j.mode != XentMode::kFused) ? rb.e.data() : ea;
 
   {
@@ -574,8 +577,8 @@ PG_VEC_INLINE void xent_row_from(const RowsCtx<T, Tg>& cx, int64_t r, RowBuffers
     } else {
       // The terms from the given statistics (read before the possibly in-place write).
       row_probs(src, C, ref, j.k.alpha_log2e, c2, ea);
-      if (zl) {  // the split form's apply step: p = exp(z - lse)
-        row_probs(src, C, 0.f, math::kLog2e, lse * math::kLog2e, e);
+      if (zl && j.mode == XentMode::kApplyMerged) {  // the split form's apply step: p = exp(z - lse)
+        row_probs(src, C, lse, math::kLog2e, 0.f, e);  // (z - lse) log2e, as the fused path rounds
         sc_s = 1.f;
       }
     }
