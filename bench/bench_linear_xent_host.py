@@ -26,8 +26,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from powergrad.torch import linear_cross_entropy  # noqa: E402
-
 
 def inputs(a):
     g = torch.Generator().manual_seed(0)
@@ -42,6 +40,8 @@ def step(variant, h, w, b, y, a):
     for t in (h, w, b):
         t.grad = None
     if variant == "powergrad":
+        from powergrad.torch import linear_cross_entropy
+
         loss = linear_cross_entropy(h, w, y, bias=b, alpha=a.alpha, workspace_bytes=a.budget_mb << 20)
     else:
         loss = F.cross_entropy(F.linear(h, w, b), y)
@@ -57,16 +57,26 @@ def status_kb(field):
     raise RuntimeError("no %s in /proc/self/status" % field)
 
 
-def child(a):
-    h, w, b, y = inputs(a)
-    # Linux: writing 5 to clear_refs resets the peak resident set (VmHWM) to the current one, so the
-    # peak read afterwards is this call's.
+def peak_extra_bytes(fn):
+    """(fn's result, peak resident set during fn() minus the resident set before it, in bytes).
+
+    Linux only. Writing 5 to /proc/self/clear_refs resets the peak resident set (VmHWM) to the current
+    one, so the peak read afterwards is this call's. Meaningful in a fresh process (one call of fn):
+    memory the allocator kept from earlier work would hide part of the growth. bench/compare_frameworks.py
+    uses it too (its CPU linear cross-entropy rows).
+    """
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     before = status_kb("VmRSS")
-    step(a.child, h, w, b, y, a)
+    result = fn()
     peak = status_kb("VmHWM")
-    print(json.dumps({"variant": a.child, "peak_extra_bytes": (peak - before) * 1024}))
+    return result, (peak - before) * 1024
+
+
+def child(a):
+    h, w, b, y = inputs(a)
+    _, extra = peak_extra_bytes(lambda: step(a.child, h, w, b, y, a))
+    print(json.dumps({"variant": a.child, "peak_extra_bytes": extra}))
 
 
 def main():

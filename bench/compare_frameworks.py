@@ -115,11 +115,14 @@ def result_row(impl, case, dtype, shape, **kw):
     returned total norm), err_grad (max |grad - ref|), err_grad_scaled (err_grad / s for xent, the max
     element-wise relative error for bucket transforms), tol_loss / tol_grad (what err_loss /
     err_grad_scaled were held to), status (ok, skipped, n/a, error, mismatch), reason (why, for any
-    status but ok; a note for ok), device.
+    status but ok; a note for ok), device, peak_mem_mb (linear_xent: peak memory of one step beyond its
+    inputs, MB; None where not measured), gemm_ratio (linear_xent on CUDA: time / the cublas-3-gemms
+    row's time). For 'linear_xent' err_grad is the max |g - ref| over dh, dW (, db) and err_grad_scaled
+    the largest of their max |g - ref| / max |ref|.
     """
     row = dict(impl=impl, case=case, alpha=None, dtype=dtype, shape=shape, time_ms=None, times_ms=None,
                speedup=None, baseline=None, err_loss=None, err_grad=None, err_grad_scaled=None,
-               tol_loss=None, tol_grad=None, status=OK, reason="", device=None)
+               tol_loss=None, tol_grad=None, status=OK, reason="", device=None, peak_mem_mb=None, gemm_ratio=None)
     row.update(kw)
     return row
 
@@ -791,6 +794,424 @@ def _run_bucket_impls(case, impls, baseline, params, grads, ref_grads, ref_total
 
 
 # ---------------------------------------------------------------------------------------------
+# Linear cross-entropy: loss = CE(h W^T [+ b], y), forward + backward to dh, dW [, db]
+# ---------------------------------------------------------------------------------------------
+
+LINEAR_QUICK_CPU = [(256, 64, 1000)]
+LINEAR_CPU = [(4096, 512, 32000)]
+LINEAR_QUICK_CUDA = [(1024, 1024, 32000)]
+LINEAR_CUDA = [(1024, 1024, 32000), (8192, 4096, 128256)]
+# Relative gradient tolerance (max |g - ref| / max |ref|, per gradient) and relative loss tolerance.
+LINEAR_GRAD_TOL = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 3e-2}
+LINEAR_LOSS_TOL = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 1e-2}
+# Problems up to this many multiply-adds (N H V) are checked whole; larger ones on their first rows.
+LINEAR_CHECK_WHOLE = 1 << 31
+
+
+def make_linear_inputs(shape, dtype, device, seed, bias):
+    """h [N, H] (randn), W [V, H] (randn / sqrt(H)), y [N], b [V] (zeros) or None; leaves with grads."""
+    import torch
+
+    n, hdim, v = shape
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    h = torch.randn(n, hdim, generator=g, device=device, dtype=torch.float32).to(dtype).requires_grad_(True)
+    w = (torch.randn(v, hdim, generator=g, device=device, dtype=torch.float32) / hdim ** 0.5).to(dtype)
+    w.requires_grad_(True)
+    y = torch.randint(0, v, (n,), generator=g, device=device, dtype=torch.int64)
+    b = torch.zeros(v, device=device, dtype=dtype).requires_grad_(True) if bias else None
+    return h, w, y, b
+
+
+def linear_reference_errors(h, w, y, b, alpha, loss, grads):
+    """(|loss - ref|, max abs error over the gradients, max relative error over them, ref loss).
+
+    float64 reference, in row chunks: z = h W^T + b, loss = mean(logsumexp(z) - z_y),
+    G = (softmax(alpha z) - onehot(y)) / N, dh = G W, dW = G^T h, db = sum_rows G. The relative error of
+    a gradient is its max |g - ref| over max |ref|. ``grads`` = (dh, dW, db or None).
+    """
+    import torch
+
+    n, v = h.shape[0], w.shape[0]
+    hd, wd = h.detach().double(), w.detach().double()
+    bd = b.detach().double() if b is not None else None
+    chunk = max(1, (1 << 24) // max(v, 1))
+    loss_sum = 0.0
+    dh = torch.empty_like(hd)
+    dw = torch.zeros_like(wd)
+    db = torch.zeros(v, dtype=torch.float64, device=h.device)
+    for r0 in range(0, n, chunk):
+        z = hd[r0:r0 + chunk] @ wd.t()
+        if bd is not None:
+            z += bd
+        yc = y[r0:r0 + chunk].view(-1, 1)
+        loss_sum += float((torch.logsumexp(z, dim=1) - z.gather(1, yc).view(-1)).sum())
+        g = torch.softmax(z * alpha, dim=1)
+        g.scatter_add_(1, yc, g.new_full((g.shape[0], 1), -1.0))
+        g.div_(n)
+        dh[r0:r0 + chunk] = g @ wd
+        dw += g.t() @ hd[r0:r0 + chunk]
+        db += g.sum(0)
+        del z, g
+    ref_loss = loss_sum / n
+    err_abs, err_rel = 0.0, 0.0
+    for got, ref in zip(grads, (dh, dw, db if b is not None else None)):
+        if ref is None:
+            continue
+        if got is None:
+            return abs(float(loss) - ref_loss), None, None, ref_loss
+        d = float((got.double() - ref).abs().max())
+        if not math.isfinite(d):
+            return abs(float(loss) - ref_loss), float("nan"), float("nan"), ref_loss
+        err_abs = max(err_abs, d)
+        err_rel = max(err_rel, d / max(float(ref.abs().max()), 1e-300))
+    return abs(float(loss) - ref_loss), err_abs, err_rel, ref_loss
+
+
+class LinearImpl:
+    """One linear cross-entropy implementation: ``loss(h, w, y, b, alpha)`` builds the loss."""
+
+    cuda_only = False
+    pgt = False  # implements alpha != 1
+
+    def __init__(self, name, note, fn=None, pgt=False):
+        self.name, self.note, self.fn, self.pgt = name, note, fn, pgt
+
+    def unavailable(self, device, dtype, alpha, bias):
+        if alpha != 1.0 and not self.pgt:
+            return "implements alpha = 1 only (not PGT)"
+        if self.cuda_only and device.type != "cuda":
+            return "%s needs a CUDA device" % self.name
+        return None
+
+    def prepare(self, device, dtype, shape, alpha):
+        """Called once per case before the check run (compilers compile here)."""
+
+    def loss(self, h, w, y, b, alpha):
+        return self.fn(h, w, y, b, alpha)
+
+
+def linear_materialised(h, w, y, b, alpha):
+    """F.linear + F.cross_entropy; at alpha != 1 the hook-free PGT surrogate (xent_surrogate) on the logits."""
+    import torch.nn.functional as F
+
+    return xent_surrogate(F.linear(h, w, b), y, alpha)
+
+
+class CompiledLinear(LinearImpl):
+    def __init__(self, compile_cpu):
+        super().__init__("torch-compile-materialised", "torch.compile of F.linear + F.cross_entropy (surrogate "
+                         "for alpha != 1)", pgt=True)
+        self.compile_cpu = compile_cpu
+
+    def unavailable(self, device, dtype, alpha, bias):
+        import torch
+
+        if not hasattr(torch, "compile"):
+            return "torch %s has no torch.compile (needs torch >= 2.0)" % torch.__version__
+        if device.type == "cpu" and not self.compile_cpu:
+            return "torch.compile is timed on CUDA only (pass --compile-cpu to compile for the CPU)"
+        if alpha <= 0.0:
+            return "the surrogate needs alpha > 0"
+        return None
+
+    def prepare(self, device, dtype, shape, alpha):
+        import torch
+
+        dynamo = getattr(torch, "_dynamo", None)
+        if dynamo is not None and hasattr(dynamo, "reset"):
+            dynamo.reset()
+
+        def f(h, w, y, b):
+            return linear_materialised(h, w, y, b, alpha)
+
+        self.fn = torch.compile(f)
+
+    def loss(self, h, w, y, b, alpha):
+        return self.fn(h, w, y, b)
+
+
+class OptionalLinear(LinearImpl):
+    """An implementation from a package that may be missing (Liger-Kernel, Cut Cross-Entropy)."""
+
+    cuda_only = True
+
+    def __init__(self, name, note, importer):
+        super().__init__(name, note)
+        self.import_error = None
+        try:
+            self.fn = importer()
+        except Exception as e:  # noqa: BLE001 - any import failure means "not available"
+            self.import_error = "%s: %s" % (type(e).__name__, _short(e, 120))
+
+    def unavailable(self, device, dtype, alpha, bias):
+        reason = super().unavailable(device, dtype, alpha, bias)
+        if reason:
+            return reason
+        if self.fn is None:
+            return "not installed (%s)" % self.import_error
+        return None
+
+
+def _liger_flce():
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+    mod = LigerFusedLinearCrossEntropyLoss(reduction="mean")
+
+    def f(h, w, y, b, alpha):
+        # forward(lin_weight, _input, target, bias=None)
+        out = mod(w, h, y) if b is None else mod(w, h, y, b)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+    return f
+
+
+def _cce():
+    from cut_cross_entropy import linear_cross_entropy
+
+    def f(h, w, y, b, alpha):
+        return linear_cross_entropy(h, w, y) if b is None else linear_cross_entropy(h, w, y, bias=b)
+
+    return f
+
+
+class PowergradLinear(LinearImpl):
+    def __init__(self, state):
+        super().__init__("powergrad-linear", "powergrad.torch.linear_cross_entropy", pgt=True)
+        self.state = state
+
+    def unavailable(self, device, dtype, alpha, bias):
+        if self.state.error:
+            return self.state.error
+        if not hasattr(self.state.module, "linear_cross_entropy"):
+            return "powergrad.torch has no linear_cross_entropy"
+        if device.type == "cuda" and not self.state.has_cuda:
+            return "libpowergrad.so was built without CUDA (%s)" % self.state.path
+        return None
+
+    def loss(self, h, w, y, b, alpha):
+        return self.state.module.linear_cross_entropy(h, w, y, bias=b, alpha=alpha)
+
+
+def linear_implementations(pg_state, compile_cpu):
+    return [
+        LinearImpl("torch-materialised", "F.linear + F.cross_entropy, eager (surrogate for alpha != 1)",
+                   linear_materialised, pgt=True),
+        CompiledLinear(compile_cpu),
+        OptionalLinear("liger-flce", "liger_kernel LigerFusedLinearCrossEntropyLoss", _liger_flce),
+        OptionalLinear("cce", "cut_cross_entropy.linear_cross_entropy", _cce),
+        PowergradLinear(pg_state),
+    ]
+
+
+def linear_step(impl, h, w, y, b, alpha):
+    """One timed step: forward + backward; the gradients land in h.grad, w.grad (, b.grad)."""
+    loss = impl.loss(h, w, y, b, alpha)
+    loss.backward()
+    return loss
+
+
+def _clear_grads(*ts):
+    for t in ts:
+        if t is not None:
+            t.grad = None
+
+
+def cuda_peak_extra(fn, device):
+    """Peak bytes allocated during fn() beyond what was allocated before it (the inputs)."""
+    import torch
+
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+def cpu_peak_child(argv):
+    """--linear-peak-child IMPL,N,H,V,DTYPE,ALPHA,BIAS,SEED: one step in this fresh process; prints JSON.
+
+    The peak resident set growth of the step (bench_linear_xent_host.peak_extra_bytes); the inputs are
+    made before the measured region.
+    """
+    import torch
+
+    name, n, hdim, v, dname, alpha, bias, seed = argv.split(",")
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    from bench_linear_xent_host import peak_extra_bytes
+
+    pg_state = PowergradState(None)
+    impl = [i for i in linear_implementations(pg_state, True) if i.name == name][0]
+    h, w, y, b = make_linear_inputs((int(n), int(hdim), int(v)), getattr(torch, dname), torch.device("cpu"),
+                                    int(seed), bias == "1")
+    impl.prepare(torch.device("cpu"), getattr(torch, dname), None, float(alpha))
+    _, extra = peak_extra_bytes(lambda: linear_step(impl, h, w, y, b, float(alpha)))
+    print(json.dumps({"impl": name, "peak_extra_bytes": extra}))
+    return 0
+
+
+def cpu_peak_extra(impl, shape, dname, alpha, bias, seed):
+    """(bytes, None) from a fresh child process, or (None, why not)."""
+    import subprocess
+
+    if not os.path.exists("/proc/self/clear_refs"):
+        return None, "no /proc/self/clear_refs (Linux only)"
+    spec = "%s,%d,%d,%d,%s,%r,%d,%d" % (impl.name, shape[0], shape[1], shape[2], dname, alpha, int(bias), seed)
+    try:
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--linear-peak-child", spec],
+                             capture_output=True, text=True, timeout=1800)
+        if out.returncode != 0:
+            return None, "child exited %d: %s" % (out.returncode, _short(out.stderr.strip()[-300:], 200))
+        return json.loads(out.stdout.strip().splitlines()[-1])["peak_extra_bytes"], None
+    except Exception as e:  # noqa: BLE001
+        return None, "%s: %s" % (type(e).__name__, _short(e, 200))
+
+
+def run_gemm_floor(shape, dtype, device, args):
+    """The cublas-3-gemms row: z = h W^T, dh = G W, dW = G^T h with torch.matmul in ``dtype`` (CUDA only)."""
+    import torch
+
+    dname = str(dtype).replace("torch.", "")
+    n, hdim, v = shape
+    row = result_row("cublas-3-gemms", "linear_xent", dname, "%dx%dx%d" % shape, alpha=1.0,
+                     baseline="torch-materialised", device=device.type)
+    if "cublas-3-gemms" in args.skip:
+        row.update(status=SKIPPED, reason="--skip")
+        return row
+    if device.type != "cuda":
+        row.update(status=SKIPPED, reason="the GEMM floor is a CUDA row (the 1.15x goal is a GPU goal)")
+        return row
+    try:
+        g = torch.Generator(device=device)
+        g.manual_seed(args.seed)
+        h = torch.randn(n, hdim, generator=g, device=device, dtype=torch.float32).to(dtype)
+        w = torch.randn(v, hdim, generator=g, device=device, dtype=torch.float32).to(dtype)
+        gz = torch.randn(n, v, generator=g, device=device, dtype=torch.float32).to(dtype)
+
+        def step(_):
+            z = torch.matmul(h, w.t())
+            dh = torch.matmul(gz, w)
+            dw = torch.matmul(gz.t(), h)
+            return z, dh, dw
+
+        med, times = time_steps(lambda: None, step, device, args.warmup, args.repeats)
+        row.update(time_ms=med, times_ms=times, peak_mem_mb=cuda_peak_extra(lambda: step(None), device) / 1e6,
+                   gemm_ratio=1.0, reason="torch.matmul x3 (%d-row G given, not timed): the floor of the 1.15x goal"
+                   % n)
+        del h, w, gz
+    except Exception as e:  # noqa: BLE001
+        row.update(status=ERROR, reason="%s: %s" % (type(e).__name__, _short(e)))
+    finally:
+        torch.cuda.empty_cache()
+    return row
+
+
+def run_linear_case(impls, shape, dtype, alpha, device, args):
+    """Rows for one (shape, dtype, alpha): check every implementation on float64, time it, measure memory."""
+    import torch
+
+    dname = str(dtype).replace("torch.", "")
+    shape_text = "%dx%dx%d" % shape
+    bias = args.linear_bias
+    h, w, y, b = make_linear_inputs(shape, dtype, device, args.seed, bias)
+    n = shape[0]
+    check_rows = n if shape[0] * shape[1] * shape[2] <= LINEAR_CHECK_WHOLE else min(n, args.linear_check_rows)
+    rows = []
+    for impl in impls:
+        row = result_row(impl.name, "linear_xent", dname, shape_text, alpha=alpha, baseline="torch-materialised",
+                         tol_grad=LINEAR_GRAD_TOL.get(dname), tol_loss=LINEAR_LOSS_TOL.get(dname),
+                         device=device.type)
+        rows.append(row)
+        if impl.name in args.skip:
+            row.update(status=SKIPPED, reason="--skip")
+            continue
+        reason = impl.unavailable(device, dtype, alpha, bias)
+        if reason:
+            row.update(status=NOT_APPLICABLE if "alpha = 1 only" in reason else SKIPPED, reason=reason)
+            continue
+        try:
+            impl.prepare(device, dtype, shape, alpha)
+            # Check on the first check_rows rows (the whole problem when it is small): same W, fresh leaves.
+            hc = h.detach()[:check_rows].clone().requires_grad_(True)
+            wc = w.detach().clone().requires_grad_(True)
+            bc = b.detach().clone().requires_grad_(True) if b is not None else None
+            loss = linear_step(impl, hc, wc, y[:check_rows], bc, alpha)
+            err_loss, err_abs, err_rel, ref_loss = linear_reference_errors(
+                hc, wc, y[:check_rows], bc, alpha, loss.detach(), (hc.grad, wc.grad, bc.grad if bc is not None else None))
+            row.update(err_loss=err_loss, err_grad=err_abs, err_grad_scaled=err_rel)
+            del hc, wc, bc, loss
+            problems = []
+            if err_abs is None:
+                problems.append("a gradient did not reach h, W or b")
+            elif not (err_rel <= row["tol_grad"]):
+                problems.append("gradient error %.3g relative > %.3g" % (err_rel, row["tol_grad"]))
+            if not (err_loss <= row["tol_loss"] * max(1.0, abs(ref_loss))):
+                problems.append("loss error %.3g > %.3g relative" % (err_loss, row["tol_loss"]))
+
+            def setup():
+                _clear_grads(h, w, b)
+
+            med, times = time_steps(setup, lambda _: linear_step(impl, h, w, y, b, alpha), device, args.warmup,
+                                    args.repeats)
+            row.update(time_ms=med, times_ms=times)
+            mem_note = ""
+            _clear_grads(h, w, b)
+            if device.type == "cuda":
+                row["peak_mem_mb"] = cuda_peak_extra(lambda: linear_step(impl, h, w, y, b, alpha), device) / 1e6
+            elif args.quick:
+                mem_note = "; peak memory not measured in --quick"
+            else:
+                peak, why = cpu_peak_extra(impl, shape, dname, alpha, bias, args.seed)
+                if peak is None:
+                    mem_note = "; peak memory not measured: " + why
+                else:
+                    row["peak_mem_mb"] = peak / 1e6
+            _clear_grads(h, w, b)
+            checked = "checked on all %d rows" % n if check_rows == n else "checked on the first %d rows" % check_rows
+            if problems:
+                row.update(status=MISMATCH, reason="; ".join(problems) + "; " + checked)
+            else:
+                row["reason"] = "%s; %s%s" % (impl.note, checked, mem_note)
+        except Exception as e:  # noqa: BLE001 - one implementation failing must not stop the others
+            _clear_grads(h, w, b)
+            if isinstance(impl, CompiledLinear):
+                row.update(status=SKIPPED, reason="torch.compile failed: %s: %s" % (type(e).__name__, _short(e)))
+            else:
+                row.update(status=ERROR, reason="%s: %s" % (type(e).__name__, _short(e)))
+            if args.verbose:
+                traceback.print_exc()
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    del h, w, y, b
+    if alpha == 1.0:
+        rows.append(run_gemm_floor(shape, dtype, device, args))
+    _fill_speedups(rows)
+    floor = {r["dtype"]: r["time_ms"] for r in rows if r["impl"] == "cublas-3-gemms" and r["time_ms"]}
+    for r in rows:
+        if r["time_ms"] and floor.get(r["dtype"]):
+            r["gemm_ratio"] = r["time_ms"] / floor[r["dtype"]]
+    return rows
+
+
+def parse_linear_shapes(text):
+    shapes = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        if not part:
+            continue
+        try:
+            n, hdim, v = (int(x) for x in part.split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError("linear shape %r is not NxHxV" % part) from None
+        if min(n, hdim, v) < 1:
+            raise argparse.ArgumentTypeError("linear shape %r has a dimension below 1" % part)
+        shapes.append((n, hdim, v))
+    return shapes
+
+
+# ---------------------------------------------------------------------------------------------
 # Output
 # ---------------------------------------------------------------------------------------------
 
@@ -800,14 +1221,16 @@ def _fmt(v, spec):
 
 def print_table(rows, out=sys.stdout):
     """A fixed-width table: implementation, case, dtype, shape, time, speed-up, errors, status."""
-    head = ["implementation", "case", "dtype", "shape", "time ms", "speed-up", "err loss|norm", "err grad", "status"]
+    head = ["implementation", "case", "dtype", "shape", "time ms", "speed-up", "err loss|norm", "err grad", "peak MB",
+            "/3 GEMMs", "status"]
     body = []
     for r in rows:
         case = r["case"] if r["alpha"] is None else "%s a=%g" % (r["case"], r["alpha"])
         status = r["status"] if r["status"] == OK else "%s: %s" % (r["status"], " ".join(r["reason"].split()))
         body.append([r["impl"], case, r["dtype"], r["shape"], _fmt(r["time_ms"], ".3f"),
                      _fmt(r["speedup"], ".2f") + ("x" if r["speedup"] is not None else ""),
-                     _fmt(r["err_loss"], ".1e"), _fmt(r["err_grad"], ".1e"), status])
+                     _fmt(r["err_loss"], ".1e"), _fmt(r["err_grad"], ".1e"), _fmt(r.get("peak_mem_mb"), ".0f"),
+                     _fmt(r.get("gemm_ratio"), ".2f") + ("x" if r.get("gemm_ratio") is not None else ""), status])
     widths = [max([len(h)] + [len(b[i]) for b in body]) for i, h in enumerate(head)]
     widths[-1] = len(head[-1])  # the status column is last: not padded
     line = "  ".join(h.ljust(w) for h, w in zip(head, widths))
@@ -893,6 +1316,19 @@ def build_parser():
     ap.add_argument("--clip-factor", type=float, default=0.01, help="AGC clip factor (default 0.01)")
     ap.add_argument("--eps", type=float, default=1e-3, help="AGC eps (default 1e-3)")
     ap.add_argument("--compile-cpu", action="store_true", help="also run torch.compile on the CPU")
+    ap.add_argument("--no-linear", dest="linear", action="store_false",
+                    help="leave out the linear cross-entropy section (on by default; also --skip linear_xent)")
+    ap.add_argument("--linear-shapes", type=parse_linear_shapes, default=None,
+                    help="NxHxV[,...] for the linear cross-entropy (default: 256x64x1000 on the CPU with --quick, "
+                         "4096x512x32000 on the CPU, 1024x1024x32000 and 8192x4096x128256 on CUDA)")
+    ap.add_argument("--linear-dtypes", type=parse_list, default=None,
+                    help="dtypes of the linear cross-entropy (default: float32 on the CPU, bfloat16 on CUDA)")
+    ap.add_argument("--linear-bias", action="store_true",
+                    help="give the linear cross-entropy a bias (off: some Liger-Kernel versions take none)")
+    ap.add_argument("--linear-check-rows", type=int, default=512,
+                    help="rows the float64 check of a large linear problem uses (default 512; problems of at "
+                         "most 2^31 multiply-adds are checked whole)")
+    ap.add_argument("--linear-peak-child", help=argparse.SUPPRESS)
     ap.add_argument("--library", help="path to libpowergrad.so (sets POWERGRAD_LIBRARY)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", metavar="PATH", help="write every row and the run's metadata as JSON")
@@ -903,6 +1339,8 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.linear_peak_child:
+        return cpu_peak_child(args.linear_peak_child)
     meta = dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 python=platform.python_version(), platform=platform.platform(), argv=sys.argv[1:],
                 alpha=args.alpha, quick=args.quick)
@@ -961,6 +1399,26 @@ def main(argv=None):
             for dt in dtypes:
                 for alpha in ([args.alpha, 1.0] if args.alpha != 1.0 else [1.0]):
                     rows += run_xent_case(impls, shape, dt, alpha, device, args, args.seed)
+    if args.linear and "linear_xent" not in args.skip:
+        lshapes = args.linear_shapes or (
+            (LINEAR_QUICK_CUDA if args.quick else LINEAR_CUDA) if on_gpu else
+            (LINEAR_QUICK_CPU if args.quick else LINEAR_CPU))
+        ldtypes = []
+        for nm in args.linear_dtypes or (["bfloat16"] if on_gpu else ["float32"]):
+            dt = getattr(torch, nm, None)
+            if not isinstance(dt, torch.dtype) or not dt.is_floating_point:
+                print("compare_frameworks: unknown dtype %r" % nm, file=sys.stderr)
+                return 2
+            ldtypes.append(dt)
+        meta.update(linear_shapes=["%dx%dx%d" % s for s in lshapes], linear_dtypes=[str(d)[6:] for d in ldtypes],
+                    linear_bias=args.linear_bias,
+                    linear_memory="torch.cuda max_memory_allocated minus the inputs' bytes" if on_gpu else
+                    "peak resident set growth of one step in a fresh child process (not in --quick)")
+        limpls = linear_implementations(pg_state, args.compile_cpu)
+        for shape in lshapes:
+            for dt in ldtypes:
+                for alpha in ([args.alpha, 1.0] if args.alpha != 1.0 else [1.0]):
+                    rows += run_linear_case(limpls, shape, dt, alpha, device, args)
     bucket_skipped = "clip_grad_norm" in args.skip and "adaptive_clip_grad" in args.skip
     if not bucket_skipped:
         try:
