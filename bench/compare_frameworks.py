@@ -45,6 +45,25 @@ What is timed
    installed, a reimplementation of its semantics below) vs ``powergrad.torch.adaptive_clip_grad_``.
    The gradients are restored outside the timed region before every step.
 
+3. Linear cross-entropy (case ``linear_xent``; ``--no-linear`` or ``--skip linear_xent`` leaves it out):
+   loss = CE(h W^T, y) (mean; a bias with ``--linear-bias``), one step = forward + backward to dh, dW
+   (, db), at ``--linear-shapes NxHxV`` (default: 256x64x1000 on the CPU with ``--quick``, 4096x512x32000
+   on the CPU, 1024x1024x32000 and 8192x4096x128256 on CUDA) and ``--linear-dtypes`` (float32 on the
+   CPU, bfloat16 on CUDA), at ``--alpha`` and at 1. Implementations: ``torch-materialised`` (F.linear +
+   F.cross_entropy, eager; the surrogate above for alpha != 1; the speed-up baseline),
+   ``torch-compile-materialised`` (the same under torch.compile; CUDA only unless ``--compile-cpu``),
+   ``liger-flce`` (LigerFusedLinearCrossEntropyLoss) and ``cce`` (cut_cross_entropy.linear_cross_entropy),
+   both alpha = 1, CUDA only and skipped with the import error when not installed, ``powergrad-linear``
+   (powergrad.torch.linear_cross_entropy), and on CUDA ``cublas-3-gemms``: the three bare GEMMs of the
+   same sizes (z = h W^T, dh = G W, dW = G^T h, torch.matmul in the same dtype), the floor of the 1.15x
+   goal; the ``/3 GEMMs`` column (``gemm_ratio``) is each row's time over it. Checked against float64
+   (loss, and dh, dW, db relative to their largest reference element: 1e-4 fp32, 1e-2 fp16, 3e-2
+   bf16) on the whole problem up to 2^31 multiply-adds, else on its first ``--linear-check-rows`` rows.
+   Peak memory (``peak MB``, one extra step after the timing): on CUDA max_memory_allocated minus what
+   was allocated before the step (the inputs); on the CPU the peak resident-set growth of one step in a
+   fresh child process (``bench_linear_xent_host.peak_extra_bytes``; an in-process figure would be
+   hidden by memory the allocator kept from earlier rows); not measured with ``--quick`` ('-').
+
 The scale of the hook
 ---------------------
 For ``loss = F.cross_entropy(z, y, reduction='mean')`` followed by ``(loss * L).backward()`` the
