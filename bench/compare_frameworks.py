@@ -183,6 +183,28 @@ def time_steps(setup, step, device, warmup, repeats):
 # Cross-entropy implementations
 # ---------------------------------------------------------------------------------------------
 
+def compile_unavailable(device, alpha, compile_cpu):
+    """Why a torch.compile row cannot run here, or None."""
+    import torch
+
+    if not hasattr(torch, "compile"):
+        return "torch %s has no torch.compile (needs torch >= 2.0)" % torch.__version__
+    if device.type == "cpu" and not compile_cpu:
+        return "torch.compile is timed on CUDA only (pass --compile-cpu to compile for the CPU)"
+    if alpha <= 0.0:
+        return "the surrogate needs alpha > 0"
+    return None
+
+
+def reset_dynamo():
+    """Every case is its own graph: reset Dynamo so as not to hit the recompilation limit."""
+    import torch
+
+    dynamo = getattr(torch, "_dynamo", None)
+    if dynamo is not None and hasattr(dynamo, "reset"):
+        dynamo.reset()
+
+
 def xent_eager_hook(x, y, alpha, scale=1.0):
     """The paper's method in eager PyTorch, recomputing form.
 
@@ -279,22 +301,12 @@ class CompiledSurrogate(XentImpl):
         self.fn = None
 
     def unavailable(self, device, dtype, alpha):
-        import torch
-
-        if not hasattr(torch, "compile"):
-            return "torch %s has no torch.compile (needs torch >= 2.0)" % torch.__version__
-        if device.type == "cpu" and not self.compile_cpu:
-            return "torch.compile is timed on CUDA only (pass --compile-cpu to compile for the CPU)"
-        if alpha <= 0.0:
-            return "the surrogate needs alpha > 0"
-        return None
+        return compile_unavailable(device, alpha, self.compile_cpu)
 
     def prepare(self, device, dtype, shape, alpha):
         import torch
 
-        dynamo = getattr(torch, "_dynamo", None)
-        if dynamo is not None and hasattr(dynamo, "reset"):
-            dynamo.reset()  # every case is its own graph; do not hit the recompilation limit
+        reset_dynamo()
 
         def f(x, y):
             return xent_surrogate(x, y, alpha)
@@ -924,22 +936,12 @@ class CompiledLinear(LinearImpl):
         self.compile_cpu = compile_cpu
 
     def unavailable(self, device, dtype, alpha, bias):
-        import torch
-
-        if not hasattr(torch, "compile"):
-            return "torch %s has no torch.compile (needs torch >= 2.0)" % torch.__version__
-        if device.type == "cpu" and not self.compile_cpu:
-            return "torch.compile is timed on CUDA only (pass --compile-cpu to compile for the CPU)"
-        if alpha <= 0.0:
-            return "the surrogate needs alpha > 0"
-        return None
+        return compile_unavailable(device, alpha, self.compile_cpu)
 
     def prepare(self, device, dtype, shape, alpha):
         import torch
 
-        dynamo = getattr(torch, "_dynamo", None)
-        if dynamo is not None and hasattr(dynamo, "reset"):
-            dynamo.reset()
+        reset_dynamo()
 
         def f(h, w, y, b):
             return linear_materialised(h, w, y, b, alpha)
