@@ -182,39 +182,76 @@ struct BDenseWeighted {
   PG_VEC_INLINE float operator()(int64_t c) const { return w[c] * (on * vec::load_f(q, c) + off); }
 };
 
-// The max of columns [c0, c0 + n) and its first column (n <= kChunkCols). NaN never becomes the max.
-template <class Src>
-PG_VEC_INLINE void chunk_max(const Src& src, int64_t c0, int n, float& m, int64_t& arg) {
+// The max of z[0, n) (n <= kChunkCols; -inf when empty or all NaN: NaN never becomes the max). A
+// lane-wise running max, the lanes merged in a fixed order (the max is exact: no order could change
+// it); each lane's step `v > m ? v : m` compiles to one vector max instruction.
+PG_VEC_INLINE float chunk_max(const float* z, int n) {
   PG_FP_STRICT
   float bv[kLanes];
-  int32_t bi[kLanes];
-  for (int l = 0; l < kLanes; ++l) {
-    bv[l] = -HUGE_VALF;
-    bi[l] = l;
-  }
+  for (int l = 0; l < kLanes; ++l) bv[l] = -HUGE_VALF;
   int k = 0;
   for (; k + kLanes <= n; k += kLanes)
-    for (int l = 0; l < kLanes; ++l) {
-      const float z = src(c0 + k + l);
-      const bool gt = z > bv[l];
-      bv[l] = gt ? z : bv[l];
-      bi[l] = gt ? k + l : bi[l];
+    PG_LANE_LOOP for (int l = 0; l < kLanes; ++l) {
+      const float v = z[k + l];
+      bv[l] = v > bv[l] ? v : bv[l];
     }
   for (int l = 0; k + l < n; ++l) {
-    const float z = src(c0 + k + l);
-    const bool gt = z > bv[l];
-    bv[l] = gt ? z : bv[l];
-    bi[l] = gt ? k + l : bi[l];
+    const float v = z[k + l];
+    bv[l] = v > bv[l] ? v : bv[l];
   }
-  float bm = bv[0];
-  int32_t ba = bi[0];
-  for (int l = 1; l < kLanes; ++l)
-    if (bv[l] > bm || (bv[l] == bm && bi[l] < ba)) {
-      bm = bv[l];
-      ba = bi[l];
+  float m = bv[0];
+  for (int l = 1; l < kLanes; ++l) m = bv[l] > m ? bv[l] : m;
+  return m;
+}
+
+// The first column of z[0, n) equal to m (m must occur there): blocks of kLanes compared at once,
+// then the block that holds it element by element.
+PG_VEC_INLINE int first_equal(const float* z, int n, float m) {
+  int k = 0;
+  for (; k + kLanes <= n; k += kLanes) {
+    int any = 0;
+    PG_LANE_LOOP for (int l = 0; l < kLanes; ++l) any |= z[k + l] == m;
+    if (any) break;
+  }
+  for (; k < n; ++k)
+    if (z[k] == m) return k;
+  return 0;  // not reached when m occurs in z
+}
+
+// A row's max and its first column (torch.argmax's choice among equal maxima; 0 when no value is
+// above -inf). The max is taken a chunk at a time (add, in column order, remembering the first
+// chunk that reaches it), then the column in that one chunk (finish).
+struct RowMax {
+  float m = -HUGE_VALF;
+  int64_t chunk = 0;  // first column of the first chunk whose max is m
+  int64_t arg = 0;
+  PG_VEC_INLINE void add(float cm, int64_t c0) {
+    if (cm > m) {
+      m = cm;
+      chunk = c0;
     }
-  m = bm;
-  arg = c0 + ba;
+  }
+  PG_VEC_INLINE void finish(const float* z, int64_t cols) {
+    if (!(m > -HUGE_VALF)) return;
+    const int n = static_cast<int>(cols - chunk < kChunkCols ? cols - chunk : kChunkCols);
+    arg = chunk + first_equal(z + chunk, n, m);
+  }
+};
+
+// The float values the max pass reads (16-bit logits are always widened into a buffer first).
+PG_VEC_INLINE const float* src_ptr(const SrcLogits<float>& s) { return s.x; }
+PG_VEC_INLINE const float* src_ptr(const SrcBuffer& s) { return s.z; }
+
+template <class Src>
+PG_VEC_INLINE RowMax row_max(const Src& src, int64_t cols) {
+  const float* z = src_ptr(src);
+  RowMax mx;
+  for (int64_t c0 = 0; c0 < cols; c0 += kChunkCols) {
+    const int n = static_cast<int>(cols - c0 < kChunkCols ? cols - c0 : kChunkCols);
+    mx.add(chunk_max(z + c0, n), c0);
+  }
+  mx.finish(z, cols);
+  return mx;
 }
 
 // exp2(k2 (z - ref)) for z <= ref (ref is the row's max; k2 >= 0), a masked z (-inf) giving 0
@@ -245,6 +282,53 @@ PG_VEC_INLINE float chunk_exp_sum(const Src& src, int64_t c0, int n, float ref, 
     if (kStore) out[c0 + c] = v;
   }
   return tree16(acc) + tail;
+}
+
+// Both sums of a row at once, in one sweep: sa over exp2(k2 (z - ref)) (stored to outa when
+// kStoreA) and s over exp(z - ref) (stored to outb when kStoreB). Each accumulator sees the same
+// terms in the same order as chunk_exp_sum's, so the bits are those of two separate sweeps.
+template <bool kStoreA, bool kStoreB, bool kZeroK2, class Src>
+PG_VEC_INLINE void chunk_exp_sum2(const Src& src, int64_t c0, int n, float ref, float k2, float* outa, float* outb,
+                                  float& sa, float& s) {
+  PG_FP_STRICT
+  float acca[kLanes] = {}, accb[kLanes] = {};
+  int k = 0;
+  for (; k + kLanes <= n; k += kLanes)
+    for (int l = 0; l < kLanes; ++l) {
+      const float z = src(c0 + k + l);
+      const float va = exp_term<kZeroK2>(z, ref, k2);
+      const float vb = exp_term<false>(z, ref, math::kLog2e);
+      acca[l] += va;
+      accb[l] += vb;
+      if (kStoreA) outa[c0 + k + l] = va;
+      if (kStoreB) outb[c0 + k + l] = vb;
+    }
+  float ta = 0.f, tb = 0.f;
+  for (int c = k; c < n; ++c) {
+    const float z = src(c0 + c);
+    const float va = exp_term<kZeroK2>(z, ref, k2);
+    const float vb = exp_term<false>(z, ref, math::kLog2e);
+    ta += va;
+    tb += vb;
+    if (kStoreA) outa[c0 + c] = va;
+    if (kStoreB) outb[c0 + c] = vb;
+  }
+  sa = tree16(acca) + ta;
+  s = tree16(accb) + tb;
+}
+
+template <class Src>
+PG_VEC_INLINE void chunk_exp_sum2_any(const Src& src, int64_t c0, int n, float ref, float k2, float* outa, float* outb,
+                                      bool store_a, bool store_b, float& sa, float& s) {
+  // store_b implies store_a (the z-loss's terms are kept only where the gradient is written).
+  if (k2 == 0.f) {
+    if (store_b) return chunk_exp_sum2<true, true, true>(src, c0, n, ref, k2, outa, outb, sa, s);
+    if (store_a) return chunk_exp_sum2<true, false, true>(src, c0, n, ref, k2, outa, outb, sa, s);
+    return chunk_exp_sum2<false, false, true>(src, c0, n, ref, k2, outa, outb, sa, s);
+  }
+  if (store_b) return chunk_exp_sum2<true, true, false>(src, c0, n, ref, k2, outa, outb, sa, s);
+  if (store_a) return chunk_exp_sum2<true, false, false>(src, c0, n, ref, k2, outa, outb, sa, s);
+  return chunk_exp_sum2<false, false, false>(src, c0, n, ref, k2, outa, outb, sa, s);
 }
 
 template <class Src>
@@ -325,21 +409,29 @@ PG_VEC_INLINE void row_fill(Tout* o, int64_t n, float v) {
 }
 
 // With options: the values the statistics run over (the capped logits c tanh(z / c), or z) and
-// the softcap slopes 1 - tanh^2 (1 without a softcap, 0 for a masked logit).
+// the softcap slopes 1 - tanh^2 (1 without a softcap, 0 for a masked logit), and their max and
+// argmax, taken a chunk at a time while the chunk is in L1.
 template <class T>
-PG_VEC_INLINE void row_values(const T* x, int64_t n, const math::XentScalars& k, float* z, float* slope) {
+PG_VEC_INLINE void chunk_values(const T* x, int64_t c0, int n, const math::XentScalars& k, float* z, float* slope) {
   PG_FP_STRICT
   if (k.softcap > 0.f) {
     const float cap = k.softcap, inv = k.inv_softcap;
-    for (int64_t c = 0; c < n; ++c) {
-      const float v = vec::load_f(x, c);
+    const float* xs;
+    if constexpr (std::is_same_v<T, float>) {
+      xs = x;
+    } else {  // widened first: a mixed 16/32-bit loop vectorises at half width
+      for (int64_t c = c0; c < c0 + n; ++c) z[c] = vec::load_f(x, c);
+      xs = z;
+    }
+    for (int64_t c = c0; c < c0 + n; ++c) {
+      const float v = xs[c];
       const float t = vec::tanh_poly(v * inv);
       const bool masked = v == -HUGE_VALF;
       z[c] = masked ? v : cap * t;
       slope[c] = masked ? 0.f : 1.f - t * t;
     }
   } else {
-    for (int64_t c = 0; c < n; ++c) {
+    for (int64_t c = c0; c < c0 + n; ++c) {
       z[c] = vec::load_f(x, c);
       slope[c] = 1.f;
     }
@@ -347,8 +439,28 @@ PG_VEC_INLINE void row_values(const T* x, int64_t n, const math::XentScalars& k,
 }
 
 template <class T>
-PG_VEC_INLINE void row_widen(const T* x, int64_t n, float* z) {
-  for (int64_t c = 0; c < n; ++c) z[c] = vec::load_f(x, c);
+PG_VEC_INLINE RowMax row_values(const T* x, int64_t cols, const math::XentScalars& k, float* z, float* slope) {
+  RowMax mx;
+  for (int64_t c0 = 0; c0 < cols; c0 += kChunkCols) {
+    const int n = static_cast<int>(cols - c0 < kChunkCols ? cols - c0 : kChunkCols);
+    chunk_values(x, c0, n, k, z, slope);
+    mx.add(chunk_max(z + c0, n), c0);
+  }
+  mx.finish(z, cols);
+  return mx;
+}
+
+// 16-bit logits widened into z, with their max and argmax taken a chunk at a time from L1.
+template <class T>
+PG_VEC_INLINE RowMax row_widen(const T* x, int64_t cols, float* z) {
+  RowMax mx;
+  for (int64_t c0 = 0; c0 < cols; c0 += kChunkCols) {
+    const int n = static_cast<int>(cols - c0 < kChunkCols ? cols - c0 : kChunkCols);
+    for (int64_t c = c0; c < c0 + n; ++c) z[c] = vec::load_f(x, c);
+    mx.add(chunk_max(z + c0, n), c0);
+  }
+  mx.finish(z, cols);
+  return mx;
 }
 
 // The hook form's values: log p with p = G / s + q recovered from the incoming gradient and clamped
@@ -366,31 +478,27 @@ PG_VEC_INLINE void hook_values(const T* x, int64_t n, float s, const Q& q, float
 // Row statistics over [0, cols) at the row's max: m, s, sa, argmax (t, a, w by the caller); the
 // terms exp(alpha (z - m)) are stored to ea and exp(z - m) to e when asked. s is taken only when
 // need_s and alpha != 1 (alpha = 1: s = sa, and the e terms are the ea terms).
+// pre: the row's max and argmax when the caller took them already (row_values), else null.
 template <class Src>
 PG_VEC_INLINE RowStats row_sums(const Src& src, int64_t cols, const math::XentScalars& k, float* ea, float* e,
-                                bool store_ea, bool need_s, bool store_e) {
-  float M = -HUGE_VALF;
-  int64_t arg = 0;
-  for (int64_t c0 = 0; c0 < cols; c0 += kChunkCols) {
-    const int n = static_cast<int>(cols - c0 < kChunkCols ? cols - c0 : kChunkCols);
-    float cm;
-    int64_t ca;
-    chunk_max(src, c0, n, cm, ca);
-    if (cm > M) {
-      M = cm;
-      arg = ca;
-    }
-  }
+                                bool store_ea, bool need_s, bool store_e, const RowMax* pre = nullptr) {
+  const RowMax mx = pre ? *pre : row_max(src, cols);
+  const float M = mx.m;
+  const int64_t arg = mx.arg;
   const float ref = math::safe_ref(M);
   const bool one = k.alpha_log2e == math::kLog2e;
   const bool take_s = need_s && !one;
   double s = 0.0, sa = 0.0;
   for (int64_t c0 = 0; c0 < cols; c0 += kChunkCols) {
     const int n = static_cast<int>(cols - c0 < kChunkCols ? cols - c0 : kChunkCols);
-    sa += chunk_exp_sum_any(src, c0, n, ref, k.alpha_log2e, ea, store_ea);
-    if (take_s)
-      s += store_e ? chunk_exp_sum<true, false>(src, c0, n, ref, math::kLog2e, e)
-                   : chunk_exp_sum<false, false>(src, c0, n, ref, math::kLog2e, e);
+    if (take_s) {
+      float csa, cs;
+      chunk_exp_sum2_any(src, c0, n, ref, k.alpha_log2e, ea, e, store_ea, store_e, csa, cs);
+      sa += csa;
+      s += cs;
+    } else {
+      sa += chunk_exp_sum_any(src, c0, n, ref, k.alpha_log2e, ea, store_ea);
+    }
   }
   RowStats st = math::empty_stats();
   st.m = M;
@@ -441,7 +549,8 @@ PG_VEC_INLINE void target_write(const XentJob<T, Tg>& j, const RowTarget<Tg>& tg
   const int64_t C = j.p.cols;
   if constexpr (is_hard<Tg>()) {
     (void)tg;
-    if (j.p.weight) row_write<kOpt>(o, C, BClassWeighted{j.k.smooth_off, j.p.weight}, gk, ea, e, sl);
+    // Without smoothing the weighted b is 0 off the target column (the weights are finite): no read.
+    if (j.p.weight && j.k.smooth_off != 0.f) row_write<kOpt>(o, C, BClassWeighted{j.k.smooth_off, j.p.weight}, gk, ea, e, sl);
     else row_write<kOpt>(o, C, BClass{j.k.smooth_off}, gk, ea, e, sl);
   } else {
     using TT = Elem<std::remove_pointer_t<decltype(tg.row)>>;
@@ -492,7 +601,7 @@ PG_VEC_INLINE void hook_row(const XentJob<T, Tg>& j, const RowTarget<Tg>& tg, co
 // the z-loss term and the slope.
 template <bool kOpt, class T, class Tg, class Src>
 PG_VEC_INLINE void xent_row_from(const RowsCtx<T, Tg>& cx, int64_t r, RowBuffers& rb, const RowTarget<Tg>& tg,
-                                 const Src& src) {
+                                 const Src& src, const RowMax* pre = nullptr) {
   const XentJob<T, Tg>& j = *cx.j;
   const int64_t C = j.p.cols;
 
@@ -527,9 +636,10 @@ PG_VEC_INLINE void xent_row_from(const RowsCtx<T, Tg>& cx, int64_t r, RowBuffers
         st = j.stats_in[r];
       } else {
         const bool store = grad && !tg.ignored;
-        st = row_sums(src, C, j.k, ea, e, store, true, store && zl);
+        st = row_sums(src, C, j.k, ea, e, store, true, store && zl, pre);
         st.argmax += j.p.col_offset;
-        const bool need_dot = !is_hard<Tg>() || j.p.weight || j.k.smooth_off != 0.f;
+        // Class targets without smoothing: b is the target column alone (added below).
+        const bool need_dot = !is_hard<Tg>() || j.k.smooth_off != 0.f;
         if (need_dot) target_dot(j, tg, src, st.t, st.a);
         if constexpr (is_hard<Tg>()) {
           if (tg.in_shard) {
@@ -605,13 +715,13 @@ PG_VEC_INLINE void xent_row(const RowsCtx<T, Tg>& cx, int64_t r, RowBuffers& rb)
   const RowTarget<Tg> tg(j, r);
   if (j.mode == XentMode::kHook) return hook_row(j, tg, x, r, rb);
   if constexpr (kOpt) {
-    row_values(x, j.p.cols, j.k, rb.z.data(), rb.slope.data());
-    xent_row_from<kOpt>(cx, r, rb, tg, SrcBuffer{rb.z.data()});
+    const RowMax mx = row_values(x, j.p.cols, j.k, rb.z.data(), rb.slope.data());
+    xent_row_from<kOpt>(cx, r, rb, tg, SrcBuffer{rb.z.data()}, &mx);
   } else if constexpr (!std::is_same_v<T, float>) {
     // 16-bit logits are widened once: the passes below then run on full-width fp32 vectors (the
     // vectoriser handles a mixed 16/32-bit loop at half width, and the max pass not at all).
-    row_widen(x, j.p.cols, rb.z.data());
-    xent_row_from<kOpt>(cx, r, rb, tg, SrcBuffer{rb.z.data()});
+    const RowMax mx = row_widen(x, j.p.cols, rb.z.data());
+    xent_row_from<kOpt>(cx, r, rb, tg, SrcBuffer{rb.z.data()}, &mx);
   } else {
     xent_row_from<kOpt>(cx, r, rb, tg, SrcLogits<T>{x});
   }

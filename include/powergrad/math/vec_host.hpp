@@ -41,6 +41,16 @@
 // the host loops (here and in host/bucket_host.hpp) is defined between PG_HOST_LOOPS_BEGIN and
 // PG_HOST_LOOPS_END, so they all carry the same options and inline into each other; clang (which
 // does not trap by default): a contract(off) pragma in each body.
+// PG_LANE_LOOP before a loop over the kLanes lanes whose body is small (a compare and two
+// selects): GCC -O3 unrolls such a loop completely before the loop vectoriser runs, and the
+// straight-line code is then left scalar (a compare and a branch per element); kept as a loop, it
+// becomes one or two vector compares and blends.
+#if defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
+#define PG_LANE_LOOP _Pragma("GCC unroll 1")
+#else
+#define PG_LANE_LOOP
+#endif
+
 #if defined(__clang__)
 #define PG_FP_STRICT _Pragma("clang fp contract(off)")
 #define PG_HOST_LOOPS_BEGIN
@@ -200,7 +210,8 @@ PG_VEC_INLINE float log2_poly(float x) {
 
 // tanh(x), for the softcap of docs/design.md §2.5. |x| < 0.625: x + x u P(u) with u = x^2, P of
 // degree 4 (fitted for relative error, 4.4e-9 before fp32 rounding); otherwise
-// sign(x) (1 - 2 / (2^(2 |x| log2 e) + 1)) with exp2_poly, |x| clamped to 10 (tanh(10) rounds to 1).
+// sign(x) (1 - e) / (1 + e) with e = 2^(-2 |x| log2 e) by exp2_neg (in (2^-29, 0.29]: no range
+// handling needed), |x| clamped to 10 (tanh(10) rounds to 1).
 // Within 4 ulp over the whole fp32 range (tests/test_host_parallel.cpp); tanh(+-inf) = +-1, NaN in
 // gives NaN out, tanh(-0) = -0.
 PG_VEC_INLINE float tanh_poly(float x) {
@@ -214,7 +225,8 @@ PG_VEC_INLINE float tanh_poly(float x) {
   p = p * u - 3.333328068e-01f;
   const float small = x + x * (u * p);
   const float ac = a > 10.f ? 10.f : a;
-  const float big = 1.f - 2.f / (exp2_poly(ac * 2.885390082f) + 1.f);
+  const float e = exp2_neg(ac * -2.885390082f);
+  const float big = (1.f - e) / (1.f + e);
   const float r = a < 0.625f ? small : copysign_f(big, x);
   return x != x || a == 0.f ? x : r;  // NaN, and the sign of a zero
 }

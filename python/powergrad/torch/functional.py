@@ -213,6 +213,11 @@ _SCALE_CHUNK_ELEMENTS = 1 << 24
 def _scale_in_place(grad, ratio):
     """grad *= ratio, the product formed in fp32 and rounded once to grad's dtype, a chunk of rows at a
     time for fp16/bf16 (torch would round a float ratio to the dtype first: 65536 is inf in fp16)."""
+    if ratio.dim() == 0 and ratio.device.type == "cpu" and float(ratio) == 1.0:
+        # loss.backward() of a CPU loss: the stored gradient is already the answer. Reading a CPU
+        # scalar costs no device synchronisation, and skipping saves a whole pass over the gradient
+        # (three for fp16/bf16). On CUDA the value is not read: that would synchronise.
+        return
     if grad.dtype == torch.float32:
         grad.mul_(ratio)
         return
