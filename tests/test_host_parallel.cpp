@@ -440,5 +440,74 @@ TYPED_TEST(HostDeterminism, CrossEntropyBitwiseAcrossThreadsAndIsa) {
   for (const Case& c : xent_determinism_cases()) check_fused_case<T, HostMem>(c);
 }
 
+// The argmax output on rows built for its edge cases, against the first maximum found here by a
+// plain scan: equal maxima in different chunks of 1024 columns (the first wins), the maximum in a
+// chunk tail, -0 before +0, NaN never the max, and rows with no value above -inf (argmax 0). Every
+// ISA path, 1 and 2 threads, fp32 and bf16 (widened into the row buffer), without and with a
+// softcap (tanh is monotone: the capped row has the same argmax).
+template <class T>
+void check_argmax_edges(float softcap) {
+  const int64_t R = 8, C = 3000;
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  std::vector<float> z(static_cast<size_t>(R * C), -1.f);
+  auto at = [&](int64_t r, int64_t c) -> float& { return z[static_cast<size_t>(r * C + c)]; };
+  at(0, 2500) = 5.f, at(0, 1500) = 5.f;                   // equal maxima in chunks 1 and 2
+  at(1, 2999) = 4.f;                                      // in the last chunk's tail
+  for (int64_t c = 0; c < C; ++c) at(2, c) = -inf;        // nothing above -inf
+  for (int64_t c = 0; c < C; ++c) at(3, c) = c < 10 ? nan : -inf;
+  at(4, 0) = nan, at(4, 1031) = 7.f, at(4, 1030) = 7.f, at(4, 5) = 7.f;  // NaN first, ties in chunks 0 and 1
+  for (int64_t c = 0; c < C; ++c) at(5, c) = -2.f;
+  at(5, 3) = -0.f, at(5, 4) = 0.f, at(5, 2000) = 0.f;     // -0 == +0: the first of them
+  at(6, 17) = 3.f, at(6, 16) = 3.f;                       // ties inside one block of 16 lanes
+  at(7, 1023) = 9.f, at(7, 1024) = 9.f;                   // across a chunk boundary
+  std::vector<int64_t> want(R);
+  for (int64_t r = 0; r < R; ++r) {
+    int64_t best = 0;
+    float bv = -inf;
+    for (int64_t c = 0; c < C; ++c)
+      if (at(r, c) > bv) bv = at(r, c), best = c;
+    want[static_cast<size_t>(r)] = best;
+  }
+  const std::vector<int64_t> expected = {1500, 2999, 0, 0, 5, 3, 16, 1023};
+  ASSERT_EQ(want, expected);  // the scan above, checked against the rows' construction
+  std::vector<T> logits(z.size());
+  for (size_t i = 0; i < z.size(); ++i) logits[i] = pg::from_float<T>(z[i]);
+  std::vector<int64_t> y(static_cast<size_t>(R), 0);
+  for (HostIsa isa : supported_isas())
+    for (int threads : {1, 2}) {
+      ASSERT_EQ(pg::set_host_isa(isa), Status::kSuccess);
+      ASSERT_EQ(pg::set_host_threads(threads), Status::kSuccess);
+      pg::XentProblem<T, pg::ClassTargets<int64_t>> p;
+      p.logits = logits.data();
+      p.rows = R;
+      p.cols = C;
+      p.targets.index = y.data();
+      p.reduction = Reduction::kNone;
+      p.softcap = softcap;
+      std::vector<float> loss(static_cast<size_t>(R));
+      std::vector<int64_t> arg(static_cast<size_t>(R), -7);
+      std::vector<int32_t> correct(static_cast<size_t>(R), -7);
+      pg::XentOutputs<T> o;
+      o.loss = loss.data();
+      o.argmax = arg.data();
+      o.correct = correct.data();
+      ASSERT_EQ(pg::xent_forward_backward(Backend::kHost, p, pg::Upstream{}, o), Status::kSuccess)
+          << pg::last_error_message();
+      for (int64_t r = 0; r < R; ++r) {
+        EXPECT_EQ(arg[static_cast<size_t>(r)], expected[static_cast<size_t>(r)])
+            << "row " << r << " isa " << int(isa) << " threads " << threads << " softcap " << softcap;
+        EXPECT_EQ(correct[static_cast<size_t>(r)], expected[static_cast<size_t>(r)] == 0 ? 1 : 0) << "row " << r;
+      }
+    }
+}
+
+TEST(HostXentArgmax, EdgeCasesOnEveryPath) {
+  SettingsGuard guard;
+  check_argmax_edges<float>(0.f);
+  check_argmax_edges<float>(30.f);
+  check_argmax_edges<pg::bfloat16_t>(0.f);
+  check_argmax_edges<pg::bfloat16_t>(30.f);
+}
+
 }  // namespace
 }  // namespace pgtest
